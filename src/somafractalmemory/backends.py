@@ -1,0 +1,96 @@
+"""The one factory: the only module that names concrete implementations.
+
+Implementations are built once per process (models and clients are expensive) and shared by
+all request threads; `reset()` drops them (tests, `sfm` commands that swap settings).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from somafractalmemory.conf import Config, get_config
+from somafractalmemory.embedding.base import Embedder
+from somafractalmemory.errors import VectorDimMismatch
+from somafractalmemory.vectors.base import VectorIndex
+
+_lock = threading.RLock()
+_embedder: Embedder | None = None
+_index: VectorIndex | None = None
+
+
+def build_embedder(config: Config) -> Embedder:
+    if config.embedder == "http":
+        from somafractalmemory.embedding.http import HttpEmbedder
+
+        assert config.embedding_url is not None  # checked by load_config
+        return HttpEmbedder(
+            config.embedding_url,
+            config.embedding_model,
+            api_key=config.embedding_api_key,
+            batch_size=config.embedding_batch_size,
+            timeout=config.embedding_timeout,
+        )
+    from somafractalmemory.embedding.local import LocalEmbedder
+
+    return LocalEmbedder(config.embedding_model, batch_size=config.embedding_batch_size)
+
+
+def check_dimension(config: Config, embedder: Embedder) -> int:
+    """The model's dimension, which `vector_dim` (when set) must equal."""
+    dim = embedder.dim
+    if config.vector_dim is not None and config.vector_dim != dim:
+        raise VectorDimMismatch(
+            f"vector_dim is {config.vector_dim} in the settings, but the embedding model "
+            f"{embedder.name!r} produces {dim}-dimensional vectors: set vector_dim to {dim} "
+            "(or unset it), or configure a model of that dimension",
+            details={"configured": config.vector_dim, "model": embedder.name, "model_dim": dim},
+        )
+    return dim
+
+
+def build_index(config: Config, embedder: Embedder) -> VectorIndex:
+    from somafractalmemory.vectors.milvus import MilvusIndex
+
+    dim = check_dimension(config, embedder)
+    uri = config.effective_milvus_uri
+    if not config.milvus_uri and not config.milvus_host:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    return MilvusIndex(
+        uri,
+        model=embedder.name,
+        dim=dim,
+        token=config.milvus_token,
+        db_name=config.milvus_db,
+        timeout=config.milvus_timeout,
+    )
+
+
+def embedder() -> Embedder:
+    global _embedder
+    with _lock:
+        if _embedder is None:
+            _embedder = build_embedder(get_config())
+        return _embedder
+
+
+def vector_index() -> VectorIndex:
+    global _index
+    with _lock:
+        if _index is None:
+            _index = build_index(get_config(), embedder())
+        return _index
+
+
+def is_ready() -> dict[str, bool]:
+    """Which shared components exist already (without building any)."""
+    return {"embedder": _embedder is not None, "vector_index": _index is not None}
+
+
+def reset() -> None:
+    """Close and forget the shared components."""
+    global _embedder, _index
+    with _lock:
+        if _index is not None:
+            _index.close()
+        _index = None
+        _embedder = None

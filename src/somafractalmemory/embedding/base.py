@@ -1,0 +1,33 @@
+"""The Embedder protocol: texts in, L2-normalised float32 rows out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Vectors = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    name: str
+    """Model identity; names the vector collection, so a new model means a new index."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """One row per text, unit length, shape (len(texts), dim)."""
+        ...
+
+
+def normalise(rows: npt.ArrayLike) -> Vectors:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    array = np.asarray(rows, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-d array, got shape {array.shape}")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return array / norms

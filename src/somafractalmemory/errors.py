@@ -1,0 +1,108 @@
+"""One exception tree. Each error carries an HTTP status and a stable machine-readable code.
+
+The API turns any :class:`SFMError` into ``{"error": {"code", "message", "details"}}``; the
+codes are part of the public contract (docs/api.md lists them) and never change meaning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SFMError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class ConfigError(SFMError):
+    """Settings are invalid; the process refuses to start."""
+
+    code = "config_error"
+
+
+class VectorDimMismatch(ConfigError):
+    code = "vector_dim_mismatch"
+
+
+class BadRequest(SFMError):
+    status = 400
+    code = "bad_request"
+
+
+class MalformedJSON(BadRequest):
+    code = "malformed_json"
+
+
+class InvalidFilter(BadRequest):
+    code = "invalid_filter"
+
+
+class InvalidCursor(BadRequest):
+    code = "invalid_cursor"
+
+
+class ValidationFailed(SFMError):
+    status = 422
+    code = "validation_error"
+
+
+class NotFound(SFMError):
+    status = 404
+    code = "not_found"
+
+
+class MemoryNotFound(NotFound):
+    code = "memory_not_found"
+
+
+class MethodNotAllowed(SFMError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(SFMError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ContentTooLarge(PayloadTooLarge):
+    code = "content_too_large"
+
+
+class MetadataTooLarge(PayloadTooLarge):
+    code = "metadata_too_large"
+
+
+class BatchTooLarge(PayloadTooLarge):
+    code = "batch_too_large"
+
+
+class Unavailable(SFMError):
+    """A dependency failed; the request may succeed when retried."""
+
+    status = 503
+    code = "unavailable"
+
+
+class EmbeddingUnavailable(Unavailable):
+    code = "embedding_unavailable"
+
+
+class IndexUnavailable(Unavailable):
+    code = "vector_index_unavailable"
+
+
+class IndexLocked(IndexUnavailable):
+    """Another process holds the Milvus Lite file."""
+
+    code = "vector_index_locked"

@@ -1,0 +1,1 @@
+"""The core app: memories, their storage and the HTTP API over them."""

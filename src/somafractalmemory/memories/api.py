@@ -1,0 +1,221 @@
+"""HTTP API v2 (Django Ninja): parse, call a service, return a schema. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import NinjaAPI, Query, Router
+from ninja.errors import HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+
+from somafractalmemory import __version__, backends
+from somafractalmemory.errors import (
+    MalformedJSON,
+    MethodNotAllowed,
+    NotFound,
+    SFMError,
+    ValidationFailed,
+)
+from somafractalmemory.memories import services
+from somafractalmemory.memories.schemas import (
+    BatchIn,
+    BatchOut,
+    ErrorOut,
+    MemoryOut,
+    MemoryTypeName,
+    PageOut,
+    PatchIn,
+    SearchHitOut,
+    SearchIn,
+    SearchOut,
+    StoreIn,
+    StoreOut,
+)
+
+log = logging.getLogger(__name__)
+
+api = NinjaAPI(
+    title="SomaFractalMemory",
+    version=__version__,
+    description="Long-term memory for AI agents. Errors: `{error: {code, message, details}}`.",
+    openapi_url="/openapi.json",
+    docs_url="/docs",
+)
+memory = Router(tags=["memory"])
+ERRORS: dict[int | frozenset[int], Any] = {
+    frozenset({400, 404, 413, 422, 503}): ErrorOut,
+}
+
+
+def error_response(error: SFMError) -> JsonResponse:
+    return JsonResponse(error.to_dict(), status=error.status)
+
+
+@api.exception_handler(SFMError)
+def _sfm_error(request: HttpRequest, exc: SFMError) -> HttpResponse:
+    return error_response(exc)
+
+
+@api.exception_handler(NinjaValidationError)
+def _validation_error(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    details = [
+        {
+            "loc": [str(part) for part in err.get("loc", ()) if part not in ("body", "payload")],
+            "msg": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in exc.errors
+    ]
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    where = ".".join(first["loc"]) or "request"
+    return error_response(ValidationFailed(f"{where}: {first['msg']}", details=details))
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    if exc.status_code == 400 and str(exc).startswith("Cannot parse request body"):
+        return error_response(MalformedJSON("request body is not valid JSON"))
+    if exc.status_code == 404:
+        return error_response(NotFound(str(exc)))
+    error = SFMError(str(exc))
+    error.status, error.code = exc.status_code, "bad_request" if exc.status_code < 500 else "error"
+    return error_response(error)
+
+
+def _store_out(m: Any) -> StoreOut:
+    return StoreOut(id=m.id, embedding_id=m.embedding_id, importance=m.importance, created_at=m.created_at)
+
+
+def _new(item: StoreIn) -> services.NewMemory:
+    return services.NewMemory(**item.model_dump())
+
+
+@memory.post("/store", response={200: StoreOut, **ERRORS}, summary="Store a memory")
+def store(request: HttpRequest, body: StoreIn) -> StoreOut:
+    return _store_out(services.remember(_new(body)))
+
+
+@memory.post("/batch", response={200: BatchOut, **ERRORS}, summary="Store up to 1,000 memories")
+def store_batch(request: HttpRequest, body: BatchIn) -> BatchOut:
+    stored = services.remember_many([_new(item) for item in body.memories])
+    return BatchOut(memories=[_store_out(m) for m in stored])
+
+
+@memory.post("/search", response={200: SearchOut, **ERRORS}, summary="Search memories")
+def search(request: HttpRequest, body: SearchIn) -> SearchOut:
+    result = services.recall(
+        body.query, namespace=body.namespace, top_k=body.top_k, filters_spec=body.filters
+    )
+    hits = [
+        SearchHitOut(
+            id=h.memory.id,
+            content=h.memory.content,
+            score=round(h.score, 4),
+            type=h.memory.type,
+            namespace=h.memory.namespace,
+            importance=h.memory.importance,
+            metadata=h.memory.metadata,
+            created_at=h.memory.created_at,
+        )
+        for h in result.hits
+    ]
+    return SearchOut(memories=hits, latency_ms=round(result.latency_ms, 2))
+
+
+@memory.get("", response={200: PageOut, **ERRORS}, summary="List memories, newest first")
+def list_memories(
+    request: HttpRequest,
+    namespace: str | None = None,
+    type: Query[list[MemoryTypeName]] | None = None,  # noqa: A002 - the API's field name
+    limit: int = Query(50, ge=1, le=500),  # type: ignore[type-arg]
+    cursor: str | None = None,
+) -> PageOut:
+    page = services.list_memories(namespace=namespace, types=type or (), limit=limit, cursor=cursor)
+    return PageOut(
+        memories=[MemoryOut.from_orm(m) for m in page.memories], next_cursor=page.next_cursor
+    )
+
+
+@memory.get("/{memory_id}", response={200: MemoryOut, **ERRORS}, summary="Get one memory")
+def get_memory(request: HttpRequest, memory_id: str) -> MemoryOut:
+    return MemoryOut.from_orm(services.get(memory_id))
+
+
+@memory.patch("/{memory_id}", response={200: MemoryOut, **ERRORS}, summary="Change a memory")
+def patch_memory(request: HttpRequest, memory_id: str, body: PatchIn) -> MemoryOut:
+    changes = body.model_dump(exclude_unset=True)
+    nulls = sorted(k for k, v in changes.items() if v is None)
+    if nulls:
+        raise ValidationFailed(f"{nulls[0]}: may not be null", details={"fields": nulls})
+    if not changes:
+        raise ValidationFailed("nothing to change: give content, type, importance or metadata")
+    return MemoryOut.from_orm(services.update(memory_id, changes))
+
+
+@memory.delete("/{memory_id}", response={200: dict, **ERRORS}, summary="Delete a memory")
+def delete_memory(request: HttpRequest, memory_id: str) -> dict[str, Any]:
+    services.forget(memory_id)
+    return {"id": memory_id, "deleted": True}
+
+
+api.add_router("/memory", memory)
+
+
+# -- probes and fallbacks (plain Django views, outside /api/v2) ---------------------------
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process answers."""
+    return JsonResponse({"status": "ok", "version": __version__})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Every dependency answers: SQL, the embedding model, the vector index."""
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # a probe reports, it does not raise
+        checks["database"] = f"error: {exc}"
+    try:
+        backends.embedder().dim  # noqa: B018 - loads the model
+        checks["embedder"] = "ok"
+        backends.vector_index().count()
+        checks["vector_index"] = "ok"
+    except Exception as exc:
+        checks.setdefault("embedder", f"error: {exc}")
+        checks.setdefault("vector_index", f"error: {exc}")
+    ready = all(v == "ok" for v in checks.values())
+    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+
+
+def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return error_response(NotFound(f"no route for {request.path}"))
+
+
+def json_500(request: HttpRequest) -> JsonResponse:
+    error = SFMError("internal error; the server log has the details")
+    return error_response(error)
+
+
+class JsonErrorsMiddleware:
+    """Framework-made 405s answer in the API's error envelope too."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response: HttpResponse = self.get_response(request)
+        if response.status_code == 405 and response.get("Content-Type", "").startswith("text/html"):
+            allowed = response.get("Allow", "")
+            error = MethodNotAllowed(f"{request.method} is not allowed here; allowed: {allowed}")
+            new = error_response(error)
+            new["Allow"] = allowed
+            return new
+        return response
+
+

@@ -1,0 +1,60 @@
+"""SQL is the source of truth: every memory, tenant and pending vector write lives here."""
+
+from __future__ import annotations
+
+from django.db import models
+
+DEFAULT_TENANT = "default"
+
+
+class MemoryType(models.TextChoices):
+    EPISODIC = "episodic"
+    SEMANTIC = "semantic"
+    SUMMARY = "summary"
+
+
+class Tenant(models.Model):
+    """Owner of namespaces and memories; one built-in `default` tenant until auth lands."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Memory(models.Model):
+    id = models.CharField(primary_key=True, max_length=40)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memories")
+    namespace = models.CharField(max_length=128)
+    type = models.CharField(max_length=16, choices=MemoryType.choices, default=MemoryType.EPISODIC)
+    content = models.TextField()
+    metadata = models.JSONField(default=dict)
+    importance = models.FloatField(default=0.5)
+    embedding_id = models.CharField(max_length=40)
+    created_at = models.DateTimeField(help_text="Event time: when the memory happened.")
+    stored_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "namespace", "-created_at", "-id"], name="mem_list"),
+            models.Index(fields=["tenant", "type", "-created_at", "-id"], name="mem_type"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class VectorTask(models.Model):
+    """Outbox: a vector write owed to the index, committed with the SQL change it mirrors."""
+
+    class Action(models.TextChoices):
+        UPSERT = "upsert"
+        DELETE = "delete"
+
+    memory_id = models.CharField(max_length=40, db_index=True)
+    action = models.CharField(max_length=8, choices=Action.choices)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)

@@ -1,0 +1,113 @@
+"""Typed request and response bodies of the v2 API. Unknown fields are rejected."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from ninja import Schema
+from pydantic import ConfigDict, Field
+
+MAX_TOP_K = 100
+MemoryTypeName = Literal["episodic", "semantic", "summary"]
+Namespace = Field(
+    default=None,
+    min_length=1,
+    max_length=128,
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+    description="Letters, digits and `_ . : -`; defaults to the `namespace` setting.",
+)
+
+
+class Strict(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreIn(Strict):
+    content: str = Field(min_length=1, description="The memory itself (UTF-8 text).")
+    namespace: str | None = Namespace
+    type: MemoryTypeName = "episodic"
+    importance: float = Field(default=0.5, ge=0.0, le=1.0)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = Field(
+        default=None, description="Event time (ISO 8601); defaults to now. Naive means UTC."
+    )
+
+
+class StoreOut(Schema):
+    id: str
+    embedding_id: str
+    importance: float
+    created_at: datetime
+
+
+class BatchIn(Strict):
+    memories: list[StoreIn] = Field(min_length=1)
+
+
+class BatchOut(Schema):
+    memories: list[StoreOut]
+
+
+class SearchIn(Strict):
+    query: str = Field(min_length=1)
+    namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Search one namespace; omitted: every namespace of the tenant.",
+    )
+    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
+    filters: dict[str, Any] | None = Field(
+        default=None, description="Filter language, see docs/api.md#filters."
+    )
+
+
+class SearchHitOut(Schema):
+    id: str
+    content: str
+    score: float
+    type: str
+    namespace: str
+    importance: float
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+class SearchOut(Schema):
+    memories: list[SearchHitOut]
+    latency_ms: float
+
+
+class MemoryOut(Schema):
+    id: str
+    namespace: str
+    type: str
+    content: str
+    importance: float
+    metadata: dict[str, Any]
+    embedding_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class PatchIn(Strict):
+    content: str | None = Field(default=None, min_length=1)
+    type: MemoryTypeName | None = None
+    importance: float | None = Field(default=None, ge=0.0, le=1.0)
+    metadata: dict[str, Any] | None = Field(default=None, description="Replaces the metadata.")
+
+
+class PageOut(Schema):
+    memories: list[MemoryOut]
+    next_cursor: str | None
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorOut(Schema):
+    error: ErrorBody

@@ -1,0 +1,335 @@
+"""What the service does: remember, recall, get, update, forget, list.
+
+The API layer parses and serialises; everything with a rule in it happens here. SQL commits
+first (that is the acknowledgement), the vector write follows; a vector write that fails stays
+owed in the outbox (`VectorTask`) and `drain_outbox` pays it later.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+
+from somafractalmemory import backends
+from somafractalmemory.conf import get_config
+from somafractalmemory.errors import (
+    BatchTooLarge,
+    ContentTooLarge,
+    InvalidCursor,
+    MemoryNotFound,
+    MetadataTooLarge,
+    SFMError,
+    ValidationFailed,
+)
+from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, Tenant, VectorTask
+from somafractalmemory.retrieval import filters
+from somafractalmemory.vectors.base import VectorRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    content: str
+    namespace: str | None = None
+    type: str = "episodic"
+    importance: float = 0.5
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    memory: Memory
+    score: float
+
+
+@dataclass(frozen=True)
+class Recall:
+    hits: list[Hit]
+    latency_ms: float
+    embedding_ms: float
+    index_ms: float
+
+
+@dataclass(frozen=True)
+class Page:
+    memories: list[Memory]
+    next_cursor: str | None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def _utc(moment: datetime | None) -> datetime:
+    if moment is None:
+        return datetime.now(UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _check_content(content: str) -> None:
+    config = get_config()
+    if not content.strip():
+        raise ValidationFailed("content is empty", details={"field": "content"})
+    size = len(content.encode("utf-8"))
+    if size > config.max_content_bytes:
+        raise ContentTooLarge(
+            f"content is {size} bytes; the limit is {config.max_content_bytes}",
+            details={"size": size, "limit": config.max_content_bytes},
+        )
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    limit = get_config().max_metadata_bytes
+    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if size > limit:
+        raise MetadataTooLarge(
+            f"metadata is {size} bytes as JSON; the limit is {limit}",
+            details={"size": size, "limit": limit},
+        )
+
+
+def _record(memory: Memory, vector: Any) -> VectorRecord:
+    return VectorRecord(
+        id=memory.id,
+        embedding_id=memory.embedding_id,
+        vector=vector,
+        tenant=memory.tenant_id,
+        namespace=memory.namespace,
+        type=memory.type,
+        importance=memory.importance,
+        created_at_ms=int(memory.created_at.timestamp() * 1000),
+        metadata=memory.metadata,
+    )
+
+
+def _embed(texts: Sequence[str]) -> Any:
+    config = get_config()
+    embedder = backends.embedder()
+    step = config.embedding_batch_size
+    parts = [embedder.embed(texts[i : i + step]) for i in range(0, len(texts), step)]
+    import numpy as np
+
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[VectorTask]) -> None:
+    """Write vectors now; on failure the outbox tasks stay for `drain_outbox`."""
+    try:
+        backends.vector_index().upsert([_record(m, v) for m, v in zip(memories, vectors, strict=True)])
+    except SFMError as exc:
+        log.warning("vector write owed for %d memories: %s", len(memories), exc.message)
+        VectorTask.objects.filter(id__in=[t.id for t in tasks]).update(last_error=exc.message[:500])
+        return
+    VectorTask.objects.filter(id__in=[t.id for t in tasks]).delete()
+
+
+def ensure_tenant(tenant: str) -> None:
+    Tenant.objects.get_or_create(id=tenant)
+
+
+def remember_many(items: Sequence[NewMemory], *, tenant: str = DEFAULT_TENANT) -> list[Memory]:
+    """Store memories (all or none): validate, embed, commit rows and outbox, index."""
+    config = get_config()
+    if len(items) > config.max_batch:
+        raise BatchTooLarge(
+            f"{len(items)} memories in one batch; the limit is {config.max_batch}",
+            details={"size": len(items), "limit": config.max_batch},
+        )
+    if not items:
+        return []
+    for item in items:
+        _check_content(item.content)
+        _check_metadata(item.metadata)
+    # Embed before writing, so a failing model leaves nothing half-stored.
+    vectors = _embed([item.content for item in items])
+    now = datetime.now(UTC)
+    memories = [
+        Memory(
+            id=new_id("mem"),
+            tenant_id=tenant,
+            namespace=item.namespace or config.namespace,
+            type=item.type,
+            content=item.content,
+            metadata=item.metadata,
+            importance=item.importance,
+            embedding_id=new_id("vec"),
+            created_at=_utc(item.created_at or now),
+        )
+        for item in items
+    ]
+    with transaction.atomic():
+        ensure_tenant(tenant)
+        Memory.objects.bulk_create(memories)
+        tasks = VectorTask.objects.bulk_create(
+            VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT) for m in memories
+        )
+    _index_or_owe(memories, vectors, tasks)
+    return memories
+
+
+def remember(item: NewMemory, *, tenant: str = DEFAULT_TENANT) -> Memory:
+    return remember_many([item], tenant=tenant)[0]
+
+
+def get(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
+    try:
+        return Memory.objects.get(tenant_id=tenant, id=memory_id)
+    except Memory.DoesNotExist:
+        raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id}) from None
+
+
+def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TENANT) -> Memory:
+    """Change content, type, importance or metadata; new content gets a new embedding."""
+    memory = get(memory_id, tenant=tenant)
+    if "content" in changes:
+        _check_content(changes["content"])
+    if "metadata" in changes:
+        _check_metadata(changes["metadata"])
+    new_content = "content" in changes and changes["content"] != memory.content
+    for name, value in changes.items():
+        setattr(memory, name, value)
+    if new_content:
+        memory.embedding_id = new_id("vec")
+    # The index row carries type, importance and metadata too, so any change rewrites it.
+    vectors = _embed([memory.content])
+    with transaction.atomic():
+        memory.save()
+        task = VectorTask.objects.create(memory_id=memory.id, action=VectorTask.Action.UPSERT)
+    _index_or_owe([memory], vectors, [task])
+    return memory
+
+
+def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+    """Delete a memory from SQL (the acknowledgement), then from the index."""
+    with transaction.atomic():
+        deleted, _ = Memory.objects.filter(tenant_id=tenant, id=memory_id).delete()
+        if not deleted:
+            raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id})
+        task = VectorTask.objects.create(memory_id=memory_id, action=VectorTask.Action.DELETE)
+    try:
+        backends.vector_index().delete([memory_id])
+    except SFMError as exc:
+        log.warning("vector delete owed for %s: %s", memory_id, exc.message)
+        return
+    task.delete()
+
+
+def recall(
+    query: str,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    namespace: str | None = None,
+    top_k: int = 10,
+    filters_spec: dict[str, Any] | None = None,
+) -> Recall:
+    """The `top_k` memories closest in meaning to `query`, filtered inside the index."""
+    started = time.perf_counter()
+    where = filters.parse(filters_spec)
+    if not query.strip():
+        raise ValidationFailed("query is empty", details={"field": "query"})
+    vector = backends.embedder().embed([query])[0]
+    embedded = time.perf_counter()
+    found = backends.vector_index().search(
+        vector, tenant=tenant, namespace=namespace, where=where, top_k=top_k
+    )
+    searched = time.perf_counter()
+    rows = Memory.objects.in_bulk([hit.id for hit in found])
+    # A hit without its row was deleted after the index answered: the row decides.
+    hits = [
+        Hit(rows[hit.id], hit.score)
+        for hit in found
+        if hit.id in rows and rows[hit.id].tenant_id == tenant
+    ]
+    done = time.perf_counter()
+    return Recall(
+        hits=hits,
+        latency_ms=(done - started) * 1000,
+        embedding_ms=(embedded - started) * 1000,
+        index_ms=(searched - embedded) * 1000,
+    )
+
+
+def _encode_cursor(memory: Memory) -> str:
+    raw = json.dumps([memory.created_at.isoformat(), memory.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, memory_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(memory_id)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidCursor("cursor is not one this service issued") from exc
+
+
+def list_memories(
+    *,
+    tenant: str = DEFAULT_TENANT,
+    namespace: str | None = None,
+    types: Iterable[str] = (),
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Memories newest first (by event time), a page at a time."""
+    query = Memory.objects.filter(tenant_id=tenant)
+    if namespace is not None:
+        query = query.filter(namespace=namespace)
+    types = list(types)
+    if types:
+        query = query.filter(type__in=types)
+    if cursor:
+        created, memory_id = _decode_cursor(cursor)
+        query = query.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=memory_id))
+    rows = list(query.order_by("-created_at", "-id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, _encode_cursor(rows[-1]) if more and rows else None)
+
+
+def drain_outbox(*, limit: int = 1000) -> int:
+    """Retry owed vector writes; returns how many were paid."""
+    tasks = list(VectorTask.objects.order_by("id")[:limit])
+    if not tasks:
+        return 0
+    index = backends.vector_index()
+    paid = 0
+    latest: dict[str, VectorTask] = {}
+    for task in tasks:
+        latest[task.memory_id] = task  # only the newest action per memory matters
+    upserts = [t for t in latest.values() if t.action == VectorTask.Action.UPSERT]
+    deletes = [t for t in latest.values() if t.action == VectorTask.Action.DELETE]
+    try:
+        rows = Memory.objects.in_bulk([t.memory_id for t in upserts])
+        present = [rows[t.memory_id] for t in upserts if t.memory_id in rows]
+        if present:
+            index.upsert(
+                [
+                    _record(m, v)
+                    for m, v in zip(present, _embed([m.content for m in present]), strict=True)
+                ]
+            )
+        gone = [t.memory_id for t in deletes] + [t.memory_id for t in upserts if t.memory_id not in rows]
+        index.delete(gone)
+    except SFMError as exc:
+        VectorTask.objects.filter(id__in=[t.id for t in tasks]).update(last_error=exc.message[:500])
+        for task in tasks:
+            VectorTask.objects.filter(id=task.id).update(attempts=task.attempts + 1)
+        log.warning("outbox drain failed: %s", exc.message)
+        return 0
+    paid = len(tasks)
+    VectorTask.objects.filter(id__in=[t.id for t in tasks]).delete()
+    return paid

@@ -1,0 +1,1 @@
+"""Retrieval logic without I/O: the filter language and (later) ranking."""

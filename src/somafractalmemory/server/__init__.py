@@ -1,0 +1,1 @@
+"""The Django project: settings (read from conf), URLs, WSGI/ASGI entry points."""

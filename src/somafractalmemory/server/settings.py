@@ -1,0 +1,80 @@
+"""Django settings, derived from `somafractalmemory.conf` (the only place settings live)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dj_database_url
+
+from somafractalmemory.conf import get_config
+
+CONFIG = get_config()
+
+SECRET_KEY = CONFIG.secret_key
+DEBUG = CONFIG.debug
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "somafractalmemory.server.urls"
+WSGI_APPLICATION = "somafractalmemory.server.wsgi.application"
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+APPEND_SLASH = False
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.staticfiles",
+    "ninja",
+    "somafractalmemory.memories",
+]
+MIDDLEWARE = [
+    "django.middleware.common.CommonMiddleware",
+    "somafractalmemory.memories.api.JsonErrorsMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": []},
+    }
+]
+STATIC_URL = "static/"
+
+
+def _databases() -> dict[str, Any]:
+    url = CONFIG.effective_database_url
+    if url:
+        db = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
+        return {"default": db}
+    CONFIG.data_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(CONFIG.data_dir / "sfm.sqlite3"),
+            "OPTIONS": {
+                # WAL lets readers run beside the writer; FULL syncs each commit, so an
+                # acknowledged write survives a crash of the process or the machine.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+
+
+DATABASES = _databases()
+
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CONFIG.redis_url}
+        if CONFIG.redis_url
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "sfm"}
+    )
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

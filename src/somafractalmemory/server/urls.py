@@ -1,0 +1,22 @@
+"""Where a request goes: /api/v2/* to the Ninja API, /healthz and /readyz to probes."""
+
+from pathlib import Path
+
+import ninja
+from django.urls import path, re_path
+from django.views.static import serve
+
+from somafractalmemory.memories.api import api, healthz, json_404, json_500, readyz
+
+# The docs UI's own scripts ship inside django-ninja; serve them without a CDN or collectstatic.
+NINJA_STATIC = Path(ninja.__file__).parent / "static" / "ninja"
+
+urlpatterns = [
+    path("api/v2/", api.urls),
+    path("healthz", healthz),
+    path("readyz", readyz),
+    re_path(r"^static/ninja/(?P<path>.+)$", serve, {"document_root": str(NINJA_STATIC)}),
+]
+
+handler404 = json_404
+handler500 = json_500

@@ -1,0 +1,1 @@
+"""The vector index: the VectorIndex protocol and its Milvus implementation."""

@@ -1,0 +1,56 @@
+"""The VectorIndex protocol: derived data that can always be rebuilt from SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from somafractalmemory.retrieval.filters import Node
+
+
+@dataclass(frozen=True)
+class VectorRecord:
+    """One memory as the index holds it: its vector and the fields filters need."""
+
+    id: str
+    embedding_id: str
+    vector: npt.NDArray[np.float32]
+    tenant: str
+    namespace: str
+    type: str
+    importance: float
+    created_at_ms: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    id: str
+    score: float
+    """Cosine similarity in [-1, 1]."""
+
+
+class VectorIndex(Protocol):
+    def upsert(self, records: Sequence[VectorRecord]) -> None: ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def search(
+        self,
+        vector: npt.NDArray[np.float32],
+        *,
+        tenant: str,
+        namespace: str | None,
+        where: Node | None,
+        top_k: int,
+    ) -> list[VectorHit]:
+        """The `top_k` nearest memories of `tenant` (and `namespace`) that match `where`."""
+        ...
+
+    def count(self) -> int: ...
+
+    def close(self) -> None: ...

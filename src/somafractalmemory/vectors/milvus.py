@@ -1,0 +1,176 @@
+"""VectorIndex on Milvus: a Milvus Lite file (embedded) or a server URI, same code."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from somafractalmemory.errors import IndexLocked, IndexUnavailable
+from somafractalmemory.retrieval.filters import PRESENCE_FIELD, Node, presence_map, to_milvus
+from somafractalmemory.vectors.base import VectorHit, VectorRecord
+
+log = logging.getLogger(__name__)
+
+_ID_LENGTH = 64
+_NAME_LENGTH = 256
+_UPSERT_CHUNK = 1000
+
+
+def collection_name(model: str, dim: int) -> str:
+    """One collection per embedding model and dimension."""
+    slug = re.sub(r"[^a-z0-9]+", "_", model.rsplit("/", 1)[-1].lower()).strip("_")
+    return f"sfm_{slug[:180]}_{dim}"
+
+
+def _literal(value: str) -> str:
+    # Milvus string literals use JSON escaping.
+    import json
+
+    return json.dumps(value, ensure_ascii=False)
+
+
+class MilvusIndex:
+    """Collection `collection_name(model, dim)`: id, vector and the scalar fields filters use."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        model: str,
+        dim: int,
+        token: str | None = None,
+        db_name: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.uri = uri
+        self.dim = dim
+        self.name = collection_name(model, dim)
+        self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._client = self._connect(uri, token, db_name)
+        self._ensure_collection()
+
+    def _connect(self, uri: str, token: str | None, db_name: str | None) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources deprecation inside milvus-lite
+            from pymilvus import MilvusClient
+
+            kwargs: dict[str, Any] = {"uri": uri, "timeout": self._timeout}
+            if token:
+                kwargs["token"] = token
+            if db_name:
+                kwargs["db_name"] = db_name
+            try:
+                return MilvusClient(**kwargs)
+            except Exception as exc:
+                if self.is_lite and "Open local milvus failed" in str(exc):
+                    raise IndexLocked(
+                        f"the Milvus Lite file {uri} is open in another process (one process "
+                        "owns it: use the running server's API, or stop it first)"
+                    ) from exc
+                raise IndexUnavailable(f"cannot connect to Milvus at {uri}: {exc}") from exc
+
+    def _ensure_collection(self) -> None:
+        from pymilvus import DataType
+
+        client = self._client
+        if not client.has_collection(self.name, timeout=self._timeout):
+            schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_LENGTH)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            schema.add_field("embedding_id", DataType.VARCHAR, max_length=_ID_LENGTH)
+            schema.add_field("tenant", DataType.VARCHAR, max_length=_NAME_LENGTH)
+            schema.add_field("namespace", DataType.VARCHAR, max_length=_NAME_LENGTH)
+            schema.add_field("type", DataType.VARCHAR, max_length=16)
+            schema.add_field("importance", DataType.FLOAT)
+            schema.add_field("created_at", DataType.INT64)
+            schema.add_field("metadata", DataType.JSON)
+            schema.add_field(PRESENCE_FIELD, DataType.JSON)
+            index = client.prepare_index_params()
+            index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
+            client.create_collection(
+                self.name,
+                schema=schema,
+                index_params=index,
+                consistency_level="Strong",
+                timeout=self._timeout,
+            )
+        client.load_collection(self.name, timeout=self._timeout)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self.name, *args, timeout=self._timeout, **kwargs)
+        except Exception as exc:
+            log.warning("milvus %s failed: %s", what, exc)
+            raise IndexUnavailable(f"vector index {what} failed: {exc}") from exc
+
+    def upsert(self, records: Sequence[VectorRecord]) -> None:
+        rows = [
+            {
+                "id": r.id,
+                "vector": np.asarray(r.vector, dtype=np.float32).tolist(),
+                "embedding_id": r.embedding_id,
+                "tenant": r.tenant,
+                "namespace": r.namespace,
+                "type": r.type,
+                "importance": float(r.importance),
+                "created_at": int(r.created_at_ms),
+                "metadata": r.metadata,
+                PRESENCE_FIELD: presence_map(r.metadata),
+            }
+            for r in records
+        ]
+        for start in range(0, len(rows), _UPSERT_CHUNK):
+            self._call("upsert", self._client.upsert, rows[start : start + _UPSERT_CHUNK])
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self._call("delete", self._client.delete, ids=list(ids))
+
+    def search(
+        self,
+        vector: npt.NDArray[np.float32],
+        *,
+        tenant: str,
+        namespace: str | None,
+        where: Node | None,
+        top_k: int,
+    ) -> list[VectorHit]:
+        clauses = [f"tenant == {_literal(tenant)}"]
+        if namespace is not None:
+            clauses.append(f"namespace == {_literal(namespace)}")
+        if where is not None:
+            clauses.append(f"({to_milvus(where)})")
+        result = self._call(
+            "search",
+            self._client.search,
+            data=[np.asarray(vector, dtype=np.float32).tolist()],
+            filter=" and ".join(clauses),
+            limit=top_k,
+            output_fields=["id"],
+            search_params={"metric_type": "COSINE"},
+        )
+        return [VectorHit(id=str(hit["id"]), score=float(hit["distance"])) for hit in result[0]]
+
+    def embedding_ids(self, ids: Sequence[str]) -> dict[str, str]:
+        """memory id -> embedding id, for the ids the index holds."""
+        if not ids:
+            return {}
+        rows = self._call("get", self._client.get, ids=list(ids), output_fields=["embedding_id"])
+        return {str(row["id"]): str(row["embedding_id"]) for row in rows}
+
+    def count(self) -> int:
+        rows = self._call("count", self._client.query, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
