@@ -129,11 +129,11 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
 def list_memories(
     request: HttpRequest,
     namespace: str | None = None,
-    type: Query[list[MemoryTypeName]] | None = None,  # noqa: A002 - the API's field name
-    limit: int = Query(50, ge=1, le=500),  # type: ignore[type-arg]
+    type: list[MemoryTypeName] = Query([]),  # noqa: A002, B008 - the API's field name
+    limit: int = Query(50, ge=1, le=500),  # noqa: B008
     cursor: str | None = None,
 ) -> PageOut:
-    page = services.list_memories(namespace=namespace, types=type or (), limit=limit, cursor=cursor)
+    page = services.list_memories(namespace=namespace, types=type, limit=limit, cursor=cursor)
     return PageOut(
         memories=[MemoryOut.from_orm(m) for m in page.memories], next_cursor=page.next_cursor
     )
