@@ -1,8 +1,9 @@
-"""The v2 API through HTTP (Django's test client), against SQLite, the real model and Milvus Lite."""
+"""The v2 API through HTTP (Django's test client): SQLite, the real model, Milvus Lite."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -24,18 +25,18 @@ ORIGINAL_SEARCH = {
 }
 
 
-def store(api: Api, namespace: str, content: str, **fields: object) -> dict[str, object]:
+def store(api: Api, namespace: str, content: str, **fields: object) -> dict[str, Any]:
     body = {"content": content, "namespace": namespace, **fields}
-    result: dict[str, object] = api.ok("POST", "/memory/store", body)
+    result: dict[str, Any] = api.ok("POST", "/memory/store", body)
     return result
 
 
-def search(api: Api, namespace: str | None, query: str, **fields: object) -> list[dict[str, object]]:
+def search(api: Api, namespace: str | None, query: str, **fields: object) -> list[dict[str, Any]]:
     body: dict[str, object] = {"query": query, **fields}
     if namespace:
         body["namespace"] = namespace
     result = api.ok("POST", "/memory/search", body)
-    hits: list[dict[str, object]] = result["memories"]
+    hits: list[dict[str, Any]] = result["memories"]
     return hits
 
 
@@ -84,7 +85,9 @@ def test_get_returns_every_field(api: Api, namespace: str) -> None:
 
 def test_patch_content_reembeds(api: Api, namespace: str) -> None:
     stored = store(api, namespace, "The meeting is on Monday")
-    patched = api.ok("PATCH", f"/memory/{stored['id']}", {"content": "Bananas are rich in potassium"})
+    patched = api.ok(
+        "PATCH", f"/memory/{stored['id']}", {"content": "Bananas are rich in potassium"}
+    )
     assert patched["content"] == "Bananas are rich in potassium"
     assert patched["embedding_id"] != stored["embedding_id"]
     hits = search(api, namespace, "which fruit has potassium?", top_k=1)
@@ -93,11 +96,15 @@ def test_patch_content_reembeds(api: Api, namespace: str) -> None:
 
 def test_patch_metadata_and_importance_reach_the_index(api: Api, namespace: str) -> None:
     stored = store(api, namespace, "Deploys happen on Fridays", metadata={"team": "ops"})
-    patched = api.ok("PATCH", f"/memory/{stored['id']}", {"metadata": {"team": "dev"}, "importance": 1})
+    patched = api.ok(
+        "PATCH", f"/memory/{stored['id']}", {"metadata": {"team": "dev"}, "importance": 1}
+    )
     assert patched["embedding_id"] == stored["embedding_id"]
     assert patched["importance"] == 1.0
     assert search(api, namespace, "deploys", filters={"team": "ops"}) == []
-    assert [h["id"] for h in search(api, namespace, "deploys", filters={"team": "dev"})] == [stored["id"]]
+    assert [h["id"] for h in search(api, namespace, "deploys", filters={"team": "dev"})] == [
+        stored["id"]
+    ]
 
 
 def test_patch_rejects_bad_changes(api: Api, namespace: str) -> None:
@@ -135,7 +142,10 @@ def test_list_pages_with_cursor_and_filters(api: Api, namespace: str) -> None:
 
 
 def test_batch_stores_all_and_is_searchable(api: Api, namespace: str) -> None:
-    items = [{"content": f"Fact number {i}: the sky shade {i}", "namespace": namespace} for i in range(150)]
+    items = [
+        {"content": f"Fact number {i}: the sky shade {i}", "namespace": namespace}
+        for i in range(150)
+    ]
     items.append({"content": "The wifi password is on the fridge", "namespace": namespace})
     result = api.ok("POST", "/memory/batch", {"memories": items})
     assert len(result["memories"]) == 151
@@ -150,7 +160,10 @@ def test_batch_is_all_or_nothing(api: Api, namespace: str) -> None:
     items = [{"content": "fine", "namespace": namespace}, {"content": "", "namespace": namespace}]
     assert api.error(422, "POST", "/memory/batch", {"memories": items}) == "validation_error"
     big = [{"content": "x" * 40_000, "namespace": namespace}]
-    assert api.error(413, "POST", "/memory/batch", {"memories": items[:1] + big}) == "content_too_large"
+    assert (
+        api.error(413, "POST", "/memory/batch", {"memories": items[:1] + big})
+        == "content_too_large"
+    )
     too_many = [{"content": f"m{i}", "namespace": namespace} for i in range(1001)]
     assert api.error(413, "POST", "/memory/batch", {"memories": too_many}) == "batch_too_large"
     assert api.error(422, "POST", "/memory/batch", {"memories": []}) == "validation_error"
@@ -206,7 +219,12 @@ def test_search_rejects_bad_input(api: Api, body: object, status: int, code: str
 def test_filters_run_inside_the_search(api: Api, namespace: str) -> None:
     """top_k matches come back even when far better non-matching memories exist."""
     for i in range(30):
-        store(api, namespace, f"Coffee tasting note {i}: bright and fruity", metadata={"kind": "coffee"})
+        store(
+            api,
+            namespace,
+            f"Coffee tasting note {i}: bright and fruity",
+            metadata={"kind": "coffee"},
+        )
     tea = [
         store(api, namespace, f"Tea log {i}", metadata={"kind": "tea", "cups": i})["id"]
         for i in range(3)

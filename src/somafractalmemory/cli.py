@@ -100,7 +100,7 @@ class _Server:
     def __init__(self, options: dict[str, Any]) -> None:
         from gunicorn.app.base import BaseApplication
 
-        class Application(BaseApplication):  # type: ignore[misc]
+        class Application(BaseApplication):
             def load_config(self) -> None:
                 for key, value in options.items():
                     self.cfg.set(key, value)

@@ -58,7 +58,8 @@ class Config:
         ),
     )
     postgres_url: str | None = field(
-        default=None, metadata=_doc("Original README key; used as `database_url` when that is unset.")
+        default=None,
+        metadata=_doc("Original README key; used as `database_url` when that is unset."),
     )
     milvus_uri: str | None = field(
         default=None,
@@ -69,7 +70,9 @@ class Config:
     milvus_host: str | None = field(
         default=None, metadata=_doc("Original README key; with `milvus_port` forms `milvus_uri`.")
     )
-    milvus_port: int = field(default=19530, metadata=_doc("Original README key, see `milvus_host`."))
+    milvus_port: int = field(
+        default=19530, metadata=_doc("Original README key, see `milvus_host`.")
+    )
     milvus_token: str | None = field(default=None, metadata=_doc("Milvus server token."))
     milvus_db: str | None = field(default=None, metadata=_doc("Milvus server database name."))
     milvus_timeout: float = field(
@@ -195,7 +198,9 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
     values = {k: v for k, v in values.items() if v is not None or _accepts_none(k)}
     config = Config(**values)
     if config.embedder not in {"local", "http"}:
-        raise ConfigError(f"setting 'embedder': expected 'local' or 'http', got {config.embedder!r}")
+        raise ConfigError(
+            f"setting 'embedder': expected 'local' or 'http', got {config.embedder!r}"
+        )
     if config.embedder == "http" and not config.embedding_url:
         raise ConfigError("setting 'embedding_url' is required when embedder is 'http'")
     return config

@@ -49,7 +49,9 @@ class HttpEmbedder:
         except httpx.HTTPError as exc:
             raise EmbeddingUnavailable(f"embedding endpoint failed: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
-            raise EmbeddingUnavailable(f"embedding endpoint answered an unexpected body: {exc}") from exc
+            raise EmbeddingUnavailable(
+                f"embedding endpoint answered an unexpected body: {exc}"
+            ) from exc
         if len(vectors) != len(batch) or len({len(v) for v in vectors}) != 1:
             raise EmbeddingUnavailable(
                 f"embedding endpoint returned {len(vectors)} vectors for {len(batch)} texts"

@@ -49,10 +49,9 @@ class LocalEmbedder:
     @property
     def dim(self) -> int:
         model = self._load()
-        getter = getattr(model, "get_embedding_dimension", None) or getattr(
-            model, "get_sentence_embedding_dimension"
-        )
-        return int(getter())
+        # sentence-transformers 6 renamed the getter; accept both.
+        getter = getattr(model, "get_embedding_dimension", None)
+        return int(getter() if getter else model.get_sentence_embedding_dimension())
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         model = self._load()

@@ -86,7 +86,9 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 
 def _store_out(m: Any) -> StoreOut:
-    return StoreOut(id=m.id, embedding_id=m.embedding_id, importance=m.importance, created_at=m.created_at)
+    return StoreOut(
+        id=m.id, embedding_id=m.embedding_id, importance=m.importance, created_at=m.created_at
+    )
 
 
 def _new(item: StoreIn) -> services.NewMemory:
@@ -129,8 +131,8 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
 def list_memories(
     request: HttpRequest,
     namespace: str | None = None,
-    type: list[MemoryTypeName] = Query([]),  # noqa: A002, B008 - the API's field name
-    limit: int = Query(50, ge=1, le=500),  # noqa: B008
+    type: list[MemoryTypeName] = Query([]),  # noqa: B008 - the API's field name
+    limit: int = Query(50, ge=1, le=500),
     cursor: str | None = None,
 ) -> PageOut:
     page = services.list_memories(namespace=namespace, types=type, limit=limit, cursor=cursor)
@@ -190,7 +192,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks.setdefault("embedder", f"error: {exc}")
         checks.setdefault("vector_index", f"error: {exc}")
     ready = all(v == "ok" for v in checks.values())
-    return JsonResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status=200 if ready else 503,
+    )
 
 
 def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
@@ -217,5 +222,3 @@ class JsonErrorsMiddleware:
             new["Allow"] = allowed
             return new
         return response
-
-

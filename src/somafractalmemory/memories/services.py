@@ -128,7 +128,9 @@ def _embed(texts: Sequence[str]) -> Any:
 def _index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[VectorTask]) -> None:
     """Write vectors now; on failure the outbox tasks stay for `drain_outbox`."""
     try:
-        backends.vector_index().upsert([_record(m, v) for m, v in zip(memories, vectors, strict=True)])
+        backends.vector_index().upsert(
+            [_record(m, v) for m, v in zip(memories, vectors, strict=True)]
+        )
     except SFMError as exc:
         log.warning("vector write owed for %d memories: %s", len(memories), exc.message)
         VectorTask.objects.filter(id__in=[t.id for t in tasks]).update(last_error=exc.message[:500])
@@ -322,7 +324,9 @@ def drain_outbox(*, limit: int = 1000) -> int:
                     for m, v in zip(present, _embed([m.content for m in present]), strict=True)
                 ]
             )
-        gone = [t.memory_id for t in deletes] + [t.memory_id for t in upserts if t.memory_id not in rows]
+        gone = [t.memory_id for t in deletes] + [
+            t.memory_id for t in upserts if t.memory_id not in rows
+        ]
         index.delete(gone)
     except SFMError as exc:
         VectorTask.objects.filter(id__in=[t.id for t in tasks]).update(last_error=exc.message[:500])

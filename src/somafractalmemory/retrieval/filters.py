@@ -197,7 +197,9 @@ def _operand(field: Field, op: str, operand: Any) -> Scalar | tuple[Scalar, ...]
         values = tuple(_scalar(field, op, v) for v in operand)
         kinds = {_kind(v) for v in values}
         if len(kinds) > 1:
-            raise InvalidFilter(f"{op} values must all be of one type (strings, numbers or booleans)")
+            raise InvalidFilter(
+                f"{op} values must all be of one type (strings, numbers or booleans)"
+            )
         return values
     value = _scalar(field, op, operand)
     if op in _RANGE and _kind(value) != "number":
@@ -242,7 +244,7 @@ def to_epoch_ms(value: Any) -> int:
     if isinstance(value, bool):
         raise InvalidFilter("created_at compares with ISO 8601 times or epoch seconds")
     if isinstance(value, int | float) and math.isfinite(value):
-        return int(round(value * 1000))
+        return round(value * 1000)
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -250,7 +252,7 @@ def to_epoch_ms(value: Any) -> int:
             raise InvalidFilter(f"created_at: not an ISO 8601 time: {value!r}") from exc
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return int(round(moment.timestamp() * 1000))
+        return round(moment.timestamp() * 1000)
     raise InvalidFilter("created_at compares with ISO 8601 times or epoch seconds")
 
 

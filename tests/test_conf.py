@@ -1,0 +1,77 @@
+"""Settings: defaults < config.yaml < SFM_* environment; the reference is generated."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from somafractalmemory.conf import Config, load_config, settings_reference
+from somafractalmemory.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_serve_the_embedded_stack(tmp_path: Path) -> None:
+    config = load_config({"SFM_CONFIG": str(tmp_path / "absent.yaml")})
+    assert config == Config()
+    assert config.api_port == 10101 and config.effective_database_url is None
+    assert config.effective_milvus_uri == str(Path("sfm-data") / "milvus.db")
+
+
+def test_yaml_then_environment(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("namespace: agents\nvector_dim: 384\napi_port: 9000\nmilvus_host: milvus\n")
+    config = load_config({"SFM_CONFIG": str(path), "SFM_API_PORT": "9100", "SFM_DEBUG": "yes"})
+    assert config.namespace == "agents" and config.vector_dim == 384
+    assert config.api_port == 9100 and config.debug is True
+    assert config.effective_milvus_uri == "http://milvus:19530"
+
+
+def test_original_postgres_key_maps_to_database_url(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text('postgres_url: "postgresql://soma:soma@postgres:5432/somamemory"\n')
+    config = load_config({"SFM_CONFIG": str(path)})
+    assert config.effective_database_url == "postgresql://soma:soma@postgres:5432/somamemory"
+    config = load_config({"SFM_CONFIG": str(path), "SFM_DATABASE_URL": "postgresql://x/y"})
+    assert config.effective_database_url == "postgresql://x/y"
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        ("api_port: many\n", {}),
+        ("colour: blue\n", {}),
+        ("- a list\n", {}),
+        ("key: [unclosed\n", {}),
+        ("", {"SFM_DEBUG": "perhaps"}),
+        ("", {"SFM_EMBEDDER": "magic"}),
+        ("", {"SFM_EMBEDDER": "http"}),
+    ],
+)
+def test_bad_settings_are_config_errors(tmp_path: Path, text: str, env: dict[str, str]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_config({"SFM_CONFIG": str(path), **env})
+
+
+def test_sfm_config_masks_secrets(tmp_path: Path) -> None:
+    env = {"SFM_CONFIG": str(tmp_path / "none.yaml"), "SFM_EMBEDDING_API_KEY": "sk-secret"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "somafractalmemory.cli", "config"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+    ).stdout
+    assert "sk-secret" not in shown
+    settings = json.loads(shown)
+    assert settings["embedding_api_key"] == "***" and settings["api_port"] == 10101
+
+
+def test_settings_reference_is_current() -> None:
+    assert (ROOT / "docs" / "settings.md").read_text() == settings_reference(), "run `make docs`"

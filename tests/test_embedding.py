@@ -1,0 +1,111 @@
+"""Embedders: the bundled offline model and an OpenAI-compatible endpoint (a local fake)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import pytest
+
+from somafractalmemory import backends
+from somafractalmemory.conf import Config
+from somafractalmemory.embedding.http import HttpEmbedder
+from somafractalmemory.errors import EmbeddingUnavailable, VectorDimMismatch
+
+FAKE_DIM = 8
+
+
+def fake_vector(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [b - 128.0 for b in digest[:FAKE_DIM]]
+
+
+class FakeEmbeddings(BaseHTTPRequestHandler):
+    """The shape of OpenAI's /v1/embeddings, answering in shuffled order like some servers."""
+
+    calls: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeEmbeddings.calls.append(
+            {"path": self.path, "auth": self.headers.get("Authorization"), **body}
+        )
+        if body["model"] == "broken":
+            self.send_response(500)
+            self.end_headers()
+            return
+        data = [{"index": i, "embedding": fake_vector(t)} for i, t in enumerate(body["input"])]
+        payload = json.dumps({"object": "list", "data": list(reversed(data))}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEmbeddings)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_embedder_batches_orders_and_normalises(fake_url: str) -> None:
+    FakeEmbeddings.calls.clear()
+    embedder = HttpEmbedder(fake_url, "fake-model", api_key="k-123", batch_size=4)
+    texts = [f"text {i}" for i in range(10)]
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (10, FAKE_DIM) and vectors.dtype == np.float32
+    expected = np.array([fake_vector(t) for t in texts])
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, expected, rtol=1e-6)
+    assert [len(c["input"]) for c in FakeEmbeddings.calls] == [4, 4, 2]
+    assert {c["path"] for c in FakeEmbeddings.calls} == {"/v1/embeddings"}
+    assert {c["auth"] for c in FakeEmbeddings.calls} == {"Bearer k-123"}
+    assert embedder.dim == FAKE_DIM
+
+
+def test_http_embedder_failure_is_503(fake_url: str) -> None:
+    with pytest.raises(EmbeddingUnavailable) as caught:
+        HttpEmbedder(fake_url, "broken").embed(["x"])
+    assert caught.value.status == 503
+    with pytest.raises(EmbeddingUnavailable):
+        HttpEmbedder("http://127.0.0.1:9/v1", "m", timeout=1).embed(["x"])
+
+
+def test_factory_builds_http_embedder_and_checks_dimension(fake_url: str) -> None:
+    config = Config(embedder="http", embedding_url=fake_url, embedding_model="fake-model")
+    embedder = backends.build_embedder(config)
+    assert backends.check_dimension(config, embedder) == FAKE_DIM
+    with pytest.raises(VectorDimMismatch) as caught:
+        backends.check_dimension(replace(config, vector_dim=768), embedder)
+    assert "768" in caught.value.message and str(FAKE_DIM) in caught.value.message
+
+
+def test_bundled_model_is_real_and_offline() -> None:
+    embedder = backends.embedder()
+    assert embedder.dim == 384
+    vectors = embedder.embed(
+        ["The cat sat on the mat", "A kitten rested on the rug", "Stock prices fell sharply"]
+    )
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    similar, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
+    assert similar > 0.5 > unrelated
+
+
+def test_dimension_mismatch_with_the_bundled_model() -> None:
+    with pytest.raises(VectorDimMismatch):
+        backends.check_dimension(Config(vector_dim=768), backends.embedder())

@@ -1,0 +1,78 @@
+"""Imports point downwards: api -> services -> components -> conf/errors."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "somafractalmemory"
+
+# Rank of each module group; a module may import only groups of a lower rank (or its own).
+RANKS = {
+    "errors": 0,
+    "conf": 1,
+    "retrieval": 2,
+    "embedding": 3,
+    "vectors": 3,
+    "backends": 4,
+    "memories.models": 4,
+    "memories.services": 5,
+    "memories.schemas": 5,
+    "memories.api": 6,
+    "memories.apps": 6,
+    "server": 7,
+    "cli": 8,
+}
+
+
+def group(module: str) -> str:
+    parts = module.split(".")
+    for size in (2, 1):
+        name = ".".join(parts[:size])
+        if name in RANKS:
+            return name
+    raise AssertionError(f"module {module} has no layer in RANKS")
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.startswith("somafractalmemory."):
+                found.add(name.removeprefix("somafractalmemory."))
+    return found
+
+
+def test_imports_point_downwards() -> None:
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).with_suffix("")
+        if relative.parts[-1] == "__init__" or "migrations" in relative.parts:
+            continue
+        me = group(".".join(relative.parts))
+        for target in imports(path):
+            try:
+                other = group(target)
+            except AssertionError:
+                continue  # e.g. `from somafractalmemory import backends` resolves below
+            if other != me and RANKS[other] >= RANKS[me]:
+                wrong.append(f"{relative} ({me}) imports {target} ({other})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_only_backends_names_implementations() -> None:
+    concrete = {"embedding.local", "embedding.http", "vectors.milvus"}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        if relative == "backends" or any(relative == c for c in concrete):
+            continue
+        if imports(path) & concrete:
+            offenders.append(relative)
+    assert not offenders

@@ -1,0 +1,112 @@
+"""Contract of VectorIndex, run unchanged against every back end available here."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from somafractalmemory.retrieval import filters
+from somafractalmemory.vectors.base import VectorIndex, VectorRecord
+from somafractalmemory.vectors.milvus import MilvusIndex
+
+DIM = 16
+
+
+def _backends() -> list[object]:
+    params: list[object] = [pytest.param("lite", id="milvus-lite")]
+    uri = os.environ.get("SFM_TEST_MILVUS_URI")
+    params.append(
+        pytest.param(
+            uri or "server",
+            id="milvus-server",
+            marks=pytest.mark.skipif(not uri, reason="SFM_TEST_MILVUS_URI is not set"),
+        )
+    )
+    return params
+
+
+@pytest.fixture(scope="module", params=_backends())
+def index(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VectorIndex]:
+    if request.param == "lite":
+        uri = str(Path(tmp_path_factory.mktemp("contract")) / "milvus.db")
+    else:
+        uri = request.param
+    built = MilvusIndex(uri, model=f"contract-{uuid.uuid4().hex[:8]}", dim=DIM)
+    yield built
+    built.close()
+
+
+def unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def record(i: int, tenant: str, **fields: object) -> VectorRecord:
+    base: dict[str, object] = {
+        "id": f"mem_{tenant}_{i}",
+        "embedding_id": f"vec_{i}",
+        "vector": unit(i),
+        "tenant": tenant,
+        "namespace": "ns",
+        "type": "episodic",
+        "importance": 0.5,
+        "created_at_ms": 1_700_000_000_000 + i,
+        "metadata": {"i": i, "even": i % 2 == 0},
+    }
+    base.update(fields)
+    return VectorRecord(**base)  # type: ignore[arg-type]
+
+
+def test_nearest_first_and_exact_match_scores_one(index: VectorIndex) -> None:
+    tenant = uuid.uuid4().hex
+    index.upsert([record(i, tenant) for i in range(50)])
+    hits = index.search(unit(7), tenant=tenant, namespace="ns", where=None, top_k=5)
+    assert hits[0].id == f"mem_{tenant}_7"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len(hits) == 5
+
+
+def test_tenant_and_namespace_scope(index: VectorIndex) -> None:
+    a, b = uuid.uuid4().hex, uuid.uuid4().hex
+    index.upsert([record(1, a), record(2, b), record(3, a, namespace="other")])
+    hits = index.search(unit(2), tenant=a, namespace=None, where=None, top_k=10)
+    assert {h.id for h in hits} == {f"mem_{a}_1", f"mem_{a}_3"}
+    hits = index.search(unit(2), tenant=a, namespace="ns", where=None, top_k=10)
+    assert {h.id for h in hits} == {f"mem_{a}_1"}
+
+
+def test_filter_inside_search_fills_top_k(index: VectorIndex) -> None:
+    tenant = uuid.uuid4().hex
+    index.upsert([record(i, tenant) for i in range(100)])
+    where = filters.parse({"i": {"$gte": 90}})
+    hits = index.search(unit(3), tenant=tenant, namespace="ns", where=where, top_k=10)
+    assert sorted(h.id for h in hits) == sorted(f"mem_{tenant}_{i}" for i in range(90, 100))
+
+
+def test_upsert_replaces_and_delete_removes(index: VectorIndex) -> None:
+    tenant = uuid.uuid4().hex
+    index.upsert([record(1, tenant)])
+    index.upsert([record(1, tenant, vector=unit(99), metadata={"i": 99})])
+    hits = index.search(unit(99), tenant=tenant, namespace="ns", where=None, top_k=10)
+    assert [h.id for h in hits] == [f"mem_{tenant}_1"]
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    where = filters.parse({"i": 1})
+    assert index.search(unit(1), tenant=tenant, namespace="ns", where=where, top_k=10) == []
+    index.delete([f"mem_{tenant}_1"])
+    assert index.search(unit(99), tenant=tenant, namespace="ns", where=None, top_k=10) == []
+    index.delete([f"mem_{tenant}_1"])  # deleting what is gone is not an error
+
+
+def test_count_grows_with_upserts(index: VectorIndex) -> None:
+    before = index.count()
+    tenant = uuid.uuid4().hex
+    index.upsert([record(i, tenant) for i in range(7)])
+    assert index.count() == before + 7
