@@ -26,8 +26,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The same suite runs against each stack this machine has: embedded, then PostgreSQL + Redis.
+PG_URL ?= postgresql://postgres@127.0.0.1:5432/sfm
+REDIS_URL ?= redis://127.0.0.1:6379/15
+
 pytest: install
 	$(BIN)/pytest
+	SFM_DATABASE_URL=$(PG_URL) SFM_REDIS_URL=$(REDIS_URL) $(BIN)/pytest
 
 test: lint typecheck pytest
 

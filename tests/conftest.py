@@ -19,6 +19,44 @@ os.environ.pop("SFM_CONFIG", None)
 from somafractalmemory.conf import get_config  # noqa: E402
 
 get_config.cache_clear()
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _reachable(what: str, check: Any) -> None:
+    """A configured service must answer; locally its absence skips the run, in CI it fails."""
+    try:
+        check()
+    except Exception as exc:
+        message = f"{what} is configured but unreachable: {exc}"
+        if IN_CI:
+            raise pytest.UsageError(message) from exc
+        pytest.exit(f"skipped: {message}", returncode=0)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = get_config()
+    url = config.effective_database_url
+    if url:
+        import psycopg
+
+        dsn = url.replace("postgres://", "postgresql://", 1)
+        _reachable(
+            "PostgreSQL", lambda: psycopg.connect(dsn, dbname="postgres", connect_timeout=3).close()
+        )
+    if config.redis_url:
+        import redis
+
+        _reachable("Redis", lambda: redis.Redis.from_url(config.redis_url, socket_timeout=3).ping())
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings() -> None:
+    """Each run gets its own PostgreSQL test database, so parallel runs never collide."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("postgresql"):
+        database.setdefault("TEST", {})["NAME"] = f"test_sfm_{uuid.uuid4().hex[:10]}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -73,3 +111,26 @@ class Api:
 @pytest.fixture
 def api(db: None) -> Iterator[Api]:
     yield Api()
+
+
+@pytest.fixture
+def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for a real server process: its own data directory and, on PostgreSQL,
+    its own database (dropped afterwards)."""
+    env = {**os.environ, "SFM_DATA_DIR": str(tmp_path / "data")}
+    url = get_config().effective_database_url
+    if not url:
+        yield env
+        return
+    import psycopg
+
+    name = f"sfm_srv_{uuid.uuid4().hex[:10]}"
+    admin = url.replace("postgres://", "postgresql://", 1)
+    with psycopg.connect(admin, dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    env["SFM_DATABASE_URL"] = admin.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield env
+    finally:
+        with psycopg.connect(admin, dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

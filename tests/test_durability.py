@@ -25,8 +25,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "SFM_DATA_DIR": str(data_dir)}
+def server(env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     command = [sys.executable, "-m", "somafractalmemory.cli", "serve", "--port", str(port)]
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -51,11 +50,11 @@ def server(data_dir: Path, port: int, log: Path) -> Iterator[subprocess.Popen[by
             process.wait(timeout=30)
 
 
-def test_acknowledged_store_survives_kill_9(tmp_path: Path) -> None:
+def test_acknowledged_store_survives_kill_9(tmp_path: Path, server_env: dict[str, str]) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}/api/v2"
     log = tmp_path / "server.log"
-    with server(tmp_path / "data", port, log) as process:
+    with server(server_env, port, log) as process:
         stored = [
             httpx.post(
                 f"{base}/memory/store",
@@ -72,7 +71,7 @@ def test_acknowledged_store_survives_kill_9(tmp_path: Path) -> None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
-    with server(tmp_path / "data", port, log):
+    with server(server_env, port, log):
         for response in stored:
             memory = httpx.get(f"{base}/memory/{response.json()['id']}", timeout=30)
             assert memory.status_code == 200

@@ -94,6 +94,12 @@ class Unavailable(SFMError):
     code = "unavailable"
 
 
+class DatabaseUnavailable(Unavailable):
+    """The SQL database cannot be reached; nothing was written."""
+
+    code = "database_unavailable"
+
+
 class EmbeddingUnavailable(Unavailable):
     code = "embedding_unavailable"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.db import connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Router
 from ninja.errors import HttpError
@@ -13,6 +13,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 
 from somafractalmemory import __version__, backends
 from somafractalmemory.errors import (
+    DatabaseUnavailable,
     MalformedJSON,
     MethodNotAllowed,
     NotFound,
@@ -57,6 +58,16 @@ def error_response(error: SFMError) -> JsonResponse:
 @api.exception_handler(SFMError)
 def _sfm_error(request: HttpRequest, exc: SFMError) -> HttpResponse:
     return error_response(exc)
+
+
+@api.exception_handler(DatabaseError)
+def _database_error(request: HttpRequest, exc: DatabaseError) -> HttpResponse:
+    if isinstance(exc, OperationalError | InterfaceError):
+        log.warning("database unavailable: %s", exc)
+        # The broken connection is dropped, so the next request reconnects by itself.
+        connection.close_if_unusable_or_obsolete()
+        return error_response(DatabaseUnavailable("the database is unavailable; retry shortly"))
+    raise exc
 
 
 @api.exception_handler(NinjaValidationError)

@@ -44,6 +44,9 @@ def _databases() -> dict[str, Any]:
     url = CONFIG.effective_database_url
     if url:
         db = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
+        if db["ENGINE"].endswith("postgresql"):
+            # Fail fast when the server is down instead of hanging a request thread.
+            db.setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
         return {"default": db}
     CONFIG.data_dir.mkdir(parents=True, exist_ok=True)
     return {
