@@ -134,3 +134,18 @@ def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     finally:
         with psycopg.connect(admin, dbname="postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The service uses an empty Milvus Lite index of its own for this test."""
+    from somafractalmemory import backends
+    from somafractalmemory.vectors.milvus import MilvusIndex
+
+    embedder = backends.embedder()
+    index = MilvusIndex(str(tmp_path / "own.db"), model=embedder.name, dim=embedder.dim)
+    monkeypatch.setattr(backends, "_index", index)
+    yield index
+    left = backends._index  # whichever index the test left in place
+    if left is not None:
+        left.close()

@@ -17,11 +17,12 @@ RANKS = {
     "backends": 4,
     "memories.models": 4,
     "memories.services": 5,
+    "memories.maintenance": 6,
     "memories.schemas": 5,
-    "memories.api": 6,
-    "memories.apps": 6,
-    "server": 7,
-    "cli": 8,
+    "memories.api": 7,
+    "memories.apps": 7,
+    "server": 8,
+    "cli": 9,
 }
 
 

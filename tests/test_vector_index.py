@@ -110,3 +110,17 @@ def test_count_grows_with_upserts(index: VectorIndex) -> None:
     tenant = uuid.uuid4().hex
     index.upsert([record(i, tenant) for i in range(7)])
     assert index.count() == before + 7
+
+
+def test_entries_stream_every_id_and_reset_empties(tmp_path: Path) -> None:
+    index = MilvusIndex(str(tmp_path / "m.db"), model="entries", dim=DIM)
+    try:
+        tenant = uuid.uuid4().hex
+        index.upsert([record(i, tenant) for i in range(2500)])
+        entries = dict(index.entries())
+        assert len(entries) == 2500
+        assert entries[f"mem_{tenant}_7"] == "vec_7"
+        index.reset()
+        assert index.count() == 0 and list(index.entries()) == []
+    finally:
+        index.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from typing import Annotated, Any
 
 import typer
 
-from somafractalmemory.errors import SFMError
+from somafractalmemory.errors import ConfigError, SFMError
 
 app = typer.Typer(help="SomaFractalMemory: long-term memory for AI agents.", no_args_is_help=True)
 
@@ -55,20 +57,28 @@ def config(
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [api_host].")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind [api_port].")] = None,
-    threads: Annotated[int | None, typer.Option(help="Request threads [threads].")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Request threads per worker [threads].")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes (needs a Milvus server).")] = 1,
 ) -> None:
-    """Migrate, then serve the API (gunicorn, one process owning the vector index, threads)."""
+    """Migrate, then serve the API with gunicorn (worker processes x request threads)."""
     from somafractalmemory.conf import get_config
 
     try:
         conf = get_config()
+        if workers > 1 and not (conf.milvus_uri or conf.milvus_host):
+            raise ConfigError(
+                "--workers > 1 needs a Milvus server: the Milvus Lite file can be opened by one "
+                "process only. Use --threads to scale the embedded default, or set milvus_uri."
+            )
     except SFMError as exc:
         _fail(exc)
         return
     migrate()
     options: dict[str, Any] = {
         "bind": f"{host or conf.api_host}:{port or conf.api_port}",
-        "workers": 1,
+        "workers": workers,
         "worker_class": "gthread",
         "threads": threads or conf.threads,
         "timeout": 120,
@@ -88,12 +98,93 @@ def _warm_up(worker: Any) -> None:
 
     try:
         backends.vector_index()
-        paid = services.drain_outbox()
-        if paid:
-            worker.log.info("paid %d owed vector writes", paid)
     except SFMError as exc:
         worker.log.error("error [%s]: %s", exc.code, exc.message)
         sys.exit(4)  # gunicorn stops when a worker fails to boot
+    stop = threading.Event()
+    threading.Thread(
+        target=services.run_outbox_worker, args=(stop,), name="sfm-outbox", daemon=True
+    ).start()
+
+
+@app.command()
+def worker(
+    interval: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 1.0,
+) -> None:
+    """Pay owed vector writes (the outbox) until stopped. `sfm serve` runs one in-process."""
+    _django()
+    from somafractalmemory import backends
+    from somafractalmemory.memories import services
+
+    try:
+        backends.vector_index()
+    except SFMError as exc:
+        _fail(exc)
+    typer.echo(f"outbox worker running; {services.outbox_depth()} writes owed", err=True)
+    stop = threading.Event()
+    try:
+        services.run_outbox_worker(stop, interval=interval)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def _progress(label: str) -> Any:
+    started = time.monotonic()
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or done == total:
+            last[0] = now
+            rate = done / max(now - started, 1e-9)
+            typer.echo(f"{label}: {done}/{total} ({rate:.0f}/s)", err=True)
+
+    return report
+
+
+@app.command()
+def reindex(
+    drop: Annotated[bool, typer.Option(help="Start from an empty collection.")] = False,
+    pending: Annotated[bool, typer.Option(help="Only pay owed writes (the outbox).")] = False,
+) -> None:
+    """Rebuild the vector index from SQL (also after changing the embedding model)."""
+    _django()
+    from somafractalmemory.memories import maintenance, services
+
+    try:
+        if pending:
+            paid = services.drain_outbox(limit=1_000_000)
+            typer.echo(f"paid {paid} owed writes; {services.outbox_depth()} still owed")
+            return
+        report = maintenance.reindex(drop=drop, progress=_progress("reindex"))
+    except SFMError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"indexed {report.indexed} memories, removed {report.removed} orphaned vectors")
+
+
+@app.command()
+def doctor(
+    repair: Annotated[bool, typer.Option(help="Make the index match SQL.")] = False,
+) -> None:
+    """Report drift between SQL and the vector index. Exit 1 when drift remains."""
+    _django()
+    from somafractalmemory.memories import maintenance
+
+    try:
+        drift = maintenance.doctor(repair=repair, progress=_progress("repair"))
+    except SFMError as exc:
+        _fail(exc)
+        return
+    for kind in ("missing", "orphaned", "stale"):
+        ids = getattr(drift, kind)
+        typer.echo(f"{kind}: {len(ids)}" + (f" (e.g. {', '.join(ids[:5])})" if ids else ""))
+    if drift.clean:
+        typer.echo("index matches SQL")
+    elif repair:
+        typer.echo("repaired")
+    else:
+        raise typer.Exit(1)
 
 
 class _Server:

@@ -12,13 +12,14 @@ import binascii
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, close_old_connections, transaction
 from django.db.models import Q
 
 from somafractalmemory import backends
@@ -101,7 +102,7 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         )
 
 
-def _record(memory: Memory, vector: Any) -> VectorRecord:
+def vector_record(memory: Memory, vector: Any) -> VectorRecord:
     return VectorRecord(
         id=memory.id,
         embedding_id=memory.embedding_id,
@@ -115,7 +116,7 @@ def _record(memory: Memory, vector: Any) -> VectorRecord:
     )
 
 
-def _embed(texts: Sequence[str]) -> Any:
+def embed_texts(texts: Sequence[str]) -> Any:
     config = get_config()
     embedder = backends.embedder()
     step = config.embedding_batch_size
@@ -125,12 +126,18 @@ def _embed(texts: Sequence[str]) -> Any:
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
+def write_vectors(memories: Sequence[Memory], vectors: Any = None) -> None:
+    """Upsert the memories' vectors (embedding them now unless given)."""
+    if vectors is None:
+        vectors = embed_texts([m.content for m in memories])
+    records = [vector_record(m, v) for m, v in zip(memories, vectors, strict=True)]
+    backends.vector_index().upsert(records)
+
+
 def _index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[VectorTask]) -> None:
-    """Write vectors now; on failure the outbox tasks stay for `drain_outbox`."""
+    """Write vectors now; on failure the outbox tasks stay for the outbox worker."""
     try:
-        backends.vector_index().upsert(
-            [_record(m, v) for m, v in zip(memories, vectors, strict=True)]
-        )
+        write_vectors(memories, vectors)
     except SFMError as exc:
         log.warning("vector write owed for %d memories: %s", len(memories), exc.message)
         VectorTask.objects.filter(id__in=[t.id for t in tasks]).update(last_error=exc.message[:500])
@@ -156,7 +163,7 @@ def remember_many(items: Sequence[NewMemory], *, tenant: str = DEFAULT_TENANT) -
         _check_content(item.content)
         _check_metadata(item.metadata)
     # Embed before writing, so a failing model leaves nothing half-stored.
-    vectors = _embed([item.content for item in items])
+    vectors = embed_texts([item.content for item in items])
     now = datetime.now(UTC)
     memories = [
         Memory(
@@ -206,7 +213,7 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
     if new_content:
         memory.embedding_id = new_id("vec")
     # The index row carries type, importance and metadata too, so any change rewrites it.
-    vectors = _embed([memory.content])
+    vectors = embed_texts([memory.content])
     with transaction.atomic():
         memory.save()
         task = VectorTask.objects.create(memory_id=memory.id, action=VectorTask.Action.UPSERT)
@@ -302,38 +309,56 @@ def list_memories(
     return Page(rows, _encode_cursor(rows[-1]) if more and rows else None)
 
 
+MAX_BACKOFF_SECONDS = 300.0
+
+
+def backoff_seconds(attempts: int) -> float:
+    """Delay before retry number `attempts` (1, 2, 4, ... capped at five minutes)."""
+    return float(min(MAX_BACKOFF_SECONDS, 2 ** max(0, attempts - 1)))
+
+
 def drain_outbox(*, limit: int = 1000) -> int:
-    """Retry owed vector writes; returns how many were paid."""
-    tasks = list(VectorTask.objects.order_by("id")[:limit])
+    """Pay owed vector writes that are due; returns how many tasks were settled.
+
+    Upserts re-embed the row as it is now (so the newest content wins); a task whose memory
+    is gone becomes a delete. Failures push the tasks back with exponential backoff.
+    """
+    now = datetime.now(UTC)
+    tasks = list(VectorTask.objects.filter(next_attempt_at__lte=now).order_by("id")[:limit])
     if not tasks:
         return 0
-    index = backends.vector_index()
-    paid = 0
-    latest: dict[str, VectorTask] = {}
-    for task in tasks:
-        latest[task.memory_id] = task  # only the newest action per memory matters
-    upserts = [t for t in latest.values() if t.action == VectorTask.Action.UPSERT]
-    deletes = [t for t in latest.values() if t.action == VectorTask.Action.DELETE]
+    rows = Memory.objects.in_bulk({t.memory_id for t in tasks})
+    present = [rows[mid] for mid in dict.fromkeys(t.memory_id for t in tasks) if mid in rows]
+    gone = sorted({t.memory_id for t in tasks} - set(rows))
     try:
-        rows = Memory.objects.in_bulk([t.memory_id for t in upserts])
-        present = [rows[t.memory_id] for t in upserts if t.memory_id in rows]
         if present:
-            index.upsert(
-                [
-                    _record(m, v)
-                    for m, v in zip(present, _embed([m.content for m in present]), strict=True)
-                ]
-            )
-        gone = [t.memory_id for t in deletes] + [
-            t.memory_id for t in upserts if t.memory_id not in rows
-        ]
-        index.delete(gone)
+            write_vectors(present)
+        backends.vector_index().delete(gone)
     except SFMError as exc:
-        VectorTask.objects.filter(id__in=[t.id for t in tasks]).update(last_error=exc.message[:500])
         for task in tasks:
-            VectorTask.objects.filter(id=task.id).update(attempts=task.attempts + 1)
-        log.warning("outbox drain failed: %s", exc.message)
+            task.attempts += 1
+            task.last_error = exc.message[:500]
+            task.next_attempt_at = now + timedelta(seconds=backoff_seconds(task.attempts))
+        VectorTask.objects.bulk_update(tasks, ["attempts", "last_error", "next_attempt_at"])
+        log.warning("outbox: %d vector writes still owed: %s", len(tasks), exc.message)
         return 0
-    paid = len(tasks)
     VectorTask.objects.filter(id__in=[t.id for t in tasks]).delete()
-    return paid
+    return len(tasks)
+
+
+def outbox_depth() -> int:
+    return VectorTask.objects.count()
+
+
+def run_outbox_worker(stop: threading.Event, *, interval: float = 1.0) -> None:
+    """Drain the outbox until `stop` is set; sleeps `interval` when there is nothing due."""
+    while not stop.is_set():
+        try:
+            paid = drain_outbox()
+        except DatabaseError as exc:
+            log.warning("outbox worker: database unavailable: %s", exc)
+            paid = 0
+        finally:
+            close_old_connections()
+        if not paid:
+            stop.wait(interval)

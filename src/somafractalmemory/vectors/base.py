@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +49,14 @@ class VectorIndex(Protocol):
         top_k: int,
     ) -> list[VectorHit]:
         """The `top_k` nearest memories of `tenant` (and `namespace`) that match `where`."""
+        ...
+
+    def entries(self) -> Iterator[tuple[str, str]]:
+        """Every (memory id, embedding id) the index holds."""
+        ...
+
+    def reset(self) -> None:
+        """Empty the index (drop and recreate)."""
         ...
 
     def count(self) -> int: ...

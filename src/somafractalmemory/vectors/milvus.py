@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import re
 import threading
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,8 +57,38 @@ class MilvusIndex:
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._client = self._connect(uri, token, db_name)
-        self._ensure_collection()
+        self._owner: IO[str] | None = self._claim_lite_file() if self.is_lite else None
+        try:
+            self._client = self._connect(uri, token, db_name)
+            self._ensure_collection()
+        except BaseException:
+            self._release_lite_file()
+            raise
+
+    def _claim_lite_file(self) -> IO[str]:
+        """Hold our own lock on the Lite file for the life of this index.
+
+        milvus-lite's own lock is not enough: a second process that fails to open the file
+        deletes the lock file on its way out, and a third then opens it beside the first.
+        """
+        path = Path(self.uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".owner"), "a")  # noqa: SIM115 - held open
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise IndexLocked(
+                f"the Milvus Lite file {self.uri} is open in another process (one process owns "
+                "it: use the running server's API, or stop the server first)"
+            ) from None
+        return handle
+
+    def _release_lite_file(self) -> None:
+        if self._owner is not None:
+            fcntl.flock(self._owner, fcntl.LOCK_UN)
+            self._owner.close()
+            self._owner = None
 
     def _connect(self, uri: str, token: str | None, db_name: str | None) -> Any:
         with warnings.catch_warnings():
@@ -167,6 +199,31 @@ class MilvusIndex:
         rows = self._call("get", self._client.get, ids=list(ids), output_fields=["embedding_id"])
         return {str(row["id"]): str(row["embedding_id"]) for row in rows}
 
+    def entries(self, batch_size: int = 1000) -> Iterator[tuple[str, str]]:
+        """Every (memory id, embedding id) the index holds, streamed."""
+        try:
+            iterator = self._client.query_iterator(
+                self.name,
+                batch_size=batch_size,
+                filter='id != ""',
+                output_fields=["id", "embedding_id"],
+                timeout=self._timeout,
+            )
+            while rows := iterator.next():
+                for row in rows:
+                    yield str(row["id"]), str(row["embedding_id"])
+            iterator.close()
+        except IndexUnavailable:
+            raise
+        except Exception as exc:
+            raise IndexUnavailable(f"vector index scan failed: {exc}") from exc
+
+    def reset(self) -> None:
+        """Drop the collection and create it empty."""
+        with self._lock:
+            self._client.drop_collection(self.name, timeout=self._timeout)
+            self._ensure_collection()
+
     def count(self) -> int:
         rows = self._call("count", self._client.query, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
@@ -174,3 +231,4 @@ class MilvusIndex:
     def close(self) -> None:
         with self._lock:
             self._client.close()
+            self._release_lite_file()

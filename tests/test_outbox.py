@@ -1,0 +1,133 @@
+"""Outbox, rebuild and drift repair: SQL decides, the vector index follows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from somafractalmemory import backends
+from somafractalmemory.memories import maintenance, services
+from somafractalmemory.memories.models import Memory, VectorTask
+from somafractalmemory.vectors.milvus import MilvusIndex
+from tests.conftest import Api
+
+
+def reopen(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch) -> MilvusIndex:
+    """The index comes back (same file, new client)."""
+    embedder = backends.embedder()
+    again = MilvusIndex(index.uri, model=embedder.name, dim=embedder.dim)
+    monkeypatch.setattr(backends, "_index", again)
+    return again
+
+
+def test_store_is_acknowledged_while_the_index_is_down(
+    api: Api, namespace: str, fresh_index: MilvusIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh_index.close()  # every call now fails, as with a dead Milvus
+    stored = api.ok("POST", "/memory/store", {"content": "Owed but kept", "namespace": namespace})
+    assert Memory.objects.filter(id=stored["id"]).exists()
+    assert VectorTask.objects.filter(memory_id=stored["id"]).count() == 1
+    body = {"query": "kept", "namespace": namespace}
+    assert api.error(503, "POST", "/memory/search", body) == "vector_index_unavailable"
+
+    # A drain while the index is still down backs off instead of spinning.
+    assert services.drain_outbox() == 0
+    task = VectorTask.objects.get(memory_id=stored["id"])
+    assert task.attempts == 1 and task.next_attempt_at > task.created_at
+    assert services.drain_outbox() == 0  # not due yet
+    assert VectorTask.objects.get(memory_id=stored["id"]).attempts == 1
+
+    reopen(fresh_index, monkeypatch)
+    VectorTask.objects.update(next_attempt_at=task.created_at)
+    assert services.drain_outbox() == 1
+    assert not VectorTask.objects.exists()
+    hits = api.ok("POST", "/memory/search", body)["memories"]
+    assert [h["id"] for h in hits] == [stored["id"]]
+
+
+def test_delete_while_the_index_is_down_is_paid_later(
+    api: Api, namespace: str, fresh_index: MilvusIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = api.ok("POST", "/memory/store", {"content": "Soon gone", "namespace": namespace})
+    fresh_index.close()
+    api.ok("DELETE", f"/memory/{stored['id']}")
+    assert VectorTask.objects.get().action == "delete"
+    index = reopen(fresh_index, monkeypatch)
+    assert dict(index.entries()).keys() == {stored["id"]}
+    assert services.drain_outbox() == 1
+    assert list(index.entries()) == []
+
+
+def test_backoff_doubles_and_caps() -> None:
+    delays = [services.backoff_seconds(n) for n in range(1, 12)]
+    assert delays[:4] == [1, 2, 4, 8]
+    assert max(delays) == services.MAX_BACKOFF_SECONDS
+    assert delays == sorted(delays)
+
+
+def test_reindex_rebuilds_an_empty_index(
+    api: Api, namespace: str, fresh_index: MilvusIndex
+) -> None:
+    items = [{"content": f"Rebuild me {i}", "namespace": namespace} for i in range(30)]
+    ids = {m["id"] for m in api.ok("POST", "/memory/batch", {"memories": items})["memories"]}
+    fresh_index.reset()
+    seen: list[tuple[int, int]] = []
+    report = maintenance.reindex(progress=lambda done, total: seen.append((done, total)))
+    total = Memory.objects.count()
+    assert report.indexed == total and seen[-1] == (total, total)
+    assert ids <= dict(fresh_index.entries()).keys()
+    hits = api.ok("POST", "/memory/search", {"query": "Rebuild me 7", "namespace": namespace})
+    assert hits["memories"][0]["content"] == "Rebuild me 7"
+
+
+def test_doctor_finds_and_repairs_drift(api: Api, namespace: str, fresh_index: MilvusIndex) -> None:
+    items = [{"content": f"Drift case {i}", "namespace": namespace} for i in range(4)]
+    ids = [m["id"] for m in api.ok("POST", "/memory/batch", {"memories": items})["memories"]]
+    assert maintenance.doctor().clean
+
+    fresh_index.delete([ids[0]])  # missing
+    Memory.objects.filter(id=ids[1]).update(embedding_id="vec_newer")  # stale
+    ghost = Memory.objects.get(id=ids[2])
+    Memory.objects.filter(id=ids[2]).delete()  # orphaned: the row is gone, the vector stays
+    drift = maintenance.doctor()
+    assert (drift.missing, drift.stale, drift.orphaned) == ([ids[0]], [ids[1]], [ghost.id])
+
+    maintenance.doctor(repair=True)
+    assert maintenance.doctor().clean
+    assert dict(fresh_index.entries())[ids[1]] == "vec_newer"
+
+
+def run_sfm(*args: str, env: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "somafractalmemory.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_serve_refuses_several_workers_on_milvus_lite(tmp_path: Path) -> None:
+    import os
+
+    result = run_sfm("serve", "--workers", "2", env={**os.environ, "SFM_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert "Milvus Lite" in result.stderr and "config_error" in result.stderr
+
+
+def test_maintenance_commands_refuse_a_locked_lite_file(tmp_path: Path) -> None:
+    import os
+
+    held = MilvusIndex(str(tmp_path / "milvus.db"), model="all-MiniLM-L6-v2", dim=384)
+    try:
+        env = {**os.environ, "SFM_DATA_DIR": str(tmp_path)}
+        for command in (["doctor"], ["reindex"], ["worker"]):
+            result = run_sfm(*command, env=env)
+            assert result.returncode == 2, result.stderr
+            assert "vector_index_locked" in result.stderr and "another process" in result.stderr
+    finally:
+        held.close()
