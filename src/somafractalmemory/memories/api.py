@@ -12,6 +12,7 @@ from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
 from somafractalmemory import __version__, backends
+from somafractalmemory.embedding.cache import cache_health
 from somafractalmemory.errors import (
     DatabaseUnavailable,
     MalformedJSON,
@@ -186,7 +187,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Every dependency answers: SQL, the embedding model, the vector index."""
+    """Every dependency answers: SQL, the embedding model, the vector index, the cache.
+
+    The cache is optional: without it the service works (slower) and reports `degraded`.
+    """
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
@@ -202,11 +206,13 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:
         checks.setdefault("embedder", f"error: {exc}")
         checks.setdefault("vector_index", f"error: {exc}")
-    ready = all(v == "ok" for v in checks.values())
-    return JsonResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
-        status=200 if ready else 503,
-    )
+    checks["cache"] = cache_health()
+    required = [v for k, v in checks.items() if k != "cache"]
+    if any(v != "ok" for v in required):
+        status, code = "unavailable", 503
+    else:
+        status, code = ("ready", 200) if checks["cache"] == "ok" else ("degraded", 200)
+    return JsonResponse({"status": status, "checks": checks}, status=code)
 
 
 def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

@@ -24,6 +24,7 @@ from django.db.models import Q
 
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
+from somafractalmemory.embedding.cache import embed_query
 from somafractalmemory.errors import (
     BatchTooLarge,
     ContentTooLarge,
@@ -249,7 +250,7 @@ def recall(
     where = filters.parse(filters_spec)
     if not query.strip():
         raise ValidationFailed("query is empty", details={"field": "query"})
-    vector = backends.embedder().embed([query])[0]
+    vector = embed_query(backends.embedder(), query)
     embedded = time.perf_counter()
     found = backends.vector_index().search(
         vector, tenant=tenant, namespace=namespace, where=where, top_k=top_k

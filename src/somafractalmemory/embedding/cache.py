@@ -1,0 +1,80 @@
+"""Query-embedding cache over Django's cache (LocMem embedded, Redis in production).
+
+The cache is an accelerator, never a dependency: when it fails, queries are embedded
+directly, and after a failure it is left alone for a few seconds rather than waited on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+
+import numpy as np
+from django.core.cache import cache
+
+from somafractalmemory.embedding.base import Embedder, Vectors
+
+log = logging.getLogger(__name__)
+
+TTL_SECONDS = 24 * 3600
+PAUSE_AFTER_FAILURE = 5.0
+
+
+class _Breaker:
+    """Skips the cache for a short while after it failed."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> bool:
+        return time.monotonic() < self._until
+
+    def trip(self, exc: Exception) -> None:
+        with self._lock:
+            if not self.open:
+                log.warning("cache unavailable, embedding without it: %s", exc)
+            self._until = time.monotonic() + PAUSE_AFTER_FAILURE
+
+
+breaker = _Breaker()
+
+
+def cache_key(model: str, text: str) -> str:
+    """Keyed by model and whitespace-normalised text."""
+    normal = " ".join(text.split())
+    digest = hashlib.sha256(f"{model}\0{normal}".encode()).hexdigest()
+    return f"sfm:qemb:{digest}"
+
+
+def embed_query(embedder: Embedder, text: str) -> Vectors:
+    """One query's vector (shape (dim,)), from the cache when it has it."""
+    key = cache_key(embedder.name, text)
+    if not breaker.open:
+        try:
+            raw = cache.get(key)
+            if raw is not None:
+                return np.frombuffer(raw, dtype=np.float32)
+        except Exception as exc:  # any cache failure degrades to no cache
+            breaker.trip(exc)
+    vector = embedder.embed([text])[0]
+    if not breaker.open:
+        try:
+            cache.set(key, vector.astype(np.float32).tobytes(), TTL_SECONDS)
+        except Exception as exc:
+            breaker.trip(exc)
+    return vector
+
+
+def cache_health() -> str:
+    """`ok`, or the error a round trip to the cache raises."""
+    try:
+        cache.set("sfm:health", "1", 10)
+        if cache.get("sfm:health") != "1":
+            return "error: value did not round-trip"
+        return "ok"
+    except Exception as exc:
+        return f"error: {exc}"

@@ -1,0 +1,70 @@
+"""The query-embedding cache speeds up repeats and is never a dependency."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from django.test import override_settings
+
+from somafractalmemory import backends
+from somafractalmemory.embedding import cache as qcache
+from somafractalmemory.embedding.base import Vectors
+from tests.conftest import Api
+
+DEAD_REDIS = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens on port 1
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }
+}
+
+
+class CountingEmbedder:
+    """The real model, counting how often it is asked."""
+
+    def __init__(self) -> None:
+        self.inner = backends.embedder()
+        self.name = self.inner.name
+        self.calls = 0
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.calls += 1
+        return self.inner.embed(texts)
+
+
+def test_repeat_queries_come_from_the_cache() -> None:
+    embedder = CountingEmbedder()
+    first = qcache.embed_query(embedder, "where did I park the car?")
+    again = qcache.embed_query(embedder, "  where did I park   the car? ")
+    assert embedder.calls == 1
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(
+        first, embedder.inner.embed(["where did I park the car?"])[0], rtol=1e-6
+    )
+    assert qcache.cache_key("a", "q") != qcache.cache_key("b", "q")  # keyed by model
+
+
+def test_dead_cache_degrades_but_serves(api: Api, namespace: str) -> None:
+    with override_settings(CACHES=DEAD_REDIS):
+        try:
+            ready = api.ok("GET", "/readyz")
+            assert ready["status"] == "degraded"
+            assert ready["checks"]["cache"].startswith("error")
+            stored = api.ok(
+                "POST", "/memory/store", {"content": "Cache-free fact", "namespace": namespace}
+            )
+            embedder = CountingEmbedder()
+            qcache.embed_query(embedder, "a query while the cache is down")
+            qcache.embed_query(embedder, "a query while the cache is down")
+            assert embedder.calls == 2  # no cache, no error
+            hits = api.ok("POST", "/memory/search", {"query": "cache-free", "namespace": namespace})
+            assert hits["memories"][0]["id"] == stored["id"]
+        finally:
+            qcache.breaker._until = 0.0
+    assert api.ok("GET", "/readyz")["status"] == "ready"
