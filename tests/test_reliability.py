@@ -1,0 +1,232 @@
+"""Faults under load, with real processes and real servers: no acknowledged write is lost."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from somafractalmemory.conf import get_config
+from tests.servers import free_port, server
+
+pytestmark = pytest.mark.slow
+
+REDIS_START = [
+    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+    "--logfile", "/var/log/redis/ci.log",
+]  # fmt: skip
+
+
+class Client:
+    """Stores in a loop until stopped; remembers what the server acknowledged."""
+
+    def __init__(self, base: str, namespace: str) -> None:
+        self.base, self.namespace = base, namespace
+        self.acked: dict[str, str] = {}  # id -> content
+        self.refused: list[int] = []
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            i = 0
+            while not self.stop.is_set():
+                content = f"Loop fact {i} {uuid.uuid4().hex[:8]}: the meeting room is {i % 17}"
+                i += 1
+                try:
+                    response = http.post(
+                        f"{self.base}/memory/store",
+                        json={"content": content, "namespace": self.namespace},
+                    )
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+                    continue
+                if response.status_code == 200:
+                    self.acked[response.json()["id"]] = content
+                else:
+                    self.refused.append(response.status_code)
+                    time.sleep(0.05)
+
+    def __enter__(self) -> Client:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=30)
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < count:
+            assert time.monotonic() < deadline, f"only {len(self.acked)} stores acknowledged"
+            time.sleep(0.05)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def assert_all_kept(base: str, namespace: str, acked: dict[str, str]) -> None:
+    """Every acknowledged memory is readable by id and findable by its words, once."""
+    with httpx.Client(timeout=30) as http:
+        listed: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params: dict[str, str | int] = {"namespace": namespace, "limit": 500}
+            if cursor:
+                params["cursor"] = cursor
+            page = http.get(f"{base}/memory", params=params).json()
+            listed += page["memories"]
+            if not (cursor := page["next_cursor"]):
+                break
+        contents = [m["content"] for m in listed]
+        assert len(contents) == len(set(contents)), "a memory was stored twice"
+        assert set(acked) <= {m["id"] for m in listed}
+        assert len(listed) <= len(acked) + 2  # at most the stores in flight at the fault
+        for memory_id, content in list(acked.items())[:: max(1, len(acked) // 25)]:
+            assert http.get(f"{base}/memory/{memory_id}").status_code == 200
+
+            def found(memory_id: str = memory_id, content: str = content) -> bool:
+                body = {"query": content, "namespace": namespace, "top_k": 3}
+                hits = http.post(f"{base}/memory/search", json=body).json()["memories"]
+                return memory_id in {h["id"] for h in hits}
+
+            eventually(found)  # after the outbox drains
+
+
+def test_kill_9_while_storing_loses_nothing_acknowledged(
+    tmp_path: Path, server_env: dict[str, str]
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/v2"
+    log = tmp_path / "server.log"
+    with server(server_env, port, log) as process, Client(base, "loop") as client:
+        client.wait_for(30)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    acked = dict(client.acked)
+    with server(server_env, port, log):
+        assert_all_kept(base, "loop", acked)
+
+
+@pytest.fixture
+def postgres_only() -> None:
+    if not get_config().effective_database_url:
+        pytest.skip("PostgreSQL run only (make test runs the suite on PostgreSQL too)")
+
+
+def test_postgres_connections_dropped_mid_load(
+    tmp_path: Path, server_env: dict[str, str], postgres_only: None
+) -> None:
+    import psycopg
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/v2"
+    dbname = server_env["SFM_DATABASE_URL"].rsplit("/", 1)[1]
+    admin = server_env["SFM_DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
+    with server(server_env, port, tmp_path / "server.log"), Client(base, "pg") as client:
+        client.wait_for(10)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for _ in range(3):
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (dbname,),
+                )
+                time.sleep(0.5)
+        before = len(client.acked)
+        client.wait_for(before + 10)  # recovered by itself
+        client.stop.set()
+        assert set(client.refused) <= {503}
+        assert_all_kept(base, "pg", dict(client.acked))
+
+
+@pytest.fixture
+def redis_server() -> Iterator[str]:
+    url = get_config().redis_url
+    if not url:
+        pytest.skip("Redis run only (make test runs the suite with Redis too)")
+    import redis
+
+    def up() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        yield url
+    finally:
+        if not up():
+            subprocess.run(REDIS_START, check=True)
+        eventually(up)
+
+
+def test_redis_stopped_and_restarted_mid_load(
+    tmp_path: Path, server_env: dict[str, str], redis_server: str
+) -> None:
+    import redis
+
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    base = f"{root}/api/v2"
+    with server(server_env, port, tmp_path / "server.log"), Client(base, "redis") as client:
+        client.wait_for(10)
+        with contextlib.suppress(redis.ConnectionError):  # it hangs up as it stops
+            redis.Redis.from_url(redis_server).shutdown(nosave=True)
+        eventually(lambda: httpx.get(f"{root}/readyz").json()["status"] == "degraded")
+        before = len(client.acked)
+        client.wait_for(before + 10)  # stores go on without Redis
+        body = {"query": "meeting room", "namespace": "redis", "top_k": 3}
+        assert httpx.post(f"{base}/memory/search", json=body, timeout=10).status_code == 200
+        subprocess.run(REDIS_START, check=True)
+        eventually(lambda: httpx.get(f"{root}/readyz").json()["status"] == "ready")
+        client.stop.set()
+        assert client.refused == []
+        assert_all_kept(base, "redis", dict(client.acked))
+
+
+def test_concurrent_clients_store_and_delete(tmp_path: Path, server_env: dict[str, str]) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/v2"
+
+    def work(worker: int) -> tuple[set[str], set[str]]:
+        kept, deleted = set(), set()
+        with httpx.Client(timeout=30) as http:
+            for i in range(12):
+                body = {"content": f"Worker {worker} item {i}", "namespace": "conc"}
+                stored = http.post(f"{base}/memory/store", json=body)
+                assert stored.status_code == 200, stored.text
+                memory_id = stored.json()["id"]
+                if i % 3 == 0 and http.delete(f"{base}/memory/{memory_id}").status_code == 200:
+                    deleted.add(memory_id)
+                else:
+                    kept.add(memory_id)
+        return kept, deleted
+
+    with server(server_env, port, tmp_path / "server.log"):
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(work, range(8)))
+        kept = set().union(*(k for k, _ in results))
+        deleted = set().union(*(d for _, d in results))
+        assert len(kept) == 64 and len(deleted) == 32
+        listed = httpx.get(f"{base}/memory", params={"namespace": "conc", "limit": 500}).json()
+        assert {m["id"] for m in listed["memories"]} == kept
+        body = {"query": "Worker item", "namespace": "conc", "top_k": 100}
+        hits = httpx.post(f"{base}/memory/search", json=body, timeout=30).json()["memories"]
+        assert {h["id"] for h in hits} == kept
