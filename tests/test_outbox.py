@@ -31,8 +31,11 @@ def test_store_is_acknowledged_while_the_index_is_down(
     stored = api.ok("POST", "/memory/store", {"content": "Owed but kept", "namespace": namespace})
     assert Memory.objects.filter(id=stored["id"]).exists()
     assert VectorTask.objects.filter(memory_id=stored["id"]).count() == 1
-    body = {"query": "kept", "namespace": namespace}
-    assert api.error(503, "POST", "/memory/search", body) == "vector_index_unavailable"
+    body = {"query": "which one was kept?", "namespace": namespace}
+    fallback = api.ok("POST", "/memory/search", body)
+    assert fallback["mode"] == "lexical"
+    assert fallback["warnings"][0].startswith("vector_index_unavailable")
+    assert [h["id"] for h in fallback["memories"]] == [stored["id"]]
 
     # A drain while the index is still down backs off instead of spinning.
     assert services.drain_outbox() == 0
@@ -45,8 +48,9 @@ def test_store_is_acknowledged_while_the_index_is_down(
     VectorTask.objects.update(next_attempt_at=task.created_at)
     assert services.drain_outbox() == 1
     assert not VectorTask.objects.exists()
-    hits = api.ok("POST", "/memory/search", body)["memories"]
-    assert [h["id"] for h in hits] == [stored["id"]]
+    answer = api.ok("POST", "/memory/search", body)
+    assert answer["mode"] == "vector" and answer["warnings"] == []
+    assert [h["id"] for h in answer["memories"]] == [stored["id"]]
 
 
 def test_delete_while_the_index_is_down_is_paid_later(

@@ -136,7 +136,12 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
         )
         for h in result.hits
     ]
-    return SearchOut(memories=hits, latency_ms=round(result.latency_ms, 2))
+    return SearchOut(
+        memories=hits,
+        latency_ms=round(result.latency_ms, 2),
+        mode=result.mode,
+        warnings=result.warnings,
+    )
 
 
 @memory.get("", response={200: PageOut, **ERRORS}, summary="List memories, newest first")

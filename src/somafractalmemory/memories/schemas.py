@@ -77,6 +77,8 @@ class SearchHitOut(Schema):
 class SearchOut(Schema):
     memories: list[SearchHitOut]
     latency_ms: float
+    mode: str = Field(description="`vector`, or `lexical` when the vector index failed.")
+    warnings: list[str] = Field(default_factory=list)
 
 
 class MemoryOut(Schema):

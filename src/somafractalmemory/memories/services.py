@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
@@ -28,6 +28,7 @@ from somafractalmemory.embedding.cache import embed_query
 from somafractalmemory.errors import (
     BatchTooLarge,
     ContentTooLarge,
+    IndexUnavailable,
     InvalidCursor,
     MemoryNotFound,
     MetadataTooLarge,
@@ -35,7 +36,7 @@ from somafractalmemory.errors import (
     ValidationFailed,
 )
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, Tenant, VectorTask
-from somafractalmemory.retrieval import filters
+from somafractalmemory.retrieval import filters, lexical
 from somafractalmemory.vectors.base import VectorRecord
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class Recall:
     latency_ms: float
     embedding_ms: float
     index_ms: float
+    mode: str = "vector"
+    """Which retrieval answered: `vector`, or `lexical` when the vector index failed."""
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -252,16 +256,27 @@ def recall(
         raise ValidationFailed("query is empty", details={"field": "query"})
     vector = embed_query(backends.embedder(), query)
     embedded = time.perf_counter()
-    found = backends.vector_index().search(
-        vector, tenant=tenant, namespace=namespace, where=where, top_k=top_k
-    )
+    mode, warnings = "vector", []
+    try:
+        found = [
+            (hit.id, hit.score)
+            for hit in backends.vector_index().search(
+                vector, tenant=tenant, namespace=namespace, where=where, top_k=top_k
+            )
+        ]
+    except IndexUnavailable as exc:
+        # SQL still knows every memory: answer from its full-text index, and say so.
+        log.warning("search falls back to lexical: %s", exc.message)
+        mode = "lexical"
+        warnings.append(f"{exc.code}: the vector index failed; results are lexical only")
+        found = lexical.search(_scope(tenant, namespace, where), query, top_k)
     searched = time.perf_counter()
-    rows = Memory.objects.in_bulk([hit.id for hit in found])
+    rows = Memory.objects.in_bulk([memory_id for memory_id, _ in found])
     # A hit without its row was deleted after the index answered: the row decides.
     hits = [
-        Hit(rows[hit.id], hit.score)
-        for hit in found
-        if hit.id in rows and rows[hit.id].tenant_id == tenant
+        Hit(rows[memory_id], score)
+        for memory_id, score in found
+        if memory_id in rows and rows[memory_id].tenant_id == tenant
     ]
     done = time.perf_counter()
     return Recall(
@@ -269,7 +284,17 @@ def recall(
         latency_ms=(done - started) * 1000,
         embedding_ms=(embedded - started) * 1000,
         index_ms=(searched - embedded) * 1000,
+        mode=mode,
+        warnings=warnings,
     )
+
+
+def _scope(tenant: str, namespace: str | None, where: filters.Node | None) -> QuerySet[Memory]:
+    """The tenant's memories (in `namespace`) that match `where`, as SQL."""
+    query = Memory.objects.filter(tenant_id=tenant)
+    if namespace is not None:
+        query = query.filter(namespace=namespace)
+    return query.filter(filters.to_q(where)) if where is not None else query
 
 
 def _encode_cursor(memory: Memory) -> str:

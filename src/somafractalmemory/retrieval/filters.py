@@ -1,4 +1,4 @@
-"""The filter language: parse a JSON filter into a small tree, compile it for Milvus.
+"""The filter language: parse a JSON filter into a small tree, compile it for Milvus and SQL.
 
 Language (docs/api.md#filters): ``{"k": v}`` is equality on metadata key ``k`` (dots walk
 into nested objects; ``metadata.k`` names a key that collides with a field); operators
@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Union
+
+from django.db.models import Q
 
 from somafractalmemory.errors import InvalidFilter
 
@@ -296,3 +298,60 @@ def presence_map(metadata: dict[str, Any], prefix: str = "", depth: int = 0) -> 
         if isinstance(value, dict) and depth + 1 < MAX_DEPTH:
             keys.update(presence_map(value, f"{path}.", depth + 1))
     return keys
+
+
+# -- SQL (Django ORM) ---------------------------------------------------------------------
+
+
+def to_q(node: Node) -> Q:
+    """Compile a tree to a Django Q over the Memory model (SQLite and PostgreSQL JSON)."""
+    if isinstance(node, All):
+        result = Q()
+        for item in node.items:
+            result &= to_q(item)
+        return result
+    if isinstance(node, AnyOf):
+        result = to_q(node.items[0])
+        for item in node.items[1:]:
+            result |= to_q(item)
+        return result
+    if isinstance(node, Exists):
+        return _has_key(node.field) if node.present else ~_has_key(node.field)
+    if node.field.column:
+        return _column_q(node)
+    lookup = "metadata__" + "__".join(node.field.path)
+    if node.op in ("$eq", "$ne"):
+        equal = Q(**{lookup: node.value})
+        # A missing key is "not equal", as in MongoDB (SQL alone would say NULL).
+        return equal if node.op == "$eq" else ~equal | ~_has_key(node.field)
+    if node.op in ("$in", "$nin"):
+        within = Q(**{f"{lookup}__in": list(node.value)})  # type: ignore[arg-type]
+        return within if node.op == "$in" else ~within | ~_has_key(node.field)
+    return Q(**{f"{lookup}__{_DJANGO_RANGE[node.op]}": node.value})
+
+
+_DJANGO_RANGE = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
+
+
+def _has_key(field: Field) -> Q:
+    parent = "__".join(("metadata", *field.path[:-1]))
+    return Q(**{f"{parent}__has_key": field.path[-1]})
+
+
+def _column_q(node: Compare) -> Q:
+    name = node.field.path[0]
+    value: Any = node.value
+    if name == "created_at":
+        value = [_from_ms(v) for v in value] if isinstance(value, tuple) else _from_ms(value)
+    if node.op in ("$in", "$nin"):
+        within = Q(**{f"{name}__in": list(value)})
+        return within if node.op == "$in" else ~within
+    if node.op == "$eq":
+        return Q(**{name: value})
+    if node.op == "$ne":
+        return ~Q(**{name: value})
+    return Q(**{f"{name}__{_DJANGO_RANGE[node.op]}": value})
+
+
+def _from_ms(value: Any) -> datetime:
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
