@@ -230,3 +230,41 @@ def test_concurrent_clients_store_and_delete(tmp_path: Path, server_env: dict[st
         body = {"query": "Worker item", "namespace": "conc", "top_k": 100}
         hits = httpx.post(f"{base}/memory/search", json=body, timeout=30).json()["memories"]
         assert {h["id"] for h in hits} == kept
+
+
+def test_postgres_outage_fails_fast_and_recovers(
+    tmp_path: Path, server_env: dict[str, str], postgres_only: None
+) -> None:
+    from tests.proxy import Proxy
+
+    proxy = Proxy(("127.0.0.1", 5432))
+    proxy.start()
+    url = server_env["SFM_DATABASE_URL"]
+    dbname = url.rsplit("/", 1)[1]
+    env = {
+        **server_env,
+        "SFM_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{proxy.port}/{dbname}",
+    }
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/v2"
+    body = {"content": "Written around an outage", "namespace": "outage"}
+    try:
+        with server(env, port, tmp_path / "server.log"), httpx.Client(timeout=30) as http:
+            before = http.post(f"{base}/memory/store", json=body)
+            assert before.status_code == 200
+            proxy.cut()
+            for _ in range(3):
+                started = time.monotonic()
+                down = http.post(f"{base}/memory/store", json=body)
+                assert down.status_code == 503, down.text
+                assert down.json()["error"]["code"] == "database_unavailable"
+                assert time.monotonic() - started < 8  # fails fast, no hang
+            assert http.get(f"{base}/memory/{before.json()['id']}").status_code == 503
+            proxy.start()
+            eventually(lambda: http.post(f"{base}/memory/store", json=body).status_code == 200)
+            assert http.get(f"{base}/memory/{before.json()['id']}").status_code == 200
+            listed = http.get(f"{base}/memory", params={"namespace": "outage"}).json()
+            # Only acknowledged stores exist: the first and those after recovery.
+            assert all(m["content"] == body["content"] for m in listed["memories"])
+    finally:
+        proxy.cut()
