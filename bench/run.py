@@ -1,0 +1,977 @@
+"""Benchmark of the embedded default (SQLite + Milvus Lite + all-MiniLM-L6-v2 on the CPU).
+
+    .venv/bin/python bench/run.py [--n N] [--queries Q] [--out docs/benchmarks.md]
+
+Stores N synthetic agent memories through the service layer (one at a time, then in batches),
+measures search through the service layer, the bare index and an exact numpy reference, then
+does the same over HTTP against a real `sfm serve` process. Every run starts from empty,
+temporary data directories with the built-in settings (no config.yaml, no SFM_* overrides).
+Progress goes to stderr; the markdown report goes to stdout and to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import corpus  # bench/corpus.py
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from somafractalmemory.memories.services import NewMemory
+
+ROOT = Path(__file__).resolve().parent.parent
+TOP_K = 10
+BATCH = 1000  # the service's max_batch
+ENCODER_BATCH = 64  # the service's embedding_batch_size
+WARM_UP = 5  # untimed calls before each latency series
+FILTER: dict[str, Any] = {"category": "travel"}
+READY_TIMEOUT = 180.0
+PROGRESS_EVERY = 1000
+
+Matrix = npt.NDArray[np.float32]
+Ranks = npt.NDArray[np.intp]
+
+
+# -- measurements ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Latency percentiles in milliseconds."""
+
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    count: int
+
+    @classmethod
+    def of(cls, ms: Sequence[float]) -> Stats:
+        if not ms:
+            nan = float("nan")
+            return cls(nan, nan, nan, nan, 0)
+        p50, p95, p99 = (float(v) for v in np.percentile(ms, [50, 95, 99]))
+        return cls(p50, p95, p99, float(np.mean(ms)), len(ms))
+
+
+@dataclass(frozen=True)
+class Rate:
+    items: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Clock:
+    """Milliseconds since creation."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def ms(self) -> float:
+        return (time.perf_counter() - self.start) * 1000
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+class Progress:
+    """A stderr line every PROGRESS_EVERY items, with the rate so far."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.clock, self.shown = label, total, Clock(), 0
+
+    def update(self, done: int) -> None:
+        if done // PROGRESS_EVERY > self.shown // PROGRESS_EVERY or done == self.total:
+            self.shown = done
+            rate = done / self.clock.seconds if self.clock.seconds > 0 else 0.0
+            log(f"[{self.label}] {done:,}/{self.total:,} ({rate:,.0f}/s)")
+
+
+class OtherLoad(threading.Thread):
+    """CPU time that processes outside this run use while it runs (the machine may be shared).
+
+    Samples /proc every second; a process counts as ours once seen below this one (the
+    server and the Milvus Lite processes). Short-lived processes between samples are missed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self._stop_event = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._ours: set[int] = {os.getpid()}
+        self._start: dict[tuple[int, int], float] = {}  # (pid, start tick) -> CPU seconds
+        self._last: dict[tuple[int, int], float] = {}
+        self._clock = Clock()
+        self._first = True
+
+    def _sample(self) -> None:
+        parents: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid = int(entry.name)
+            parents[pid] = int(fields[1])
+            key = (pid, int(fields[19]))
+            cpu = (int(fields[11]) + int(fields[12])) / self._tick
+            self._start.setdefault(key, cpu if self._first else 0.0)
+            self._last[key] = cpu
+        self._first = False
+        grew = True
+        while grew:
+            found = {pid for pid, parent in parents.items() if parent in self._ours}
+            grew = not found <= self._ours
+            self._ours |= found
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self._sample()
+            self._stop_event.wait(1.0)
+
+    def finish(self) -> str:
+        self._stop_event.set()
+        self.join()
+        self._sample()
+        seconds = sum(
+            self._last[key] - self._start[key] for key in self._last if key[0] not in self._ours
+        )
+        share = seconds / (self._clock.seconds * (os.cpu_count() or 1))
+        return f"{seconds:,.0f} CPU-seconds ({share:.0%} of the machine over the run)"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- queries ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuerySets:
+    """Distinct questions per series, so a query-embedding cache serves no series from another."""
+
+    warm_up: list[str]
+    plain: list[str]
+    filtered: list[str]
+    http: list[str]
+
+    @classmethod
+    def make(cls, count: int) -> QuerySets:
+        q = corpus.questions(WARM_UP + 3 * count)
+        a, b = WARM_UP + count, WARM_UP + 2 * count
+        return cls(q[:WARM_UP], q[WARM_UP:a], q[a:b], q[b:])
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    when: datetime
+    code: str
+    load: str
+    others: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Startup:
+    migrate_s: float
+    model_s: float
+    index_s: float
+
+
+@dataclass(frozen=True)
+class StoreResults:
+    encoder: Rate
+    single: Rate
+    single_latency: Stats
+    batch: Rate
+    batch_latency: Stats
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    total: Stats
+    embedding: Stats
+    index: Stats
+    repeat_total: Stats
+    repeat_embedding: Stats
+    repeat_index: Stats
+    index_only: Stats
+    numpy: Stats
+    recall: float
+    index_only_recall: float
+    filtered_share: float
+    filtered_total: Stats
+    filtered_index: Stats
+    filtered_numpy: Stats
+    filtered_recall: float
+
+
+@dataclass(frozen=True)
+class HttpResults:
+    batch: Rate
+    batch_latency: Stats
+    single: Rate
+    single_latency: Stats
+    search: Stats
+    search_server: Stats
+    startup_s: float
+
+
+# -- settings and Django -----------------------------------------------------------------
+
+
+def settings_env(data_dir: Path, config_file: Path) -> dict[str, str]:
+    """This environment without SFM_* overrides, with a defaults-only config and `data_dir`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SFM_")}
+    env["SFM_CONFIG"] = str(config_file)
+    env["SFM_DATA_DIR"] = str(data_dir)
+    env["DJANGO_SETTINGS_MODULE"] = "somafractalmemory.server.settings"
+    return env
+
+
+def use_env(env: Mapping[str, str]) -> None:
+    for key in [k for k in os.environ if k.startswith("SFM_")]:
+        del os.environ[key]
+    os.environ.update(env)
+
+
+def start_django() -> float:
+    """django.setup() and migrate; returns the migrate time in seconds."""
+    import django
+    from django.core.management import call_command
+
+    django.setup()  # its LOGGING sends INFO to stderr; one line per request is noise here
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    clock = Clock()
+    call_command("migrate", interactive=False, verbosity=0)
+    return clock.seconds
+
+
+def open_backends() -> tuple[float, float]:
+    """Load the model and open the index; returns both times in seconds."""
+    from somafractalmemory import backends
+
+    clock = Clock()
+    backends.embedder().embed(["warm-up"])
+    model_s = clock.seconds
+    clock = Clock()
+    backends.vector_index()
+    return model_s, clock.seconds
+
+
+# -- storing -----------------------------------------------------------------------------
+
+
+def new_memory(item: corpus.Item) -> NewMemory:
+    from somafractalmemory.memories.services import NewMemory
+
+    return NewMemory(
+        content=item.content,
+        type=item.type,
+        importance=item.importance,
+        metadata=item.metadata,
+        created_at=item.created_at,
+    )
+
+
+def encode(texts: Sequence[str]) -> tuple[Matrix, Rate]:
+    """The encoder alone, in the service's batch size: vectors and throughput."""
+    from somafractalmemory import backends
+
+    embedder = backends.embedder()
+    progress = Progress("encode", len(texts))
+    parts: list[Matrix] = []
+    clock = Clock()
+    for start in range(0, len(texts), ENCODER_BATCH):
+        parts.append(embedder.embed(texts[start : start + ENCODER_BATCH]))
+        progress.update(min(start + ENCODER_BATCH, len(texts)))
+    seconds = clock.seconds
+    return np.concatenate(parts).astype(np.float32, copy=False), Rate(len(texts), seconds)
+
+
+def store_one_by_one(items: Sequence[corpus.Item]) -> tuple[list[str], Rate, Stats]:
+    from somafractalmemory.memories import services
+
+    ids: list[str] = []
+    latencies: list[float] = []
+    progress = Progress("remember", len(items))
+    total = Clock()
+    for item in items:
+        clock = Clock()
+        ids.append(services.remember(new_memory(item)).id)
+        latencies.append(clock.ms)
+        progress.update(len(ids))
+    return ids, Rate(len(items), total.seconds), Stats.of(latencies)
+
+
+def store_in_batches(items: Sequence[corpus.Item]) -> tuple[list[str], Rate, Stats]:
+    from somafractalmemory.memories import services
+
+    ids: list[str] = []
+    latencies: list[float] = []
+    progress = Progress("remember_many", len(items))
+    total = Clock()
+    for start in range(0, len(items), BATCH):
+        chunk = [new_memory(item) for item in items[start : start + BATCH]]
+        clock = Clock()
+        ids.extend(m.id for m in services.remember_many(chunk))
+        latencies.append(clock.ms)
+        progress.update(len(ids))
+    return ids, Rate(len(items), total.seconds), Stats.of(latencies)
+
+
+def check_stored(expected: int) -> None:
+    """Every memory has its SQL row and its vector, and nothing is owed."""
+    from somafractalmemory import backends
+    from somafractalmemory.memories.models import Memory, VectorTask
+
+    rows, owed = Memory.objects.count(), VectorTask.objects.count()
+    indexed = backends.vector_index().count()
+    if rows != expected or indexed != expected or owed:
+        raise RuntimeError(f"stored {expected}, found {rows} rows, {indexed} vectors, {owed} owed")
+
+
+# -- searching ---------------------------------------------------------------------------
+
+
+def time_recall(
+    queries: Sequence[str], filters_spec: dict[str, Any] | None, warm_up: Sequence[str]
+) -> tuple[list[list[str]], Stats, Stats, Stats]:
+    """services.recall per query: hit ids, then total, embedding and index latencies."""
+    from somafractalmemory.memories import services
+
+    for query in warm_up:
+        services.recall(query, top_k=TOP_K, filters_spec=filters_spec)
+    found: list[list[str]] = []
+    total: list[float] = []
+    embedding: list[float] = []
+    index: list[float] = []
+    for query in queries:
+        result = services.recall(query, top_k=TOP_K, filters_spec=filters_spec)
+        found.append([hit.memory.id for hit in result.hits])
+        total.append(result.latency_ms)
+        embedding.append(result.embedding_ms)
+        index.append(result.index_ms)
+    return found, Stats.of(total), Stats.of(embedding), Stats.of(index)
+
+
+def time_index_only(vectors: Matrix) -> tuple[list[list[str]], Stats]:
+    """The vector index alone, with precomputed query vectors, tenant-wide (no filter)."""
+    from somafractalmemory import backends
+    from somafractalmemory.memories.models import DEFAULT_TENANT
+
+    index = backends.vector_index()
+
+    def search(vector: Matrix) -> list[str]:
+        hits = index.search(vector, tenant=DEFAULT_TENANT, namespace=None, where=None, top_k=TOP_K)
+        return [hit.id for hit in hits]
+
+    for vector in vectors[:WARM_UP]:
+        search(vector)
+    found: list[list[str]] = []
+    latencies: list[float] = []
+    for vector in vectors:
+        clock = Clock()
+        found.append(search(vector))
+        latencies.append(clock.ms)
+    return found, Stats.of(latencies)
+
+
+def exact_top_k(matrix: Matrix, query: Matrix) -> Ranks:
+    """Row numbers of the TOP_K largest dot products, best first."""
+    scores = matrix @ query
+    top = np.argpartition(scores, -TOP_K)[-TOP_K:]
+    ranks: Ranks = top[np.argsort(-scores[top])]
+    return ranks
+
+
+def time_numpy(matrix: Matrix, vectors: Matrix) -> tuple[list[Ranks], Stats]:
+    for vector in vectors[:WARM_UP]:
+        exact_top_k(matrix, vector)
+    found: list[Ranks] = []
+    latencies: list[float] = []
+    for vector in vectors:
+        clock = Clock()
+        found.append(exact_top_k(matrix, vector))
+        latencies.append(clock.ms)
+    return found, Stats.of(latencies)
+
+
+def recall_at_k(
+    found: Sequence[Sequence[str]], exact: Sequence[Ranks], ids: Sequence[str]
+) -> float:
+    """Share of the exact top-k ids that the index returned."""
+    hits = sum(
+        len(set(got) & {ids[i] for i in want}) for got, want in zip(found, exact, strict=True)
+    )
+    return hits / (len(exact) * TOP_K)
+
+
+def filter_mask(items: Sequence[corpus.Item]) -> npt.NDArray[np.bool_]:
+    return np.array(
+        [all(item.metadata.get(k) == v for k, v in FILTER.items()) for item in items], dtype=bool
+    )
+
+
+def measure_search(
+    queries: QuerySets, items: Sequence[corpus.Item], ids: Sequence[str], matrix: Matrix
+) -> SearchResults:
+    from somafractalmemory import backends
+
+    log(f"[search] {len(queries.plain)} queries through services.recall, twice")
+    found, total, embedding, index = time_recall(queries.plain, None, queries.warm_up)
+    _, repeat_total, repeat_embedding, repeat_index = time_recall(queries.plain, None, ())
+    vectors = backends.embedder().embed(queries.plain)
+    log("[search] index only, numpy reference")
+    index_found, index_only = time_index_only(vectors)
+    exact, numpy_stats = time_numpy(matrix, vectors)
+
+    log(f"[search] {len(queries.filtered)} other queries, filtered by {json.dumps(FILTER)}")
+    mask = filter_mask(items)
+    rows = np.flatnonzero(mask)
+    filtered = time_recall(queries.filtered, FILTER, queries.warm_up)
+    filtered_found, filtered_total, _, filtered_index = filtered
+    filtered_vectors = backends.embedder().embed(queries.filtered)
+    sub_exact, filtered_numpy = time_numpy(np.ascontiguousarray(matrix[mask]), filtered_vectors)
+    return SearchResults(
+        total=total,
+        embedding=embedding,
+        index=index,
+        repeat_total=repeat_total,
+        repeat_embedding=repeat_embedding,
+        repeat_index=repeat_index,
+        index_only=index_only,
+        numpy=numpy_stats,
+        recall=recall_at_k(found, exact, ids),
+        index_only_recall=recall_at_k(index_found, exact, ids),
+        filtered_share=float(mask.mean()),
+        filtered_total=filtered_total,
+        filtered_index=filtered_index,
+        filtered_numpy=filtered_numpy,
+        filtered_recall=recall_at_k(filtered_found, [rows[r] for r in sub_exact], ids),
+    )
+
+
+def run_in_process(
+    items: Sequence[corpus.Item], queries: QuerySets, singles: int
+) -> tuple[Startup, StoreResults, SearchResults]:
+    migrate_s = start_django()
+    model_s, index_s = open_backends()
+    startup = Startup(migrate_s, model_s, index_s)
+    log(f"[setup] migrate {migrate_s:.1f} s, model {model_s:.1f} s, index {index_s:.1f} s")
+
+    matrix, encoder = encode([item.content for item in items])
+    # Batches first: the single stores then land in a collection that is already full, as they
+    # do over HTTP (and as they would in use); into an empty one they are faster.
+    batch_ids, batch, batch_latency = store_in_batches(items[: len(items) - singles])
+    single_ids, single, single_latency = store_one_by_one(items[len(items) - singles :])
+    check_stored(len(items))
+    stores = StoreResults(encoder, single, single_latency, batch, batch_latency)
+
+    search = measure_search(queries, items, batch_ids + single_ids, matrix)
+
+    from somafractalmemory import backends
+
+    backends.reset()  # close Milvus Lite before the HTTP part runs
+    return startup, stores, search
+
+
+# -- HTTP --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sfm_command() -> str:
+    beside = Path(sys.executable).parent / "sfm"
+    found = str(beside) if beside.is_file() else shutil.which("sfm")
+    if found is None:
+        raise RuntimeError("cannot find the `sfm` command; run `make install`")
+    return found
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_ready(process: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    with httpx.Client(base_url=base, timeout=5.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited ({process.returncode}):\n{tail(log_path)}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+    raise RuntimeError(f"server not ready after {READY_TIMEOUT:.0f} s:\n{tail(log_path)}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group; SIGKILL what is left after 30 s."""
+    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # children the master left behind
+        return
+
+
+@contextlib.contextmanager
+def server(env: Mapping[str, str], log_path: Path) -> Iterator[str]:
+    """A real `sfm serve` in its own session; yields its base URL; always stopped."""
+    port = free_port()
+    command = [sfm_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            env=dict(env),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_ready(process, base, log_path)
+            yield base
+        finally:
+            stop(process)
+
+
+def payload(item: corpus.Item) -> dict[str, Any]:
+    return {
+        "content": item.content,
+        "type": item.type,
+        "importance": item.importance,
+        "metadata": item.metadata,
+        "created_at": item.created_at.isoformat(),
+    }
+
+
+def post(client: httpx.Client, path: str, body: dict[str, Any]) -> tuple[Any, float]:
+    clock = Clock()
+    response = client.post(path, json=body)
+    elapsed = clock.ms
+    if response.status_code != 200:
+        raise RuntimeError(f"POST {path}: {response.status_code} {response.text[:500]}")
+    return response.json(), elapsed
+
+
+def http_batches(client: httpx.Client, items: Sequence[corpus.Item]) -> tuple[Rate, Stats]:
+    latencies: list[float] = []
+    progress = Progress("http batch", len(items))
+    total = Clock()
+    for start in range(0, len(items), BATCH):
+        chunk = items[start : start + BATCH]
+        body, ms = post(client, "/api/v2/memory/batch", {"memories": [payload(i) for i in chunk]})
+        if len(body["memories"]) != len(chunk):
+            raise RuntimeError("batch stored fewer memories than sent")
+        latencies.append(ms)
+        progress.update(start + len(chunk))
+    return Rate(len(items), total.seconds), Stats.of(latencies)
+
+
+def http_singles(client: httpx.Client, items: Sequence[corpus.Item]) -> tuple[Rate, Stats]:
+    latencies: list[float] = []
+    total = Clock()
+    for item in items:
+        latencies.append(post(client, "/api/v2/memory/store", payload(item))[1])
+    return Rate(len(items), total.seconds), Stats.of(latencies)
+
+
+def http_search(
+    client: httpx.Client, queries: Sequence[str], warm_up: Sequence[str]
+) -> tuple[Stats, Stats]:
+    """End-to-end latency as the client sees it, and the server's own `latency_ms`."""
+    for query in warm_up:
+        post(client, "/api/v2/memory/search", {"query": query, "top_k": TOP_K})
+    wall: list[float] = []
+    reported: list[float] = []
+    for query in queries:
+        body, ms = post(client, "/api/v2/memory/search", {"query": query, "top_k": TOP_K})
+        wall.append(ms)
+        reported.append(float(body["latency_ms"]))
+    return Stats.of(wall), Stats.of(reported)
+
+
+def run_http(
+    env: Mapping[str, str],
+    batch_items: Sequence[corpus.Item],
+    single_items: Sequence[corpus.Item],
+    queries: QuerySets,
+    log_path: Path,
+) -> HttpResults:
+    log("[http] starting `sfm serve`")
+    clock = Clock()
+    with (
+        server(env, log_path) as base,
+        httpx.Client(base_url=base, timeout=300.0, trust_env=False) as client,
+    ):
+        startup_s = clock.seconds
+        log(f"[http] ready after {startup_s:.1f} s at {base}")
+        batch, batch_latency = http_batches(client, batch_items)
+        log(f"[http] {len(single_items)} single stores")
+        single, single_latency = http_singles(client, single_items)
+        log(f"[http] {len(queries.http)} searches")
+        search, search_server = http_search(client, queries.http, queries.warm_up)
+    return HttpResults(
+        batch, batch_latency, single, single_latency, search, search_server, startup_s
+    )
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    uname = subprocess.run(["uname", "-srm"], capture_output=True, text=True, check=False)
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+        if line.startswith("model name")
+    ]
+    meminfo = Path("/proc/meminfo")
+    kib = (
+        next(
+            (
+                int(line.split()[1])
+                for line in meminfo.read_text().splitlines()
+                if line.startswith("MemTotal")
+            ),
+            0,
+        )
+        if meminfo.is_file()
+        else 0
+    )
+    import torch
+
+    return {
+        "os": uname.stdout.strip() or platform.platform(),
+        "cpu": models[0] if models else (platform.processor() or "unknown"),
+        "cores": f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable)",
+        "torch_threads": str(torch.get_num_threads()),
+        "ram": f"{kib / 1024 / 1024:.1f} GiB" if kib else "unknown",
+    }
+
+
+def revision() -> str:
+    """The commit measured, and whether the source differed from it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown"
+    return f"`{commit}`" + (
+        " with uncommitted changes in src/" if git("status", "--porcelain", "src") else ""
+    )
+
+
+def versions() -> dict[str, str]:
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    names = ("torch", "sentence-transformers", "pymilvus", "milvus-lite", "django", "numpy")
+    return {"python": platform.python_version()} | {name: version(name) for name in names}
+
+
+def ms(value: float) -> str:
+    return "-" if value != value else f"{value:,.2f}"
+
+
+def latency_row(label: str, stats: Stats) -> str:
+    return f"| {label} | {ms(stats.p50)} | {ms(stats.p95)} | {ms(stats.p99)} | {ms(stats.mean)} |"
+
+
+def rate_row(label: str, rate: Rate, stats: Stats | None, per: str) -> str:
+    latency = f"{ms(stats.p50)} / {ms(stats.p95)} ms {per}" if stats else "-"
+    return (
+        f"| {label} | {rate.items:,} | {rate.seconds:,.1f} | {rate.per_second:,.0f} | {latency} |"
+    )
+
+
+def render_setup(n: int, singles: int, queries: int, startup: Startup, info: RunInfo) -> list[str]:
+    box, ver = machine(), versions()
+    return [
+        "| | |",
+        "|---|---|",
+        f"| date | {info.when:%Y-%m-%d %H:%M} UTC |",
+        f"| code | {info.code} |",
+        f"| machine | `{box['os']}` |",
+        f"| CPU | {box['cpu']}, {box['cores']} cores, torch threads {box['torch_threads']} |",
+        f"| RAM | {box['ram']} |",
+        f"| Python | {ver['python']} |",
+        f"| torch / sentence-transformers | {ver['torch']} / {ver['sentence-transformers']} |",
+        f"| pymilvus / milvus-lite | {ver['pymilvus']} / {ver['milvus-lite']} |",
+        f"| Django / numpy | {ver['django']} / {ver['numpy']} |",
+        f"| N (memories, in process) | {n:,}: {n - singles:,} in batches of {BATCH:,}, then "
+        f"{singles:,} one at a time |",
+        f"| Q (queries) | {queries:,} per series, different questions in each series, top_k "
+        f"{TOP_K}, after {WARM_UP} untimed warm-up calls |",
+        f"| load average before the run | {info.load} (1, 5, 15 min) |",
+        f"| other processes during the run | {info.others} |",
+        "| settings | built-in defaults in a fresh temporary data directory "
+        "(no config.yaml, no `SFM_*` overrides) |",
+        f"| start-up (in process) | migrate {startup.migrate_s:.1f} s, model load "
+        f"{startup.model_s:.1f} s, index open {startup.index_s:.1f} s |",
+        f"| whole run | {info.seconds / 60:.1f} min |",
+    ]
+
+
+def render_store(stores: StoreResults) -> list[str]:
+    ratio = stores.batch.per_second / stores.encoder.per_second
+    return [
+        "| what | memories | seconds | memories/s | latency p50 / p95 |",
+        "|---|---:|---:|---:|---|",
+        rate_row(
+            f"encoder alone: `embedder().embed`, batches of {ENCODER_BATCH}",
+            stores.encoder,
+            None,
+            "",
+        ),
+        rate_row(
+            f"`services.remember_many`, batches of {BATCH:,}",
+            stores.batch,
+            stores.batch_latency,
+            "per batch",
+        ),
+        rate_row(
+            "`services.remember`, one at a time, after the batches",
+            stores.single,
+            stores.single_latency,
+            "per memory",
+        ),
+        "",
+        f"`remember_many` / encoder alone: **{ratio:.2f}** (the rest of the time goes to "
+        "validation, SQLite, the outbox and the Milvus upsert).",
+    ]
+
+
+def render_search(search: SearchResults, n: int) -> list[str]:
+    ratio = search.index_only.p50 / search.numpy.p50
+    rows_filtered = round(search.filtered_share * n)
+    spec = json.dumps(FILTER)
+    return [
+        "| what | p50 ms | p95 ms | p99 ms | mean ms |",
+        "|---|---:|---:|---:|---:|",
+        latency_row("`services.recall`, total (`latency_ms`)", search.total),
+        latency_row("… query embedding (`embedding_ms`)", search.embedding),
+        latency_row("… index search (`index_ms`)", search.index),
+        latency_row("`services.recall`, the same queries again, total", search.repeat_total),
+        latency_row("… query embedding (cached, if the code caches)", search.repeat_embedding),
+        latency_row("… index search", search.repeat_index),
+        latency_row("index only: `vector_index().search`, precomputed vector", search.index_only),
+        latency_row(f"exact reference: numpy brute force over {n:,} x 384 float32", search.numpy),
+        latency_row(f"`services.recall` with filter `{spec}`, total", search.filtered_total),
+        latency_row("… its index search (`index_ms`)", search.filtered_index),
+        latency_row(
+            f"numpy brute force over the {rows_filtered:,} matching rows", search.filtered_numpy
+        ),
+        "",
+        f"- index only p50 / numpy p50: **{ratio:.1f}x**",
+        f"- recall@{TOP_K} of the index against the exact numpy top-{TOP_K}: "
+        f"**{search.recall:.3f}** unfiltered (index only: {search.index_only_recall:.3f}), "
+        f"**{search.filtered_recall:.3f}** with the filter (which selects "
+        f"{search.filtered_share:.1%} of the memories)",
+    ]
+
+
+def render_http(http: HttpResults) -> list[str]:
+    return [
+        "| what | memories | seconds | memories/s | latency p50 / p95 |",
+        "|---|---:|---:|---:|---|",
+        rate_row(
+            f"`POST /api/v2/memory/batch`, {BATCH:,} per call",
+            http.batch,
+            http.batch_latency,
+            "per call",
+        ),
+        rate_row(
+            "`POST /api/v2/memory/store`, one at a time",
+            http.single,
+            http.single_latency,
+            "per call",
+        ),
+        "",
+        "| search | p50 ms | p95 ms | p99 ms | mean ms |",
+        "|---|---:|---:|---:|---:|",
+        latency_row("`POST /api/v2/memory/search`, end to end (client)", http.search),
+        latency_row("… of which the server's `latency_ms`", http.search_server),
+    ]
+
+
+def render_notes() -> list[str]:
+    return [
+        "## How to read this",
+        "",
+        "- Latencies are per call, one call at a time, after untimed warm-up calls. "
+        "`latency_ms`, `embedding_ms` and `index_ms` are the fields of the service's `Recall` "
+        "result; the total also includes reading the hit rows from SQLite.",
+        "- Each series asks its own questions, so a query-embedding cache (when the code has "
+        "one) cannot answer one series from another's; the *same queries again* rows repeat "
+        "the first series to show the cached path.",
+        "- *Index only* calls `backends.vector_index().search` with a vector embedded "
+        "beforehand (tenant `default`, no namespace, no filter), so it leaves out the model.",
+        "- The numpy reference holds the same vectors (the encoder-only pass over the same "
+        "texts) in one normalised float32 matrix: a matrix-vector product, `argpartition`, "
+        "then a sort of the top 10. It is exact, so it is also the ground truth for recall@10.",
+        "- Store rates include everything the service does per call: validation, embedding, "
+        "the SQLite transaction (WAL, `synchronous=FULL`), the outbox rows and the Milvus upsert.",
+        "- The HTTP server is a separate process started with `sfm serve` on a free port; the "
+        "client waits for `GET /readyz` before timing anything and stops it with SIGTERM.",
+    ]
+
+
+def render(
+    args: argparse.Namespace,
+    info: RunInfo,
+    results: tuple[Startup, StoreResults, SearchResults],
+    http: HttpResults,
+    http_memories: int,
+) -> str:
+    startup, stores, search = results
+    lines = [
+        "# Benchmarks",
+        "",
+        "The embedded default: SQLite, Milvus Lite and all-MiniLM-L6-v2 on the CPU, measured by "
+        "`bench/run.py` on synthetic agent memories (templates about people, places, "
+        "preferences, events, dates and numbers, with `category`, `user_id`, `source` and "
+        "`confidence` metadata; seeded, so every run stores the same texts).",
+        "",
+        'Reproduce: `make bench` (10,000 memories) or `make bench ARGS="--n 100000"`. '
+        "Options: `--n`, `--queries`, `--singles`, `--http-memories`, `--http-singles`, `--out`.",
+        "",
+        "## Setup",
+        "",
+        *render_setup(args.n, args.singles, args.queries, startup, info),
+        "",
+        "## Store, service layer (in process)",
+        "",
+        *render_store(stores),
+        "",
+        f"## Search, service layer (in process, {args.n:,} memories, {args.queries:,} queries)",
+        "",
+        *render_search(search, args.n),
+        "",
+        f"## HTTP (`sfm serve` in its own process and data directory, {http_memories:,} "
+        "memories, httpx on localhost, one request at a time)",
+        "",
+        f"Server ready {http.startup_s:.1f} s after start (migrate, model load, index open).",
+        "",
+        *render_http(http),
+        "",
+        *render_notes(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=10_000, help="memories stored in process")
+    parser.add_argument("--queries", type=int, default=200, help="search queries per series")
+    parser.add_argument("--singles", type=int, default=300, help="of N, stored one at a time")
+    parser.add_argument(
+        "--http-memories", type=int, default=5_000, help="batch-stored over HTTP (at most N)"
+    )
+    parser.add_argument("--http-singles", type=int, default=200, help="stored singly over HTTP")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    if not 0 < args.singles < args.n:
+        parser.error("--singles must be at least 1 and below --n")
+    if args.queries < 1:
+        parser.error("--queries must be at least 1")
+    args.http_memories = max(1, min(args.http_memories, args.n))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    when, code = datetime.now(UTC), revision()
+    load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    others = OtherLoad()
+    others.start()
+    run = Clock()
+    items = corpus.memories(max(args.n, args.http_memories + args.http_singles))
+    queries = QuerySets.make(args.queries)
+    log(f"[setup] {len(items):,} memories and 3 x {args.queries} queries generated")
+    with tempfile.TemporaryDirectory(prefix="sfm-bench-", ignore_cleanup_errors=True) as tmp:
+        work = Path(tmp)
+        config_file = work / "defaults.yaml"
+        config_file.write_text("# bench/run.py: built-in defaults only\n")
+        use_env(settings_env(work / "in-process", config_file))
+        results = run_in_process(items[: args.n], queries, args.singles)
+        http_items = items[: args.http_memories + args.http_singles]
+        http = run_http(
+            settings_env(work / "server", config_file),
+            http_items[: args.http_memories],
+            http_items[args.http_memories :],
+            queries,
+            work / "server.log",
+        )
+    info = RunInfo(when, code, load, others.finish(), run.seconds)
+    log(f"[done] other processes used {info.others}")
+    report = render(args, info, results, http, len(http_items))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+    log(f"[done] {run.seconds / 60:.1f} min; report written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
