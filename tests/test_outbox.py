@@ -135,3 +135,15 @@ def test_maintenance_commands_refuse_a_locked_lite_file(tmp_path: Path) -> None:
             assert "vector_index_locked" in result.stderr and "another process" in result.stderr
     finally:
         held.close()
+
+
+def test_cli_maintenance_on_a_healthy_store(server_env: dict[str, str]) -> None:
+    assert run_sfm("migrate", env=server_env).returncode == 0
+    doctor = run_sfm("doctor", env=server_env)
+    assert doctor.returncode == 0, doctor.stderr
+    assert "missing: 0" in doctor.stdout and "index matches SQL" in doctor.stdout
+    rebuilt = run_sfm("reindex", env=server_env)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "indexed 0 memories, removed 0 orphaned vectors" in rebuilt.stdout
+    pending = run_sfm("reindex", "--pending", env=server_env)
+    assert pending.returncode == 0 and "0 still owed" in pending.stdout

@@ -153,8 +153,11 @@ def reindex(
 
     try:
         if pending:
-            paid = services.drain_outbox(limit=1_000_000)
-            typer.echo(f"paid {paid} owed writes; {services.outbox_depth()} still owed")
+            paid = services.drain_outbox(limit=1_000_000, due_only=False)
+            owed = services.outbox_depth()
+            typer.echo(f"paid {paid} owed writes; {owed} still owed")
+            if owed:
+                raise typer.Exit(1)
             return
         report = maintenance.reindex(drop=drop, progress=_progress("reindex"))
     except SFMError as exc:
@@ -173,16 +176,17 @@ def doctor(
 
     try:
         drift = maintenance.doctor(repair=repair, progress=_progress("repair"))
+        for kind in ("missing", "orphaned", "stale"):
+            ids = getattr(drift, kind)
+            typer.echo(f"{kind}: {len(ids)}" + (f" (e.g. {', '.join(ids[:5])})" if ids else ""))
+        if repair and not drift.clean:
+            drift = maintenance.doctor()  # check the repair
+            typer.echo("repaired" if drift.clean else "drift remains after repair")
     except SFMError as exc:
         _fail(exc)
         return
-    for kind in ("missing", "orphaned", "stale"):
-        ids = getattr(drift, kind)
-        typer.echo(f"{kind}: {len(ids)}" + (f" (e.g. {', '.join(ids[:5])})" if ids else ""))
     if drift.clean:
         typer.echo("index matches SQL")
-    elif repair:
-        typer.echo("repaired")
     else:
         raise typer.Exit(1)
 

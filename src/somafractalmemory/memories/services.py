@@ -145,9 +145,17 @@ def _index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[Vect
         write_vectors(memories, vectors)
     except SFMError as exc:
         log.warning("vector write owed for %d memories: %s", len(memories), exc.message)
-        VectorTask.objects.filter(id__in=[t.id for t in tasks]).update(last_error=exc.message[:500])
         return
-    VectorTask.objects.filter(id__in=[t.id for t in tasks]).delete()
+    _settle(tasks)
+
+
+def _settle(tasks: Sequence[VectorTask]) -> None:
+    """Remove paid outbox tasks. The change is already committed and acknowledged, so a
+    database failure here is only logged: the worker pays the task again (idempotently)."""
+    try:
+        VectorTask.objects.filter(id__in=[t.id for t in tasks]).delete()
+    except DatabaseError as exc:
+        log.warning("paid outbox tasks not removed (they will be paid again): %s", exc)
 
 
 def ensure_tenant(tenant: str) -> None:
@@ -238,7 +246,7 @@ def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
     except SFMError as exc:
         log.warning("vector delete owed for %s: %s", memory_id, exc.message)
         return
-    task.delete()
+    _settle([task])
 
 
 def recall(
@@ -343,14 +351,15 @@ def backoff_seconds(attempts: int) -> float:
     return float(min(MAX_BACKOFF_SECONDS, 2 ** max(0, attempts - 1)))
 
 
-def drain_outbox(*, limit: int = 1000) -> int:
+def drain_outbox(*, limit: int = 1000, due_only: bool = True) -> int:
     """Pay owed vector writes that are due; returns how many tasks were settled.
 
     Upserts re-embed the row as it is now (so the newest content wins); a task whose memory
     is gone becomes a delete. Failures push the tasks back with exponential backoff.
     """
     now = datetime.now(UTC)
-    tasks = list(VectorTask.objects.filter(next_attempt_at__lte=now).order_by("id")[:limit])
+    owed = VectorTask.objects.filter(next_attempt_at__lte=now) if due_only else VectorTask.objects
+    tasks = list(owed.order_by("id")[:limit])
     if not tasks:
         return 0
     rows = Memory.objects.in_bulk({t.memory_id for t in tasks})

@@ -45,8 +45,14 @@ def _databases() -> dict[str, Any]:
     if url:
         db = dj_database_url.parse(url, conn_max_age=600, conn_health_checks=True)
         if db["ENGINE"].endswith("postgresql"):
-            # Fail fast when the server is down instead of hanging a request thread.
-            db.setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+            # Fail fast when the server is down instead of hanging a request thread, and
+            # notice a kept connection whose host vanished (TCP keepalive, ~25 s).
+            options = db.setdefault("OPTIONS", {})
+            options.setdefault("connect_timeout", 3)
+            options.setdefault("keepalives", 1)
+            options.setdefault("keepalives_idle", 10)
+            options.setdefault("keepalives_interval", 5)
+            options.setdefault("keepalives_count", 3)
         return {"default": db}
     CONFIG.data_dir.mkdir(parents=True, exist_ok=True)
     return {

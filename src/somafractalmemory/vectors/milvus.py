@@ -128,13 +128,18 @@ class MilvusIndex:
             schema.add_field(PRESENCE_FIELD, DataType.JSON)
             index = client.prepare_index_params()
             index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
-            client.create_collection(
-                self.name,
-                schema=schema,
-                index_params=index,
-                consistency_level="Strong",
-                timeout=self._timeout,
-            )
+            try:
+                client.create_collection(
+                    self.name,
+                    schema=schema,
+                    index_params=index,
+                    consistency_level="Strong",
+                    timeout=self._timeout,
+                )
+            except Exception:
+                # Another worker process may have created it a moment earlier.
+                if not client.has_collection(self.name, timeout=self._timeout):
+                    raise
         client.load_collection(self.name, timeout=self._timeout)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
