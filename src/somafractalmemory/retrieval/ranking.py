@@ -1,0 +1,111 @@
+"""Ranking as pure functions: fusion of ranked lists, decay, and the final score.
+
+No I/O here: numbers in, numbers out, so every rule has a unit or property test.
+
+final = w_relevance * relevance + w_recency * recency + w_importance * importance, where
+- relevance is the weighted reciprocal-rank fusion of the retrieval legs, scaled to [0, 1]
+  (1 = first in every leg);
+- recency = 0.5 ** (age / half_life), age counted from the later of the memory's event time
+  and its last access, with a half-life per memory type;
+- importance is the memory's own importance in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+DAY = 86_400.0
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Weights:
+    relevance: float = 0.85
+    recency: float = 0.05
+    importance: float = 0.10
+
+
+@dataclass(frozen=True)
+class HalfLives:
+    """Days until recency halves, per memory type."""
+
+    episodic: float = 30.0
+    semantic: float = 180.0
+    summary: float = 365.0
+
+    def seconds(self, memory_type: str) -> float:
+        return float(getattr(self, memory_type, self.episodic)) * DAY
+
+
+@dataclass(frozen=True)
+class Scoring:
+    weights: Weights = field(default_factory=Weights)
+    half_lives: HalfLives = field(default_factory=HalfLives)
+    rrf_k: int = RRF_K
+
+
+def rrf(
+    rankings: Sequence[Sequence[str]], *, k: int = RRF_K, weights: Sequence[float] | None = None
+) -> dict[str, float]:
+    """Reciprocal-rank fusion, scaled so that first place in every list scores 1.0."""
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError("one weight per ranking")
+    total = sum(weights)
+    if total <= 0:
+        return {}
+    fused: dict[str, float] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        for rank, item in enumerate(dict.fromkeys(ranking)):
+            fused[item] = fused.get(item, 0.0) + weight / (k + rank + 1)
+    best = total / (k + 1)
+    return {item: score / best for item, score in fused.items()}
+
+
+def decay(age_seconds: float, half_life_seconds: float) -> float:
+    """0.5 ** (age / half_life): 1.0 now, 0.5 after one half-life; future times count as now."""
+    if half_life_seconds <= 0:
+        return 0.0
+    return float(0.5 ** (max(age_seconds, 0.0) / half_life_seconds))
+
+
+@dataclass(frozen=True)
+class Components:
+    relevance: float
+    recency: float
+    importance: float
+    score: float
+
+
+def score(relevance: float, recency: float, importance: float, weights: Weights) -> Components:
+    """The blended score and its parts (for `explain`)."""
+    total = (
+        weights.relevance * relevance + weights.recency * recency + weights.importance * importance
+    )
+    return Components(relevance, recency, importance, total)
+
+
+def rank(
+    relevance: Mapping[str, float],
+    *,
+    ages: Mapping[str, float],
+    types: Mapping[str, str],
+    importance: Mapping[str, float],
+    scoring: Scoring,
+) -> list[tuple[str, Components]]:
+    """Items by final score, best first (ties by relevance, then id, for stable order)."""
+    scored = [
+        (
+            item,
+            score(
+                rel,
+                decay(ages[item], scoring.half_lives.seconds(types[item])),
+                importance[item],
+                scoring.weights,
+            ),
+        )
+        for item, rel in relevance.items()
+    ]
+    scored.sort(key=lambda pair: (-pair[1].score, -pair[1].relevance, pair[0]))
+    return scored

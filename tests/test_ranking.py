@@ -1,0 +1,89 @@
+"""Fusion, decay and scoring: pure functions, unit and property tests."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from somafractalmemory.retrieval.ranking import (
+    DAY,
+    HalfLives,
+    Scoring,
+    Weights,
+    decay,
+    rank,
+    rrf,
+    score,
+)
+
+ids = st.lists(st.sampled_from([f"m{i}" for i in range(12)]), max_size=12, unique=True)
+
+
+def test_rrf_first_everywhere_is_one_and_order_follows_ranks() -> None:
+    fused = rrf([["a", "b", "c"], ["a", "c"]])
+    assert fused["a"] == pytest.approx(1.0)
+    assert fused["a"] > fused["c"] > fused["b"]
+    assert rrf([["a"], ["b"]], weights=[3, 1])["a"] > rrf([["a"], ["b"]], weights=[3, 1])["b"]
+    assert rrf([]) == {}
+    with pytest.raises(ValueError):
+        rrf([["a"]], weights=[1, 2])
+
+
+@given(st.lists(ids, min_size=1, max_size=4))
+def test_rrf_is_bounded_and_rewards_agreement(rankings: list[list[str]]) -> None:
+    fused = rrf(rankings)
+    assert set(fused) == {i for r in rankings for i in r}
+    assert all(0 < v <= 1 + 1e-12 for v in fused.values())
+    # Appearing in one more list never lowers an item's fused score.
+    for item in fused:
+        more = [*rankings, [item]]
+        assert rrf(more)[item] * len(more) >= fused[item] * len(rankings) - 1e-12
+
+
+@given(ids, ids)
+def test_rrf_is_symmetric_in_its_lists(a: list[str], b: list[str]) -> None:
+    assert rrf([a, b]) == pytest.approx(rrf([b, a]))
+
+
+def test_decay_halves_per_half_life() -> None:
+    assert decay(0, DAY) == 1.0
+    assert decay(DAY, DAY) == pytest.approx(0.5)
+    assert decay(3 * DAY, DAY) == pytest.approx(0.125)
+    assert decay(-5 * DAY, DAY) == 1.0  # the future counts as now
+    assert decay(DAY, 0) == 0.0
+
+
+@given(st.floats(0, 1e9), st.floats(0, 1e9), st.floats(1, 1e8))
+def test_decay_is_monotone_and_bounded(a: float, b: float, half_life: float) -> None:
+    older, newer = max(a, b), min(a, b)
+    assert 0 <= decay(older, half_life) <= decay(newer, half_life) <= 1
+
+
+@given(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1))
+def test_score_is_the_weighted_sum(rel: float, rec: float, imp: float) -> None:
+    parts = score(rel, rec, imp, Weights(0.5, 0.3, 0.2))
+    assert parts.score == pytest.approx(0.5 * rel + 0.3 * rec + 0.2 * imp)
+    assert (parts.relevance, parts.recency, parts.importance) == (rel, rec, imp)
+
+
+def test_rank_blends_recency_and_importance_per_type() -> None:
+    relevance = {"old": 1.0, "new": 0.9, "vital": 0.9}
+    ages = {"old": 365 * DAY, "new": 0.0, "vital": 365 * DAY}
+    types = {"old": "episodic", "new": "episodic", "vital": "episodic"}
+    importance = {"old": 0.5, "new": 0.5, "vital": 1.0}
+    pure = rank(relevance, ages=ages, types=types, importance=importance,
+                scoring=Scoring(weights=Weights(1, 0, 0)))  # fmt: skip
+    assert [i for i, _ in pure] == ["old", "new", "vital"]  # ties by id
+    blended = rank(relevance, ages=ages, types=types, importance=importance,
+                   scoring=Scoring(weights=Weights(0.6, 0.3, 0.1)))  # fmt: skip
+    assert blended[0][0] == "new"
+    by_importance = rank(relevance, ages=ages, types=types, importance=importance,
+                         scoring=Scoring(weights=Weights(0.5, 0.0, 0.5)))  # fmt: skip
+    assert by_importance[0][0] == "vital"
+    # A semantic memory keeps its recency far longer than an episodic one.
+    lives = HalfLives()
+    assert decay(90 * DAY, lives.seconds("semantic")) > decay(90 * DAY, lives.seconds("episodic"))
+    assert math.isclose(decay(30 * DAY, lives.seconds("episodic")), 0.5)
