@@ -16,6 +16,7 @@ RANKS = {
     "vectors": 3,
     "backends": 4,
     "memories.models": 4,
+    "memories.fulltext": 4,
     "memories.services": 5,
     "memories.maintenance": 6,
     "memories.schemas": 5,

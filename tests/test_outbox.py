@@ -49,7 +49,7 @@ def test_store_is_acknowledged_while_the_index_is_down(
     assert services.drain_outbox() == 1
     assert not VectorTask.objects.exists()
     answer = api.ok("POST", "/memory/search", body)
-    assert answer["mode"] == "vector" and answer["warnings"] == []
+    assert answer["mode"] == "hybrid" and answer["warnings"] == []
     assert [h["id"] for h in answer["memories"]] == [stored["id"]]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -26,6 +27,8 @@ from somafractalmemory.memories.schemas import (
     BatchIn,
     BatchOut,
     ErrorOut,
+    ExplainOut,
+    HalfLivesIn,
     MemoryOut,
     MemoryTypeName,
     PageOut,
@@ -35,7 +38,9 @@ from somafractalmemory.memories.schemas import (
     SearchOut,
     StoreIn,
     StoreOut,
+    WeightsIn,
 )
+from somafractalmemory.retrieval import ranking
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +125,51 @@ def store_batch(request: HttpRequest, body: BatchIn) -> BatchOut:
 
 @memory.post("/search", response={200: SearchOut, **ERRORS}, summary="Search memories")
 def search(request: HttpRequest, body: SearchIn) -> SearchOut:
-    result = services.recall(
-        body.query, namespace=body.namespace, top_k=body.top_k, filters_spec=body.filters
+    scoring = ranking.Scoring(
+        weights=ranking.Weights(**(body.weights or WeightsIn()).model_dump()),
+        half_lives=ranking.HalfLives(**(body.half_lives or HalfLivesIn()).model_dump()),
     )
-    hits = [
-        SearchHitOut(
-            id=h.memory.id,
-            content=h.memory.content,
-            score=round(h.score, 4),
-            type=h.memory.type,
-            namespace=h.memory.namespace,
-            importance=h.memory.importance,
-            metadata=h.memory.metadata,
-            created_at=h.memory.created_at,
-        )
-        for h in result.hits
-    ]
+    query = services.Query(
+        namespace=body.namespace,
+        top_k=body.top_k,
+        mode=body.mode,
+        filters=body.filters,
+        types=tuple(body.types),
+        created_after=body.created_after,
+        created_before=body.created_before,
+        min_score=body.min_score,
+        scoring=scoring,
+    )
+    result = services.recall(body.query, query)
     return SearchOut(
-        memories=hits,
+        memories=[_hit_out(h, scoring if body.explain else None) for h in result.hits],
         latency_ms=round(result.latency_ms, 2),
         mode=result.mode,
         warnings=result.warnings,
+    )
+
+
+def _hit_out(hit: services.Hit, scoring: ranking.Scoring | None) -> SearchHitOut:
+    m = hit.memory
+    explain = None
+    if scoring is not None and hit.components is not None:
+        explain = ExplainOut(
+            relevance=round(hit.components.relevance, 6),
+            recency=round(hit.components.recency, 6),
+            importance=hit.components.importance,
+            weights=dataclasses.asdict(scoring.weights),
+            legs={name: {"rank": r, "score": round(s, 6)} for name, (r, s) in hit.legs.items()},
+        )
+    return SearchHitOut(
+        id=m.id,
+        content=m.content,
+        score=round(hit.score, 4),
+        type=m.type,
+        namespace=m.namespace,
+        importance=m.importance,
+        metadata=m.metadata,
+        created_at=m.created_at,
+        explain=explain,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import models
 from django.utils import timezone
 
@@ -36,6 +38,10 @@ class Memory(models.Model):
     created_at = models.DateTimeField(help_text="Event time: when the memory happened.")
     stored_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    access_count = models.PositiveIntegerField(default=0)
+    last_accessed_at = models.DateTimeField(null=True, blank=True)
+    strength = models.FloatField(default=1.0, help_text="Grows when recalled, fades with time.")
+    content_hash = models.CharField(max_length=64, db_index=True, default="")
 
     class Meta:
         indexes = [
@@ -45,6 +51,13 @@ class Memory(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+    @property
+    def last_seen(self) -> datetime:
+        """When the memory last mattered: its event time or its last recall, the later."""
+        if self.last_accessed_at and self.last_accessed_at > self.created_at:
+            return self.last_accessed_at
+        return self.created_at
 
 
 class VectorTask(models.Model):

@@ -49,6 +49,20 @@ class BatchOut(Schema):
     memories: list[StoreOut]
 
 
+class WeightsIn(Strict):
+    relevance: float = Field(default=0.85, ge=0.0, le=10.0)
+    recency: float = Field(default=0.05, ge=0.0, le=10.0)
+    importance: float = Field(default=0.10, ge=0.0, le=10.0)
+
+
+class HalfLivesIn(Strict):
+    """Days until recency halves."""
+
+    episodic: float = Field(default=30.0, gt=0.0)
+    semantic: float = Field(default=180.0, gt=0.0)
+    summary: float = Field(default=365.0, gt=0.0)
+
+
 class SearchIn(Strict):
     query: str = Field(min_length=1)
     namespace: str | None = Field(
@@ -61,6 +75,24 @@ class SearchIn(Strict):
     filters: dict[str, Any] | None = Field(
         default=None, description="Filter language, see docs/api.md#filters."
     )
+    mode: Literal["hybrid", "vector", "lexical"] = "hybrid"
+    types: list[MemoryTypeName] = Field(default_factory=list, description="Only these types.")
+    created_after: datetime | None = Field(default=None, description="Event time >= this.")
+    created_before: datetime | None = Field(default=None, description="Event time < this.")
+    min_score: float | None = Field(default=None, ge=0.0, description="Drop hits scoring less.")
+    explain: bool = Field(default=False, description="Return each part of the score.")
+    weights: WeightsIn | None = None
+    half_lives: HalfLivesIn | None = None
+
+
+class ExplainOut(Schema):
+    relevance: float
+    recency: float
+    importance: float
+    weights: dict[str, float]
+    legs: dict[str, dict[str, float]] = Field(
+        description="Per retrieval leg: `rank` (1 = first) and its raw `score`."
+    )
 
 
 class SearchHitOut(Schema):
@@ -72,6 +104,7 @@ class SearchHitOut(Schema):
     importance: float
     metadata: dict[str, Any]
     created_at: datetime
+    explain: ExplainOut | None = None
 
 
 class SearchOut(Schema):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -36,8 +38,8 @@ from somafractalmemory.errors import (
     ValidationFailed,
 )
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, Tenant, VectorTask
-from somafractalmemory.retrieval import filters, lexical
-from somafractalmemory.vectors.base import VectorRecord
+from somafractalmemory.retrieval import filters, lexical, ranking
+from somafractalmemory.vectors.base import VectorHit, VectorRecord
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,9 @@ class NewMemory:
 class Hit:
     memory: Memory
     score: float
+    components: ranking.Components | None = None
+    legs: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Per retrieval leg: (rank, raw score)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,12 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         )
 
 
+def lexical_key(tenant: str) -> bytes:
+    """The tenant's key for opaque lexical tokens (per-tenant data keys replace it later)."""
+    secret = get_config().secret_key.encode()
+    return hmac.new(secret, f"sfm-lexical\0{tenant}".encode(), hashlib.sha256).digest()
+
+
 def vector_record(memory: Memory, vector: Any) -> VectorRecord:
     return VectorRecord(
         id=memory.id,
@@ -118,6 +129,7 @@ def vector_record(memory: Memory, vector: Any) -> VectorRecord:
         importance=memory.importance,
         created_at_ms=int(memory.created_at.timestamp() * 1000),
         metadata=memory.metadata,
+        lexical=lexical.keyed_tokens(memory.content, lexical_key(memory.tenant_id)),
     )
 
 
@@ -249,43 +261,73 @@ def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
     _settle([task])
 
 
-def recall(
-    query: str,
-    *,
-    tenant: str = DEFAULT_TENANT,
-    namespace: str | None = None,
-    top_k: int = 10,
-    filters_spec: dict[str, Any] | None = None,
-) -> Recall:
-    """The `top_k` memories closest in meaning to `query`, filtered inside the index."""
+MODES = ("hybrid", "vector", "lexical")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a search asks for, beyond the text."""
+
+    namespace: str | None = None
+    top_k: int = 10
+    mode: str = "hybrid"
+    filters: dict[str, Any] | None = None
+    types: tuple[str, ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    min_score: float | None = None
+    scoring: ranking.Scoring = field(default_factory=ranking.Scoring)
+
+
+def _where(query: Query) -> filters.Node | None:
+    parts: list[dict[str, Any]] = [query.filters] if query.filters else []
+    if query.types:
+        parts.append({"type": {"$in": list(query.types)}})
+    if query.created_after:
+        parts.append({"created_at": {"$gte": _utc(query.created_after).isoformat()}})
+    if query.created_before:
+        parts.append({"created_at": {"$lt": _utc(query.created_before).isoformat()}})
+    return filters.parse({"$and": parts} if parts else None)
+
+
+def candidate_pool(top_k: int) -> int:
+    """How many candidates each retrieval leg brings to fusion."""
+    return min(max(4 * top_k, 40), 200)
+
+
+def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENANT) -> Recall:
+    """The memories that best answer `text`: retrieval legs fused, then scored (ranking.py)."""
+    query = query or Query()
     started = time.perf_counter()
-    where = filters.parse(filters_spec)
-    if not query.strip():
+    if query.mode not in MODES:
+        raise ValidationFailed(f"mode must be one of {list(MODES)}", details={"mode": query.mode})
+    where = _where(query)
+    if not text.strip():
         raise ValidationFailed("query is empty", details={"field": "query"})
-    vector = embed_query(backends.embedder(), query)
+    pool = candidate_pool(query.top_k)
+    scope = {"tenant": tenant, "namespace": query.namespace, "where": where, "top_k": pool}
+    vector = embed_query(backends.embedder(), text) if query.mode != "lexical" else None
     embedded = time.perf_counter()
-    mode, warnings = "vector", []
+    mode, warnings = query.mode, []
+    legs: dict[str, list[VectorHit]] = {}
     try:
-        found = [
-            (hit.id, hit.score)
-            for hit in backends.vector_index().search(
-                vector, tenant=tenant, namespace=namespace, where=where, top_k=top_k
+        index = backends.vector_index()
+        if vector is not None:
+            legs["vector"] = index.search(vector, **scope)  # type: ignore[arg-type]
+        if query.mode != "vector":
+            tokens = " ".join(
+                dict.fromkeys(lexical.keyed_tokens(text, lexical_key(tenant)).split())
             )
-        ]
+            legs["lexical"] = index.search_lexical(tokens, **scope)  # type: ignore[arg-type]
     except IndexUnavailable as exc:
         # SQL still knows every memory: answer from its full-text index, and say so.
-        log.warning("search falls back to lexical: %s", exc.message)
+        log.warning("search falls back to SQL full text: %s", exc.message)
         mode = "lexical"
         warnings.append(f"{exc.code}: the vector index failed; results are lexical only")
-        found = lexical.search(_scope(tenant, namespace, where), query, top_k)
+        found = lexical.search(_scope(tenant, query.namespace, where), text, pool)
+        legs = {"lexical": [VectorHit(i, s) for i, s in found]}
     searched = time.perf_counter()
-    rows = Memory.objects.in_bulk([memory_id for memory_id, _ in found])
-    # A hit without its row was deleted after the index answered: the row decides.
-    hits = [
-        Hit(rows[memory_id], score)
-        for memory_id, score in found
-        if memory_id in rows and rows[memory_id].tenant_id == tenant
-    ]
+    hits = _score(legs, query, tenant)
     done = time.perf_counter()
     return Recall(
         hits=hits,
@@ -295,6 +337,44 @@ def recall(
         mode=mode,
         warnings=warnings,
     )
+
+
+def _relevance(legs: dict[str, list[VectorHit]], k: int) -> dict[str, float]:
+    if len(legs) > 1:
+        return ranking.rrf([[h.id for h in hits] for hits in legs.values()], k=k)
+    ((name, hits),) = legs.items()
+    if name == "vector":
+        return {h.id: max(0.0, min(1.0, h.score)) for h in hits}
+    best = max((h.score for h in hits), default=0.0)
+    return {h.id: h.score / best for h in hits} if best > 0 else {}
+
+
+def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[Hit]:
+    relevance = _relevance(legs, query.scoring.rrf_k)
+    rows = Memory.objects.in_bulk(list(relevance))
+    # A hit without its row was deleted after the index answered: the row decides.
+    rows = {i: m for i, m in rows.items() if m.tenant_id == tenant}
+    relevance = {i: r for i, r in relevance.items() if i in rows}
+    now = datetime.now(UTC)
+    ranked = ranking.rank(
+        relevance,
+        ages={i: (now - m.last_seen).total_seconds() for i, m in rows.items()},
+        types={i: m.type for i, m in rows.items()},
+        importance={i: m.importance for i, m in rows.items()},
+        scoring=query.scoring,
+    )
+    positions = {
+        name: {h.id: (n + 1, h.score) for n, h in enumerate(hits)} for name, hits in legs.items()
+    }
+    hits = []
+    for memory_id, parts in ranked:
+        if query.min_score is not None and parts.score < query.min_score:
+            continue
+        legs_seen = {name: pos[memory_id] for name, pos in positions.items() if memory_id in pos}
+        hits.append(Hit(rows[memory_id], parts.score, parts, legs_seen))
+        if len(hits) == query.top_k:
+            break
+    return hits
 
 
 def _scope(tenant: str, namespace: str | None, where: filters.Node | None) -> QuerySet[Memory]:

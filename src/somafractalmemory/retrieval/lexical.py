@@ -1,12 +1,16 @@
-"""Lexical retrieval inside the SQL database: SQLite FTS5 (BM25) or PostgreSQL full text.
+"""Lexical retrieval: the analyzer for the BM25 leg in the vector index, and full-text
+search inside the SQL database (SQLite FTS5 BM25 / PostgreSQL), used when the index is down.
 
-Used today when the vector index is down (search keeps answering, from SQL alone). The
-candidates are restricted by the caller's queryset (tenant, namespace, filters) inside the
-database query, never trimmed afterwards.
+The BM25 leg never sees plaintext: each stemmed word is replaced by an HMAC keyed per
+tenant, so the index holds opaque tokens, and a query can only match tokens made with its
+own tenant's key. SQL full text runs where the rows already are, restricted by the
+caller's queryset (tenant, namespace, filters) inside the query, never trimmed afterwards.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 
 from django.db import connection
@@ -14,7 +18,41 @@ from django.db.models import BooleanField, FloatField, QuerySet
 from django.db.models.expressions import RawSQL
 
 MAX_TERMS = 64
+MAX_INDEXED_CHARS = 65_000  # the index's text field holds 65,535 characters
 _TERM = re.compile(r"\w+", re.UNICODE)
+# Function words carry no meaning for retrieval (the common English list, as in Lucene/NLTK).
+_STOP_TEXT = """
+a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further
+had has have having he her here hers herself him himself his how i if in into is it its itself
+just me more most my myself no nor not now of off on once only or other our ours ourselves out
+over own same she should so some such than that the their theirs them themselves then there
+these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your yours yourself yourselves s t d ll m o re ve y
+"""
+STOP_WORDS = frozenset(_STOP_TEXT.split())
+_stemmer = None
+
+
+def analyze(text: str) -> list[str]:
+    """Lower-case words without stop words, Snowball-stemmed, duplicates kept (for BM25 tf)."""
+    global _stemmer
+    if _stemmer is None:
+        import Stemmer
+
+        _stemmer = Stemmer.Stemmer("english")
+    words = [w for w in (t.lower() for t in _TERM.findall(text)) if w not in STOP_WORDS]
+    return list(_stemmer.stemWords(words))
+
+
+def keyed_tokens(text: str, key: bytes) -> str:
+    """The analyzed words of `text` as opaque per-key tokens, space-separated."""
+    tokens = " ".join(
+        hmac.new(key, word.encode(), hashlib.sha256).hexdigest()[:16] for word in analyze(text)
+    )
+    return (
+        tokens[:MAX_INDEXED_CHARS].rsplit(" ", 1)[0] if len(tokens) > MAX_INDEXED_CHARS else tokens
+    )
 
 
 def terms(text: str) -> list[str]:

@@ -25,13 +25,15 @@ class VectorRecord:
     importance: float
     created_at_ms: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    lexical: str = ""
+    """Opaque tokens for the BM25 leg (see retrieval.lexical.keyed_tokens)."""
 
 
 @dataclass(frozen=True)
 class VectorHit:
     id: str
     score: float
-    """Cosine similarity in [-1, 1]."""
+    """Cosine similarity in [-1, 1] (dense), or a BM25 score (lexical)."""
 
 
 class VectorIndex(Protocol):
@@ -49,6 +51,18 @@ class VectorIndex(Protocol):
         top_k: int,
     ) -> list[VectorHit]:
         """The `top_k` nearest memories of `tenant` (and `namespace`) that match `where`."""
+        ...
+
+    def search_lexical(
+        self,
+        tokens: str,
+        *,
+        tenant: str,
+        namespace: str | None,
+        where: Node | None,
+        top_k: int,
+    ) -> list[VectorHit]:
+        """The `top_k` best BM25 matches of `tokens` (as made by keyed_tokens)."""
         ...
 
     def entries(self) -> Iterator[tuple[str, str]]:

@@ -111,7 +111,7 @@ class MilvusIndex:
                 raise IndexUnavailable(f"cannot connect to Milvus at {uri}: {exc}") from exc
 
     def _ensure_collection(self) -> None:
-        from pymilvus import DataType
+        from pymilvus import DataType, Function, FunctionType
 
         client = self._client
         if not client.has_collection(self.name, timeout=self._timeout):
@@ -126,8 +126,26 @@ class MilvusIndex:
             schema.add_field("created_at", DataType.INT64)
             schema.add_field("metadata", DataType.JSON)
             schema.add_field(PRESENCE_FIELD, DataType.JSON)
+            # BM25 over opaque per-tenant tokens: split on spaces, nothing else.
+            schema.add_field(
+                "lexical",
+                DataType.VARCHAR,
+                max_length=65_535,
+                enable_analyzer=True,
+                analyzer_params={"tokenizer": "whitespace"},
+            )
+            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(
+                    name="bm25",
+                    function_type=FunctionType.BM25,
+                    input_field_names=["lexical"],
+                    output_field_names=["sparse"],
+                )
+            )
             index = client.prepare_index_params()
             index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
+            index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
             try:
                 client.create_collection(
                     self.name,
@@ -162,6 +180,7 @@ class MilvusIndex:
                 "created_at": int(r.created_at_ms),
                 "metadata": r.metadata,
                 PRESENCE_FIELD: presence_map(r.metadata),
+                "lexical": r.lexical,
             }
             for r in records
         ]
@@ -181,6 +200,38 @@ class MilvusIndex:
         where: Node | None,
         top_k: int,
     ) -> list[VectorHit]:
+        return self._search(
+            np.asarray(vector, dtype=np.float32).tolist(), "vector", "COSINE",
+            tenant=tenant, namespace=namespace, where=where, top_k=top_k,
+        )  # fmt: skip
+
+    def search_lexical(
+        self,
+        tokens: str,
+        *,
+        tenant: str,
+        namespace: str | None,
+        where: Node | None,
+        top_k: int,
+    ) -> list[VectorHit]:
+        if not tokens:
+            return []
+        return self._search(
+            tokens, "sparse", "BM25",
+            tenant=tenant, namespace=namespace, where=where, top_k=top_k,
+        )  # fmt: skip
+
+    def _search(
+        self,
+        query: Any,
+        field: str,
+        metric: str,
+        *,
+        tenant: str,
+        namespace: str | None,
+        where: Node | None,
+        top_k: int,
+    ) -> list[VectorHit]:
         clauses = [f"tenant == {_literal(tenant)}"]
         if namespace is not None:
             clauses.append(f"namespace == {_literal(namespace)}")
@@ -189,11 +240,12 @@ class MilvusIndex:
         result = self._call(
             "search",
             self._client.search,
-            data=[np.asarray(vector, dtype=np.float32).tolist()],
+            data=[query],
+            anns_field=field,
             filter=" and ".join(clauses),
             limit=top_k,
             output_fields=["id"],
-            search_params={"metric_type": "COSINE"},
+            search_params={"metric_type": metric},
         )
         return [VectorHit(id=str(hit["id"]), score=float(hit["distance"])) for hit in result[0]]
 

@@ -1,6 +1,13 @@
-"""Full-text index for lexical search: FTS5 on SQLite, a GIN expression index on PostgreSQL."""
+"""The SQL full-text index (SQLite FTS5 with triggers, PostgreSQL GIN), for migrations.
 
-from django.db import migrations
+SQLite: Django rebuilds a table for most schema changes, which drops these triggers and
+renumbers rowids. Any later migration that alters `memories_memory` must end by calling
+`install(schema_editor)` again (it drops, recreates and rebuilds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 SQLITE_UP = [
     "CREATE VIRTUAL TABLE memories_fts USING fts5("
@@ -29,20 +36,14 @@ POSTGRES_UP = [
 POSTGRES_DOWN = ["DROP INDEX IF EXISTS memories_content_fts"]
 
 
-def _run(statements_by_vendor):
-    def run(apps, schema_editor):
-        for sql in statements_by_vendor.get(schema_editor.connection.vendor, []):
-            schema_editor.execute(sql)
+def install(schema_editor: Any) -> None:
+    vendor = schema_editor.connection.vendor
+    statements = {"sqlite": SQLITE_DOWN + SQLITE_UP, "postgresql": POSTGRES_UP}
+    for sql in statements.get(vendor, []):
+        schema_editor.execute(sql)
 
-    return run
 
-
-class Migration(migrations.Migration):
-    dependencies = [("memories", "0003_outbox_backoff")]
-
-    operations = [
-        migrations.RunPython(
-            _run({"sqlite": SQLITE_UP, "postgresql": POSTGRES_UP}),
-            _run({"sqlite": SQLITE_DOWN, "postgresql": POSTGRES_DOWN}),
-        )
-    ]
+def uninstall(schema_editor: Any) -> None:
+    vendor = schema_editor.connection.vendor
+    for sql in {"sqlite": SQLITE_DOWN, "postgresql": POSTGRES_DOWN}.get(vendor, []):
+        schema_editor.execute(sql)
