@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench docs clean
+.PHONY: install serve test lint typecheck pytest bench eval docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
+
+# Retrieval quality on LoCoMo (CC BY-NC data, read in place, never copied here).
+LOCOMO ?= ../shared/datasets/locomo-dev.json
+
+eval: install
+	$(BIN)/python bench/locomo_eval.py --data $(LOCOMO) --out docs/benchmarks.md $(ARGS)
 
 docs: install
 	$(BIN)/sfm config --markdown > docs/settings.md

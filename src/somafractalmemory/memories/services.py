@@ -339,9 +339,13 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
     )
 
 
-def _relevance(legs: dict[str, list[VectorHit]], k: int) -> dict[str, float]:
+def _relevance(legs: dict[str, list[VectorHit]], fusion: ranking.Fusion) -> dict[str, float]:
     if len(legs) > 1:
-        return ranking.rrf([[h.id for h in hits] for hits in legs.values()], k=k)
+        return ranking.rrf(
+            [[h.id for h in hits] for hits in legs.values()],
+            k=fusion.k,
+            weights=[getattr(fusion, name) for name in legs],
+        )
     ((name, hits),) = legs.items()
     if name == "vector":
         return {h.id: max(0.0, min(1.0, h.score)) for h in hits}
@@ -350,7 +354,7 @@ def _relevance(legs: dict[str, list[VectorHit]], k: int) -> dict[str, float]:
 
 
 def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[Hit]:
-    relevance = _relevance(legs, query.scoring.rrf_k)
+    relevance = _relevance(legs, query.scoring.fusion)
     rows = Memory.objects.in_bulk(list(relevance))
     # A hit without its row was deleted after the index answered: the row decides.
     rows = {i: m for i, m in rows.items() if m.tenant_id == tenant}

@@ -39,10 +39,23 @@ class HalfLives:
 
 
 @dataclass(frozen=True)
+class Fusion:
+    """Weight of each retrieval leg in reciprocal-rank fusion, and its k.
+
+    Defaults measured on LoCoMo dev (docs/benchmarks.md): a small k lets the first ranks of
+    each leg dominate, and the lexical leg (stemmed BM25) is the stronger one there.
+    """
+
+    vector: float = 0.7
+    lexical: float = 1.0
+    k: int = 10
+
+
+@dataclass(frozen=True)
 class Scoring:
     weights: Weights = field(default_factory=Weights)
     half_lives: HalfLives = field(default_factory=HalfLives)
-    rrf_k: int = RRF_K
+    fusion: Fusion = field(default_factory=Fusion)
 
 
 def rrf(

@@ -1,0 +1,259 @@
+"""Retrieval evaluation on LoCoMo-format conversations, through the service layer.
+
+Each conversation's turns are stored as episodic memories in a namespace of their own, with
+the session's date as `created_at` and `speaker`, `dia_id` and `session` in metadata. Each
+question with evidence (category 5, adversarial, has none) is searched in every mode; we
+report recall@5 and recall@10 of the evidence turns and the reciprocal rank of the first
+evidence turn in the top 10 (MRR@10), overall and per category, and the time per query.
+
+    python bench/locomo_eval.py --data FILE [--json OUT] [--out docs/benchmarks.md]
+
+The data (LoCoMo, CC BY-NC 4.0) is read from where it lies; it is never copied here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MODES = ("hybrid", "vector", "lexical")
+TOP_K = 10
+START, END = "<!-- locomo:start -->", "<!-- locomo:end -->"
+
+
+@dataclass
+class Turn:
+    dia_id: str
+    speaker: str
+    text: str
+    session: int
+    when: datetime
+
+
+@dataclass
+class Question:
+    text: str
+    category: str
+    evidence: list[str]
+
+
+@dataclass
+class Conversation:
+    sample_id: str
+    turns: list[Turn]
+    questions: list[Question]
+
+
+def parse_when(text: str) -> datetime:
+    """'1:56 pm on 8 May, 2023' (LoCoMo's session time), read as UTC."""
+    cleaned = re.sub(r"\s+", " ", text.strip())
+    for pattern in ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y", "%I:%M %p on %B %d, %Y"):
+        try:
+            return datetime.strptime(cleaned, pattern).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise ValueError(f"unreadable session time {text!r}")
+
+
+def turn_text(turn: dict[str, Any]) -> str:
+    text = f"{turn['speaker']}: {turn.get('text', '')}"
+    if turn.get("blip_caption"):
+        text += f" [shares a photo of {turn['blip_caption']}]"
+    return text
+
+
+def load(path: Path) -> list[Conversation]:
+    conversations = []
+    for sample in json.loads(path.read_text()):
+        conv = sample["conversation"]
+        sessions = sorted(int(m.group(1)) for k in conv if (m := re.fullmatch(r"session_(\d+)", k)))
+        turns = [
+            Turn(
+                t["dia_id"],
+                t["speaker"],
+                turn_text(t),
+                n,
+                parse_when(conv[f"session_{n}_date_time"]),
+            )
+            for n in sessions
+            for t in conv[f"session_{n}"]
+        ]
+        questions = []
+        for qa in sample.get("qa", []):
+            evidence = [
+                e.strip() for item in qa.get("evidence", []) for e in re.split(r"[,;]", item)
+            ]
+            evidence = [e for e in evidence if e]
+            if evidence and str(qa.get("category")) != "5":
+                questions.append(Question(str(qa["question"]), str(qa["category"]), evidence))
+        conversations.append(Conversation(str(sample["sample_id"]), turns, questions))
+    return conversations
+
+
+@dataclass
+class Score:
+    r5: list[float] = field(default_factory=list)
+    r10: list[float] = field(default_factory=list)
+    rr: list[float] = field(default_factory=list)
+
+    def add(self, ranked: Sequence[str], evidence: set[str]) -> None:
+        self.r5.append(len(evidence & set(ranked[:5])) / len(evidence))
+        self.r10.append(len(evidence & set(ranked[:10])) / len(evidence))
+        first = next((i for i, m in enumerate(ranked[:TOP_K]) if m in evidence), None)
+        self.rr.append(0.0 if first is None else 1.0 / (first + 1))
+
+    def summary(self) -> dict[str, float]:
+        mean = statistics.fmean
+        return {
+            "recall@5": round(mean(self.r5), 4),
+            "recall@10": round(mean(self.r10), 4),
+            "mrr": round(mean(self.rr), 4),
+            "questions": len(self.r10),
+        }
+
+
+def setup(data_dir: Path) -> None:
+    os.environ["SFM_DATA_DIR"] = str(data_dir)
+    os.environ["SFM_CONFIG"] = str(data_dir / "absent.yaml")  # the service's default settings
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "somafractalmemory.server.settings")
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def store(conversation: Conversation, namespace: str) -> dict[str, str]:
+    """Store the turns; returns dia_id -> memory id."""
+    from somafractalmemory.memories.services import NewMemory, remember_many
+
+    items = [
+        NewMemory(
+            content=t.text,
+            namespace=namespace,
+            created_at=t.when,
+            metadata={"speaker": t.speaker, "dia_id": t.dia_id, "session": t.session},
+        )
+        for t in conversation.turns
+    ]
+    ids: dict[str, str] = {}
+    for start in range(0, len(items), 1000):
+        stored = remember_many(items[start : start + 1000])
+        for turn, memory in zip(conversation.turns[start : start + 1000], stored, strict=True):
+            ids[turn.dia_id] = memory.id
+    return ids
+
+
+def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
+    from somafractalmemory.memories.services import Query, recall
+
+    scores = {mode: Score() for mode in MODES}
+    by_category: dict[str, defaultdict[str, Score]] = {mode: defaultdict(Score) for mode in MODES}
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    run = time.strftime("%Y%m%d%H%M%S")
+    for number, conversation in enumerate(conversations, 1):
+        namespace = f"locomo-{conversation.sample_id}-{run}"
+        started = time.perf_counter()
+        ids = store(conversation, namespace)
+        print(
+            f"[{number}/{len(conversations)}] {conversation.sample_id}: {len(ids)} turns stored "
+            f"in {time.perf_counter() - started:.1f} s; {len(conversation.questions)} questions",
+            file=sys.stderr,
+        )
+        for question in conversation.questions:
+            evidence = {ids[e] for e in question.evidence if e in ids}
+            if not evidence:
+                continue
+            for mode in MODES:
+                began = time.perf_counter()
+                result = recall(question.text, Query(namespace=namespace, top_k=TOP_K, mode=mode))
+                times[mode].append((time.perf_counter() - began) * 1000)
+                ranked = [h.memory.id for h in result.hits]
+                scores[mode].add(ranked, evidence)
+                by_category[mode][question.category].add(ranked, evidence)
+    return {
+        mode: {
+            **scores[mode].summary(),
+            "by_category": {c: s.summary() for c, s in sorted(by_category[mode].items())},
+            "ms_per_query": round(statistics.fmean(times[mode]), 2),
+        }
+        for mode in MODES
+    }
+
+
+def table(results: dict[str, Any], data: Path, seconds: float) -> str:
+    categories = sorted({c for r in results.values() for c in r["by_category"]})
+    head = "| mode | R@5 | R@10 | MRR@10 | " + " | ".join(f"R@10 cat {c}" for c in categories)
+    lines = [
+        "## Retrieval quality: LoCoMo",
+        "",
+        f"`make eval` (`bench/locomo_eval.py --data {data.name}`), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, default settings, "
+        f"{results['hybrid']['questions']} questions with evidence (category 5 has none), "
+        f"top_k {TOP_K}; whole run {seconds / 60:.1f} min.",
+        "",
+        head + " | ms/query |",
+        "|---" * (5 + len(categories)) + "|",
+    ]
+    for mode, r in results.items():
+        cats = " | ".join(
+            f"{r['by_category'].get(c, {}).get('recall@10', 0):.3f}" for c in categories
+        )
+        lines.append(
+            f"| {mode} | {r['recall@5']:.3f} | {r['recall@10']:.3f} | {r['mrr']:.3f} | {cats} "
+            f"| {r['ms_per_query']:.1f} |"
+        )
+    lines += [
+        "",
+        "Reference baselines on the same file (shared/datasets/README.md): BM25 R@10 0.511, "
+        "MiniLM dense 0.481, naive RRF 0.551; with stemming 0.573; with a neighbour-context "
+        "index 0.677. ms/query is the service-layer `recall` call, query embedding included.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{START}\n{section}{END}\n"
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="a LoCoMo-format JSON file")
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--out", type=Path, help="update this markdown file's LoCoMo section")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    conversations = load(args.data)
+    with tempfile.TemporaryDirectory(prefix="sfm-locomo-") as data_dir:
+        setup(Path(data_dir))
+        results = evaluate(conversations)
+    seconds = time.perf_counter() - started
+    section = table(results, args.data, seconds)
+    print(section)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.out:
+        write_section(args.out, section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Search options through HTTP: modes, explain, types, time range, min_score, weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Api
+
+
+def store(api: Api, namespace: str, content: str, **fields: Any) -> str:
+    body = {"content": content, "namespace": namespace, **fields}
+    return str(api.ok("POST", "/memory/store", body)["id"])
+
+
+def search(api: Api, namespace: str, query: str, **fields: Any) -> dict[str, Any]:
+    result: dict[str, Any] = api.ok(
+        "POST", "/memory/search", {"query": query, "namespace": namespace, **fields}
+    )
+    return result
+
+
+def ids(result: dict[str, Any]) -> list[str]:
+    return [m["id"] for m in result["memories"]]
+
+
+def test_modes_find_by_words_by_meaning_and_both(api: Api, namespace: str) -> None:
+    code = store(api, namespace, "Server password rotation ticket XK-4471 is due Friday")
+    pet = store(api, namespace, "My dog loves chasing tennis balls in the park")
+    store(api, namespace, "The quarterly report needs two more charts")
+
+    lexical = search(api, namespace, "XK-4471", mode="lexical")
+    assert lexical["mode"] == "lexical" and lexical["memories"][0]["id"] == code
+    assert [m["id"] for m in lexical["memories"]] == [code]  # only word matches
+
+    vector = search(api, namespace, "which animal plays fetch outdoors?", mode="vector")
+    assert vector["mode"] == "vector" and vector["memories"][0]["id"] == pet
+    assert len(vector["memories"]) == 3  # dense search ranks everything
+
+    hybrid = search(api, namespace, "which animal plays fetch outdoors?")
+    assert hybrid["mode"] == "hybrid" and hybrid["memories"][0]["id"] == pet
+    assert search(api, namespace, "XK-4471")["memories"][0]["id"] == code
+
+
+def test_lexical_leg_stems_and_ignores_stop_words(api: Api, namespace: str) -> None:
+    runs = store(api, namespace, "She was running marathons every spring")
+    store(api, namespace, "The and of to in")
+    hits = search(api, namespace, "the runner runs", mode="lexical")["memories"]
+    assert [h["id"] for h in hits] == [runs]
+
+
+def test_explain_returns_each_component(api: Api, namespace: str) -> None:
+    target = store(api, namespace, "Lisa's birthday party is on the 3rd of May", importance=0.9)
+    store(api, namespace, "Buy oat milk and bread")
+    result = search(api, namespace, "when is Lisa's birthday?", explain=True)
+    top = result["memories"][0]
+    assert top["id"] == target
+    parts = top["explain"]
+    assert set(parts["legs"]) == {"vector", "lexical"}
+    assert parts["legs"]["vector"]["rank"] == 1 and parts["legs"]["lexical"]["rank"] == 1
+    assert parts["importance"] == 0.9 and 0.99 <= parts["recency"] <= 1.0
+    w = parts["weights"]
+    expected = w["relevance"] * parts["relevance"] + w["recency"] * parts["recency"]
+    expected += w["importance"] * parts["importance"]
+    assert abs(top["score"] - round(expected, 4)) < 1e-3
+    assert search(api, namespace, "birthday")["memories"][0]["explain"] is None
+
+
+def test_weights_and_half_lives_per_request(api: Api, namespace: str) -> None:
+    old = store(
+        api, namespace, "Weekly sync notes: budget approved", created_at="2020-01-01T00:00:00Z"
+    )
+    new = store(api, namespace, "Weekly sync notes: budget approved again")
+    only_relevance = {"relevance": 1, "recency": 0, "importance": 0}
+    recent_first = {"relevance": 0.2, "recency": 0.8, "importance": 0}
+    by_recency = search(api, namespace, "weekly sync budget", weights=recent_first, explain=True)
+    assert by_recency["memories"][0]["id"] == new
+    assert by_recency["memories"][1]["explain"]["recency"] < 0.01
+    long_memory = search(
+        api, namespace, "weekly sync budget", weights=recent_first,
+        half_lives={"episodic": 100_000}, explain=True,
+    )  # fmt: skip
+    assert long_memory["memories"][1]["explain"]["recency"] > 0.9
+    ids = {m["id"] for m in search(api, namespace, "budget", weights=only_relevance)["memories"]}
+    assert ids == {old, new}
+
+
+def test_types_time_range_and_min_score(api: Api, namespace: str) -> None:
+    episode = store(
+        api, namespace, "Lunch with Sam at the noodle bar", created_at="2024-05-01T12:00:00Z"
+    )
+    fact = store(
+        api, namespace, "Sam is vegetarian", type="semantic", created_at="2024-06-01T12:00:00Z"
+    )
+    summary = store(api, namespace, "Sam and I meet monthly for lunch", type="summary")
+    assert [m["id"] for m in search(api, namespace, "Sam", types=["semantic"])["memories"]] == [
+        fact
+    ]
+    two = {
+        m["id"] for m in search(api, namespace, "Sam", types=["episodic", "summary"])["memories"]
+    }
+    assert two == {episode, summary}
+    ranged = search(
+        api, namespace, "Sam lunch", created_after="2024-04-01T00:00:00Z",
+        created_before="2024-05-15T00:00:00Z",
+    )  # fmt: skip
+    assert [m["id"] for m in ranged["memories"]] == [episode]
+    everything = search(api, namespace, "Sam")["memories"]
+    floor = everything[0]["score"]
+    assert [m["id"] for m in search(api, namespace, "Sam", min_score=floor)["memories"]] == [
+        everything[0]["id"]
+    ]
+
+
+def test_search_options_are_validated(api: Api) -> None:
+    for body in (
+        {"query": "x", "mode": "psychic"},
+        {"query": "x", "types": ["dream"]},
+        {"query": "x", "min_score": -1},
+        {"query": "x", "weights": {"relevance": -1}},
+        {"query": "x", "weights": {"fun": 1}},
+        {"query": "x", "half_lives": {"episodic": 0}},
+        {"query": "x", "created_after": "someday"},
+    ):
+        assert api.error(422, "POST", "/memory/search", body) == "validation_error", body
