@@ -25,12 +25,20 @@ def ids(result: dict[str, Any]) -> list[str]:
 
 def test_modes_find_by_words_by_meaning_and_both(api: Api, namespace: str) -> None:
     code = store(api, namespace, "Server password rotation ticket XK-4471 is due Friday")
-    pet = store(api, namespace, "My dog loves chasing tennis balls in the park")
-    store(api, namespace, "The quarterly report needs two more charts")
+    pet = store(api, namespace, "My dog loves chasing tennis balls", created_at="2001-01-01")
+    report = store(api, namespace, "The quarterly report needs two more charts")
 
-    lexical = search(api, namespace, "XK-4471", mode="lexical")
-    assert lexical["mode"] == "lexical" and lexical["memories"][0]["id"] == code
-    assert [m["id"] for m in lexical["memories"]] == [code]  # only word matches
+    lexical = search(api, namespace, "XK-4471", mode="lexical", explain=True)
+    assert lexical["mode"] == "lexical" and ids(lexical)[0] == code
+    # The next episode shares no word with the query: it matches only through its context
+    # (itself with its neighbours), below the memory that holds the words.
+    assert ids(lexical) == [code, report]
+    assert set(lexical["memories"][1]["explain"]["legs"]) == {"context_lexical"}
+    assert pet not in ids(lexical)
+    # And the earlier episode's context was refreshed when the later one arrived.
+    charts = search(api, namespace, "charts", mode="lexical", explain=True)
+    assert ids(charts) == [report, code]
+    assert set(charts["memories"][1]["explain"]["legs"]) == {"context_lexical"}
 
     vector = search(api, namespace, "which animal plays fetch outdoors?", mode="vector")
     assert vector["mode"] == "vector" and vector["memories"][0]["id"] == pet
@@ -43,7 +51,7 @@ def test_modes_find_by_words_by_meaning_and_both(api: Api, namespace: str) -> No
 
 def test_lexical_leg_stems_and_ignores_stop_words(api: Api, namespace: str) -> None:
     runs = store(api, namespace, "She was running marathons every spring")
-    store(api, namespace, "The and of to in")
+    store(api, namespace, "The and of to in", created_at="2001-01-01")  # no neighbour
     hits = search(api, namespace, "the runner runs", mode="lexical")["memories"]
     assert [h["id"] for h in hits] == [runs]
 
@@ -55,7 +63,7 @@ def test_explain_returns_each_component(api: Api, namespace: str) -> None:
     top = result["memories"][0]
     assert top["id"] == target
     parts = top["explain"]
-    assert set(parts["legs"]) == {"vector", "lexical"}
+    assert set(parts["legs"]) == {"vector", "lexical", "context_vector", "context_lexical"}
     assert parts["legs"]["vector"]["rank"] == 1 and parts["legs"]["lexical"]["rank"] == 1
     assert parts["importance"] == 0.9 and 0.99 <= parts["recency"] <= 1.0
     w = parts["weights"]

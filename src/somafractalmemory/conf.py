@@ -105,6 +105,13 @@ class Config:
     embedding_timeout: float = field(
         default=30.0, metadata=_doc("Seconds before an HTTP embedding call is abandoned.")
     )
+    context_window_seconds: int = field(
+        default=3600,
+        metadata=_doc(
+            "Episodes of one namespace this close in event time are neighbours: each memory "
+            "is also indexed with its previous and next neighbour (the context legs). 0: off."
+        ),
+    )
     max_content_bytes: int = field(
         default=32_768, metadata=_doc("Largest memory content, in UTF-8 bytes (413 above).")
     )

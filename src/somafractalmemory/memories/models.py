@@ -36,7 +36,9 @@ class Memory(models.Model):
     importance = models.FloatField(default=0.5)
     embedding_id = models.CharField(max_length=40)
     created_at = models.DateTimeField(help_text="Event time: when the memory happened.")
-    stored_at = models.DateTimeField(auto_now_add=True)
+    stored_at = models.DateTimeField(
+        default=timezone.now, help_text="Arrival order; orders episodes with one event time."
+    )
     updated_at = models.DateTimeField(auto_now=True)
     access_count = models.PositiveIntegerField(default=0)
     last_accessed_at = models.DateTimeField(null=True, blank=True)

@@ -118,7 +118,11 @@ def lexical_key(tenant: str) -> bytes:
     return hmac.new(secret, f"sfm-lexical\0{tenant}".encode(), hashlib.sha256).digest()
 
 
-def vector_record(memory: Memory, vector: Any) -> VectorRecord:
+def vector_record(
+    memory: Memory, vector: Any, context: tuple[Any, str] | None = None
+) -> VectorRecord:
+    """The index row of a memory; `context` is (vector, text) of it with its neighbours."""
+    key = lexical_key(memory.tenant_id)
     return VectorRecord(
         id=memory.id,
         embedding_id=memory.embedding_id,
@@ -129,7 +133,9 @@ def vector_record(memory: Memory, vector: Any) -> VectorRecord:
         importance=memory.importance,
         created_at_ms=int(memory.created_at.timestamp() * 1000),
         metadata=memory.metadata,
-        lexical=lexical.keyed_tokens(memory.content, lexical_key(memory.tenant_id)),
+        lexical=lexical.keyed_tokens(memory.content, key),
+        context_vector=context[0] if context else None,
+        context_lexical=lexical.keyed_tokens(context[1], key) if context else "",
     )
 
 
@@ -144,11 +150,78 @@ def embed_texts(texts: Sequence[str]) -> Any:
 
 
 def write_vectors(memories: Sequence[Memory], vectors: Any = None) -> None:
-    """Upsert the memories' vectors (embedding them now unless given)."""
+    """Upsert the memories' index rows (embedding them now unless `vectors` are given),
+    and refresh the context of the episodes next to them."""
+    if not memories:
+        return
     if vectors is None:
         vectors = embed_texts([m.content for m in memories])
-    records = [vector_record(m, v) for m, v in zip(memories, vectors, strict=True)]
+    known = {m.id: v for m, v in zip(memories, vectors, strict=True)}
+    rows = {m.id: m for m in memories}
+    contexts: dict[str, tuple[Any, str]] = {}
+    for sequence in _episode_sequences(memories):
+        contexts.update(_contexts(sequence, set(known), known, rows))
+    records = [vector_record(rows[i], known[i], contexts.get(i)) for i in rows]
     backends.vector_index().upsert(records)
+
+
+def _episode_sequences(memories: Sequence[Memory]) -> list[list[Memory]]:
+    """Per namespace with new episodes: its episodes around them, in order."""
+    window = timedelta(seconds=get_config().context_window_seconds)
+    if not window:
+        return []
+    groups: dict[tuple[str, str], list[Memory]] = {}
+    for m in memories:
+        if m.type == "episodic":
+            groups.setdefault((m.tenant_id, m.namespace), []).append(m)
+    sequences = []
+    for (tenant, namespace), group in groups.items():
+        low = min(m.created_at for m in group) - window
+        high = max(m.created_at for m in group) + window
+        episodes = Memory.objects.filter(
+            tenant_id=tenant, namespace=namespace, type="episodic", created_at__range=(low, high)
+        ).order_by("created_at", "stored_at", "id")
+        sequences.append(list(episodes))
+    return sequences
+
+
+def _contexts(
+    sequence: list[Memory], new: set[str], known: dict[str, Any], rows: dict[str, Memory]
+) -> dict[str, tuple[Any, str]]:
+    """(vector, text) of each memory whose context the new ones change: the new ones and
+    their neighbours. Adds old neighbours to `known` and `rows`, so they are rewritten."""
+    import numpy as np
+
+    window = timedelta(seconds=get_config().context_window_seconds)
+    at = {m.id: i for i, m in enumerate(sequence)}
+
+    def neighbours(i: int) -> list[int]:
+        return [
+            j
+            for j in (i - 1, i + 1)
+            if 0 <= j < len(sequence)
+            and abs(sequence[j].created_at - sequence[i].created_at) <= window
+        ]
+
+    touched = {i for m in new if m in at for i in (at[m], *neighbours(at[m]))}
+    needed = {j for i in touched for j in (i, *neighbours(i))}
+    missing = [sequence[j].id for j in sorted(needed) if sequence[j].id not in known]
+    fetched = backends.vector_index().vectors(missing)
+    unindexed = [sequence[j] for j in sorted(needed) if sequence[j].id not in known | fetched]
+    if unindexed:
+        fetched.update(
+            zip([m.id for m in unindexed], embed_texts([m.content for m in unindexed]), strict=True)
+        )
+    known.update(fetched)
+    out: dict[str, tuple[Any, str]] = {}
+    for i in sorted(touched):
+        span = [sequence[j] for j in sorted((i, *neighbours(i)))]
+        vector = np.sum([known[m.id] for m in span], axis=0)
+        norm = float(np.linalg.norm(vector)) or 1.0
+        memory = sequence[i]
+        rows.setdefault(memory.id, memory)
+        out[memory.id] = (vector / norm, "\n".join(m.content for m in span))
+    return out
 
 
 def _index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[VectorTask]) -> None:
@@ -201,8 +274,10 @@ def remember_many(items: Sequence[NewMemory], *, tenant: str = DEFAULT_TENANT) -
             importance=item.importance,
             embedding_id=new_id("vec"),
             created_at=_utc(item.created_at or now),
+            # Distinct arrival times keep the batch's order among equal event times.
+            stored_at=now + timedelta(microseconds=position),
         )
-        for item in items
+        for position, item in enumerate(items)
     ]
     with transaction.atomic():
         ensure_tenant(tenant)
@@ -314,11 +389,13 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         index = backends.vector_index()
         if vector is not None:
             legs["vector"] = index.search(vector, **scope)  # type: ignore[arg-type]
+            legs["context_vector"] = index.search(vector, context=True, **scope)  # type: ignore[arg-type]
         if query.mode != "vector":
             tokens = " ".join(
                 dict.fromkeys(lexical.keyed_tokens(text, lexical_key(tenant)).split())
             )
             legs["lexical"] = index.search_lexical(tokens, **scope)  # type: ignore[arg-type]
+            legs["context_lexical"] = index.search_lexical(tokens, context=True, **scope)  # type: ignore[arg-type]
     except IndexUnavailable as exc:
         # SQL still knows every memory: answer from its full-text index, and say so.
         log.warning("search falls back to SQL full text: %s", exc.message)
@@ -340,6 +417,9 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
 
 
 def _relevance(legs: dict[str, list[VectorHit]], fusion: ranking.Fusion) -> dict[str, float]:
+    legs = {name: hits for name, hits in legs.items() if hits}
+    if not legs:
+        return {}
     if len(legs) > 1:
         return ranking.rrf(
             [[h.id for h in hits] for hits in legs.values()],

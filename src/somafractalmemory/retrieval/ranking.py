@@ -48,6 +48,8 @@ class Fusion:
 
     vector: float = 0.7
     lexical: float = 1.0
+    context_vector: float = 0.7
+    context_lexical: float = 1.0
     k: int = 10
 
 

@@ -27,6 +27,10 @@ class VectorRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
     lexical: str = ""
     """Opaque tokens for the BM25 leg (see retrieval.lexical.keyed_tokens)."""
+    context_vector: npt.NDArray[np.float32] | None = None
+    """The memory with its neighbouring episodes (defaults to `vector`)."""
+    context_lexical: str = ""
+    """Tokens of the memory with its neighbouring episodes."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,10 @@ class VectorIndex(Protocol):
         namespace: str | None,
         where: Node | None,
         top_k: int,
+        context: bool = False,
     ) -> list[VectorHit]:
-        """The `top_k` nearest memories of `tenant` (and `namespace`) that match `where`."""
+        """The `top_k` nearest memories of `tenant` (and `namespace`) that match `where`;
+        `context` searches the memories-with-neighbours vectors instead."""
         ...
 
     def search_lexical(
@@ -61,8 +67,13 @@ class VectorIndex(Protocol):
         namespace: str | None,
         where: Node | None,
         top_k: int,
+        context: bool = False,
     ) -> list[VectorHit]:
         """The `top_k` best BM25 matches of `tokens` (as made by keyed_tokens)."""
+        ...
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """The stored (content) vectors of those `ids` the index holds."""
         ...
 
     def entries(self) -> Iterator[tuple[str, str]]:

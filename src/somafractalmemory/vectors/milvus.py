@@ -135,17 +135,30 @@ class MilvusIndex:
                 analyzer_params={"tokenizer": "whitespace"},
             )
             schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-            schema.add_function(
-                Function(
-                    name="bm25",
-                    function_type=FunctionType.BM25,
-                    input_field_names=["lexical"],
-                    output_field_names=["sparse"],
-                )
+            # The same two legs over each memory with its neighbouring episodes.
+            schema.add_field("context_vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            schema.add_field(
+                "context_lexical",
+                DataType.VARCHAR,
+                max_length=65_535,
+                enable_analyzer=True,
+                analyzer_params={"tokenizer": "whitespace"},
             )
+            schema.add_field("context_sparse", DataType.SPARSE_FLOAT_VECTOR)
+            for source, target in (("lexical", "sparse"), ("context_lexical", "context_sparse")):
+                schema.add_function(
+                    Function(
+                        name=f"bm25_{target}",
+                        function_type=FunctionType.BM25,
+                        input_field_names=[source],
+                        output_field_names=[target],
+                    )
+                )
             index = client.prepare_index_params()
-            index.add_index("vector", index_type="AUTOINDEX", metric_type="COSINE")
-            index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+            for dense in ("vector", "context_vector"):
+                index.add_index(dense, index_type="AUTOINDEX", metric_type="COSINE")
+            for sparse in ("sparse", "context_sparse"):
+                index.add_index(sparse, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
             try:
                 client.create_collection(
                     self.name,
@@ -181,6 +194,10 @@ class MilvusIndex:
                 "metadata": r.metadata,
                 PRESENCE_FIELD: presence_map(r.metadata),
                 "lexical": r.lexical,
+                "context_vector": np.asarray(
+                    r.vector if r.context_vector is None else r.context_vector, dtype=np.float32
+                ).tolist(),
+                "context_lexical": r.context_lexical or r.lexical,
             }
             for r in records
         ]
@@ -199,9 +216,12 @@ class MilvusIndex:
         namespace: str | None,
         where: Node | None,
         top_k: int,
+        context: bool = False,
     ) -> list[VectorHit]:
         return self._search(
-            np.asarray(vector, dtype=np.float32).tolist(), "vector", "COSINE",
+            np.asarray(vector, dtype=np.float32).tolist(),
+            "context_vector" if context else "vector",
+            "COSINE",
             tenant=tenant, namespace=namespace, where=where, top_k=top_k,
         )  # fmt: skip
 
@@ -213,11 +233,12 @@ class MilvusIndex:
         namespace: str | None,
         where: Node | None,
         top_k: int,
+        context: bool = False,
     ) -> list[VectorHit]:
         if not tokens:
             return []
         return self._search(
-            tokens, "sparse", "BM25",
+            tokens, "context_sparse" if context else "sparse", "BM25",
             tenant=tenant, namespace=namespace, where=where, top_k=top_k,
         )  # fmt: skip
 
@@ -248,6 +269,12 @@ class MilvusIndex:
             search_params={"metric_type": metric},
         )
         return [VectorHit(id=str(hit["id"]), score=float(hit["distance"])) for hit in result[0]]
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        if not ids:
+            return {}
+        rows = self._call("get", self._client.get, ids=list(ids), output_fields=["vector"])
+        return {str(row["id"]): np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
     def embedding_ids(self, ids: Sequence[str]) -> dict[str, str]:
         """memory id -> embedding id, for the ids the index holds."""
