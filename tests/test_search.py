@@ -130,3 +130,72 @@ def test_search_options_are_validated(api: Api) -> None:
         {"query": "x", "created_after": "someday"},
     ):
         assert api.error(422, "POST", "/memory/search", body) == "validation_error", body
+
+
+def test_same_content_is_stored_once_unless_asked(api: Api, namespace: str) -> None:
+    first = api.ok(
+        "POST",
+        "/memory/store",
+        {"content": "Alex is allergic to cats", "namespace": namespace, "importance": 0.3},
+    )
+    again = api.ok(
+        "POST",
+        "/memory/store",
+        {"content": "Alex is allergic to cats ", "namespace": namespace, "importance": 0.8},
+    )
+    assert again["id"] == first["id"] and again["deduplicated"] is True
+    assert api.ok("GET", f"/memory/{first['id']}")["importance"] == 0.8  # raised to the max
+    lower = api.ok(
+        "POST",
+        "/memory/store",
+        {"content": "Alex is allergic to cats", "namespace": namespace, "importance": 0.1},
+    )
+    assert (
+        lower["id"] == first["id"] and api.ok("GET", f"/memory/{first['id']}")["importance"] == 0.8
+    )
+    forced = api.ok(
+        "POST",
+        "/memory/store",
+        {"content": "Alex is allergic to cats", "namespace": namespace, "dedupe": False},
+    )
+    assert forced["id"] != first["id"] and forced["deduplicated"] is False
+    elsewhere = api.ok(
+        "POST",
+        "/memory/store",
+        {"content": "Alex is allergic to cats", "namespace": namespace + "-b"},
+    )
+    assert elsewhere["id"] != first["id"]
+    hits = search(api, namespace, "who has a cat allergy?", top_k=10)["memories"]
+    assert sorted(h["id"] for h in hits) == sorted([first["id"], forced["id"]])
+
+
+def test_batch_deduplicates_within_and_against_the_store(api: Api, namespace: str) -> None:
+    old = store(api, namespace, "The garage code is 4711")
+    items = [
+        {"content": c, "namespace": namespace}
+        for c in ("The garage code is 4711", "Bins go out on Tuesday", "Bins go out on Tuesday")
+    ]
+    result = api.ok("POST", "/memory/batch", {"memories": items})["memories"]
+    assert result[0]["id"] == old and result[0]["deduplicated"]
+    assert (
+        result[1]["id"] == result[2]["id"]
+        and not result[1]["deduplicated"]
+        and result[2]["deduplicated"]
+    )
+    assert len(api.ok("GET", "/memory", namespace=namespace)["memories"]) == 2
+
+
+def test_near_duplicates_are_reported(api: Api, namespace: str) -> None:
+    first = store(api, namespace, "The user prefers dark mode in every application")
+    near = api.ok(
+        "POST",
+        "/memory/store",
+        {"content": "The user prefers dark mode in every app", "namespace": namespace},
+    )
+    assert near["id"] != first and not near["deduplicated"]
+    assert [d["id"] for d in near["near_duplicates"]] == [first]
+    assert near["near_duplicates"][0]["score"] >= 0.95
+    far = api.ok(
+        "POST", "/memory/store", {"content": "Invoices are due on the 5th", "namespace": namespace}
+    )
+    assert far["near_duplicates"] == []

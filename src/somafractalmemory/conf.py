@@ -112,6 +112,10 @@ class Config:
             "is also indexed with its previous and next neighbour (the context legs). 0: off."
         ),
     )
+    near_duplicate_threshold: float = field(
+        default=0.95,
+        metadata=_doc("Cosine at or above which a single store reports `near_duplicates`."),
+    )
     max_content_bytes: int = field(
         default=32_768, metadata=_doc("Largest memory content, in UTF-8 bytes (413 above).")
     )

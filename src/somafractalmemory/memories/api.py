@@ -31,6 +31,7 @@ from somafractalmemory.memories.schemas import (
     HalfLivesIn,
     MemoryOut,
     MemoryTypeName,
+    NearDuplicateOut,
     PageOut,
     PatchIn,
     SearchHitOut,
@@ -102,9 +103,15 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return error_response(error)
 
 
-def _store_out(m: Any) -> StoreOut:
+def _store_out(stored: services.Stored) -> StoreOut:
+    m = stored.memory
     return StoreOut(
-        id=m.id, embedding_id=m.embedding_id, importance=m.importance, created_at=m.created_at
+        id=m.id,
+        embedding_id=m.embedding_id,
+        importance=m.importance,
+        created_at=m.created_at,
+        deduplicated=stored.deduplicated,
+        near_duplicates=[NearDuplicateOut(id=i, score=s) for i, s in stored.near_duplicates],
     )
 
 
@@ -114,13 +121,13 @@ def _new(item: StoreIn) -> services.NewMemory:
 
 @memory.post("/store", response={200: StoreOut, **ERRORS}, summary="Store a memory")
 def store(request: HttpRequest, body: StoreIn) -> StoreOut:
-    return _store_out(services.remember(_new(body)))
+    return _store_out(services.store_many([_new(body)], report_near=True)[0])
 
 
 @memory.post("/batch", response={200: BatchOut, **ERRORS}, summary="Store up to 1,000 memories")
 def store_batch(request: HttpRequest, body: BatchIn) -> BatchOut:
-    stored = services.remember_many([_new(item) for item in body.memories])
-    return BatchOut(memories=[_store_out(m) for m in stored])
+    stored = services.store_many([_new(item) for item in body.memories])
+    return BatchOut(memories=[_store_out(s) for s in stored])
 
 
 @memory.post("/search", response={200: SearchOut, **ERRORS}, summary="Search memories")

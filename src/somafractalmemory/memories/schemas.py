@@ -32,6 +32,16 @@ class StoreIn(Strict):
     created_at: datetime | None = Field(
         default=None, description="Event time (ISO 8601); defaults to now. Naive means UTC."
     )
+    dedupe: bool = Field(
+        default=True,
+        description="Same content already in the namespace: return that memory (importance "
+        "raised to the larger of the two) instead of storing it again.",
+    )
+
+
+class NearDuplicateOut(Schema):
+    id: str
+    score: float
 
 
 class StoreOut(Schema):
@@ -39,6 +49,8 @@ class StoreOut(Schema):
     embedding_id: str
     importance: float
     created_at: datetime
+    deduplicated: bool = False
+    near_duplicates: list[NearDuplicateOut] = Field(default_factory=list)
 
 
 class BatchIn(Strict):

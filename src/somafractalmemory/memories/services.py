@@ -52,6 +52,7 @@ class NewMemory:
     importance: float = 0.5
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    dedupe: bool = True
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,24 @@ def ensure_tenant(tenant: str) -> None:
     Tenant.objects.get_or_create(id=tenant)
 
 
-def remember_many(items: Sequence[NewMemory], *, tenant: str = DEFAULT_TENANT) -> list[Memory]:
-    """Store memories (all or none): validate, embed, commit rows and outbox, index."""
+@dataclass(frozen=True)
+class Stored:
+    memory: Memory
+    deduplicated: bool = False
+    """True when the content was already stored in the namespace: this is that memory."""
+    near_duplicates: list[tuple[str, float]] = field(default_factory=list)
+    """(id, cosine) of other memories of the namespace almost identical in meaning."""
+
+
+def content_hash(content: str) -> str:
+    return hashlib.sha256(content.strip().encode("utf-8")).hexdigest()
+
+
+def store_many(
+    items: Sequence[NewMemory], *, tenant: str = DEFAULT_TENANT, report_near: bool = False
+) -> list[Stored]:
+    """Store memories (all or none): validate, deduplicate, embed, commit rows and outbox,
+    index. With `report_near`, also report near-duplicates (one extra search per item)."""
     config = get_config()
     if len(items) > config.max_batch:
         raise BatchTooLarge(
@@ -260,33 +277,96 @@ def remember_many(items: Sequence[NewMemory], *, tenant: str = DEFAULT_TENANT) -
     for item in items:
         _check_content(item.content)
         _check_metadata(item.metadata)
+    keys = [(item.namespace or config.namespace, content_hash(item.content)) for item in items]
+    existing = {
+        (m.namespace, m.content_hash): m
+        for m in Memory.objects.filter(
+            tenant_id=tenant,
+            namespace__in={ns for ns, _ in keys},
+            content_hash__in={h for _, h in keys},
+        ).order_by("stored_at")
+    }
+    fresh = [i for i, (item, key) in enumerate(zip(items, keys, strict=True))
+             if not (item.dedupe and key in existing)]  # fmt: skip
+    # Within the batch, a repeated content with dedupe is the first occurrence.
+    first: dict[tuple[str, str], int] = {}
+    for i in fresh:
+        first.setdefault(keys[i], i)
+    fresh = [i for i in fresh if not items[i].dedupe or first[keys[i]] == i]
     # Embed before writing, so a failing model leaves nothing half-stored.
-    vectors = embed_texts([item.content for item in items])
+    vectors = embed_texts([items[i].content for i in fresh]) if fresh else []
     now = datetime.now(UTC)
-    memories = [
-        Memory(
+    created = {
+        i: Memory(
             id=new_id("mem"),
             tenant_id=tenant,
-            namespace=item.namespace or config.namespace,
-            type=item.type,
-            content=item.content,
-            metadata=item.metadata,
-            importance=item.importance,
+            namespace=keys[i][0],
+            type=items[i].type,
+            content=items[i].content,
+            metadata=items[i].metadata,
+            importance=items[i].importance,
             embedding_id=new_id("vec"),
-            created_at=_utc(item.created_at or now),
+            content_hash=keys[i][1],
+            created_at=_utc(items[i].created_at or now),
             # Distinct arrival times keep the batch's order among equal event times.
             stored_at=now + timedelta(microseconds=position),
         )
-        for position, item in enumerate(items)
-    ]
+        for position, i in enumerate(fresh)
+    }
+    near: dict[int, list[tuple[str, float]]] = {}
+    if report_near:
+        near = _near_duplicates(
+            tenant, [(i, keys[i][0], v) for i, v in zip(fresh, vectors, strict=True)]
+        )
+    # A repeat raises the stored memory's importance to the larger of the two.
+    raised: dict[str, Memory] = {}
+    for item, key in zip(items, keys, strict=True):
+        held = existing.get(key)
+        if item.dedupe and held is not None and item.importance > held.importance:
+            held.importance = item.importance
+            raised[held.id] = held
     with transaction.atomic():
         ensure_tenant(tenant)
-        Memory.objects.bulk_create(memories)
+        Memory.objects.bulk_create(created.values())
+        for memory in raised.values():
+            memory.save(update_fields=["importance", "updated_at"])
+        changed = [*created.values(), *raised.values()]
         tasks = VectorTask.objects.bulk_create(
-            VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT) for m in memories
+            VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT) for m in changed
         )
-    _index_or_owe(memories, vectors, tasks)
-    return memories
+    if created:
+        _index_or_owe(list(created.values()), vectors, tasks[: len(created)])
+    if raised:
+        _index_or_owe(list(raised.values()), None, tasks[len(created) :])
+    results = []
+    for i, (item, key) in enumerate(zip(items, keys, strict=True)):
+        if i in created:
+            results.append(Stored(created[i], near_duplicates=near.get(i, [])))
+        elif key in existing and item.dedupe:
+            results.append(Stored(existing[key], deduplicated=True))
+        else:
+            results.append(Stored(created[first[key]], deduplicated=True))
+    return results
+
+
+def _near_duplicates(
+    tenant: str, candidates: list[tuple[int, str, Any]]
+) -> dict[int, list[tuple[str, float]]]:
+    threshold = get_config().near_duplicate_threshold
+    found: dict[int, list[tuple[str, float]]] = {}
+    try:
+        index = backends.vector_index()
+        for i, namespace, vector in candidates:
+            hits = index.search(vector, tenant=tenant, namespace=namespace, where=None, top_k=3)
+            found[i] = [(h.id, round(h.score, 4)) for h in hits if h.score >= threshold]
+    except IndexUnavailable as exc:
+        log.warning("near-duplicate check skipped: %s", exc.message)
+    return found
+
+
+def remember_many(items: Sequence[NewMemory], *, tenant: str = DEFAULT_TENANT) -> list[Memory]:
+    """Store memories; the stored (or, for repeats, the existing) memory of each item."""
+    return [stored.memory for stored in store_many(items, tenant=tenant)]
 
 
 def remember(item: NewMemory, *, tenant: str = DEFAULT_TENANT) -> Memory:
@@ -312,6 +392,7 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
         setattr(memory, name, value)
     if new_content:
         memory.embedding_id = new_id("vec")
+        memory.content_hash = content_hash(memory.content)
     # The index row carries type, importance and metadata too, so any change rewrites it.
     vectors = embed_texts([memory.content])
     with transaction.atomic():
