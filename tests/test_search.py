@@ -199,3 +199,23 @@ def test_near_duplicates_are_reported(api: Api, namespace: str) -> None:
         "POST", "/memory/store", {"content": "Invoices are due on the 5th", "namespace": namespace}
     )
     assert far["near_duplicates"] == []
+
+
+def test_recall_reinforces_in_batches(api: Api, namespace: str) -> None:
+    from somafractalmemory.memories import services
+
+    services.flush_reinforcements()  # start from nothing pending
+    old = store(api, namespace, "Grandma's apple pie recipe uses cardamom", created_at="2015-03-01")
+    other = store(api, namespace, "The bike needs new brake pads", created_at="2015-03-09")
+    before = search(api, namespace, "apple pie recipe", explain=True, top_k=1)
+    assert [h["id"] for h in before["memories"]] == [old]
+    assert before["memories"][0]["explain"]["recency"] < 0.01
+    assert api.ok("GET", f"/memory/{old}")["access_count"] == 0  # not yet written
+    assert services.flush_reinforcements() == 1  # the search hit and the read: one memory
+    memory = api.ok("GET", f"/memory/{old}")
+    assert memory["access_count"] == 2 and memory["strength"] == 2.0
+    assert memory["last_accessed_at"] is not None
+    assert api.ok("GET", f"/memory/{other}")["access_count"] == 0
+    after = search(api, namespace, "apple pie recipe", explain=True, top_k=1)
+    assert after["memories"][0]["explain"]["recency"] > 0.99  # counted from the last recall
+    services.flush_reinforcements()

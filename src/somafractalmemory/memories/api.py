@@ -196,7 +196,7 @@ def list_memories(
 
 @memory.get("/{memory_id}", response={200: MemoryOut, **ERRORS}, summary="Get one memory")
 def get_memory(request: HttpRequest, memory_id: str) -> MemoryOut:
-    return MemoryOut.from_orm(services.get(memory_id))
+    return MemoryOut.from_orm(services.get(memory_id, recall=True))
 
 
 @memory.patch("/{memory_id}", response={200: MemoryOut, **ERRORS}, summary="Change a memory")

@@ -136,6 +136,9 @@ class MemoryOut(Schema):
     embedding_id: str
     created_at: datetime
     updated_at: datetime
+    access_count: int
+    last_accessed_at: datetime | None
+    strength: float
 
 
 class PatchIn(Strict):

@@ -16,13 +16,14 @@ import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
@@ -373,11 +374,15 @@ def remember(item: NewMemory, *, tenant: str = DEFAULT_TENANT) -> Memory:
     return remember_many([item], tenant=tenant)[0]
 
 
-def get(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
+def get(memory_id: str, *, tenant: str = DEFAULT_TENANT, recall: bool = False) -> Memory:
+    """One memory; `recall` counts the read as a recall (reinforcement)."""
     try:
-        return Memory.objects.get(tenant_id=tenant, id=memory_id)
+        memory = Memory.objects.get(tenant_id=tenant, id=memory_id)
     except Memory.DoesNotExist:
         raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id}) from None
+    if recall:
+        reinforce([memory.id])
+    return memory
 
 
 def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TENANT) -> Memory:
@@ -486,6 +491,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         legs = {"lexical": [VectorHit(i, s) for i, s in found]}
     searched = time.perf_counter()
     hits = _score(legs, query, tenant)
+    reinforce(h.memory.id for h in hits)
     done = time.perf_counter()
     return Recall(
         hits=hits,
@@ -626,6 +632,54 @@ def drain_outbox(*, limit: int = 1000, due_only: bool = True) -> int:
     return len(tasks)
 
 
+# -- reinforcement: recalled memories gain access count, recency and strength ------------
+
+STRENGTH_STEP = 0.5
+MAX_PENDING = 100_000
+
+
+class _Pending:
+    """Recalls counted in memory and written in batches, off the request's latency path."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            if len(self._counts) < MAX_PENDING:
+                self._counts.update(ids)
+
+    def take(self) -> Counter[str]:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        return counts
+
+
+_pending = _Pending()
+
+
+def reinforce(ids: Iterable[str]) -> None:
+    """Note that these memories were recalled (written by `flush_reinforcements`)."""
+    _pending.add(ids)
+
+
+def flush_reinforcements() -> int:
+    """Write the noted recalls: one UPDATE per distinct count. Returns memories touched."""
+    counts = _pending.take()
+    by_count: dict[int, list[str]] = {}
+    for memory_id, times in counts.items():
+        by_count.setdefault(times, []).append(memory_id)
+    now = datetime.now(UTC)
+    for times, ids in by_count.items():
+        Memory.objects.filter(id__in=ids).update(
+            access_count=F("access_count") + times,
+            last_accessed_at=now,
+            strength=F("strength") + STRENGTH_STEP * times,
+        )
+    return len(counts)
+
+
 def outbox_depth() -> int:
     return VectorTask.objects.count()
 
@@ -634,6 +688,7 @@ def run_outbox_worker(stop: threading.Event, *, interval: float = 1.0) -> None:
     """Drain the outbox until `stop` is set; sleeps `interval` when there is nothing due."""
     while not stop.is_set():
         try:
+            flush_reinforcements()
             paid = drain_outbox()
         except DatabaseError as exc:
             log.warning("outbox worker: database unavailable: %s", exc)
