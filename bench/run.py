@@ -48,6 +48,7 @@ WARM_UP = 5  # untimed calls before each latency series
 FILTER: dict[str, Any] = {"category": "travel"}
 READY_TIMEOUT = 180.0
 PROGRESS_EVERY = 1000
+CONTENDED = 0.10  # share of the machine other processes may use before the report warns
 
 Matrix = npt.NDArray[np.float32]
 Ranks = npt.NDArray[np.intp]
@@ -157,7 +158,8 @@ class OtherLoad(threading.Thread):
             self._sample()
             self._stop_event.wait(1.0)
 
-    def finish(self) -> str:
+    def finish(self) -> tuple[str, float]:
+        """A description of the other processes' CPU use, and their share of the machine."""
         self._stop_event.set()
         self.join()
         self._sample()
@@ -165,7 +167,7 @@ class OtherLoad(threading.Thread):
             self._last[key] - self._start[key] for key in self._last if key[0] not in self._ours
         )
         share = seconds / (self._clock.seconds * (os.cpu_count() or 1))
-        return f"{seconds:,.0f} CPU-seconds ({share:.0%} of the machine over the run)"
+        return f"{seconds:,.0f} CPU-seconds ({share:.0%} of the machine over the run)", share
 
 
 def log(message: str) -> None:
@@ -181,14 +183,15 @@ class QuerySets:
 
     warm_up: list[str]
     plain: list[str]
+    vector: list[str]
     filtered: list[str]
     http: list[str]
 
     @classmethod
     def make(cls, count: int) -> QuerySets:
-        q = corpus.questions(WARM_UP + 3 * count)
-        a, b = WARM_UP + count, WARM_UP + 2 * count
-        return cls(q[:WARM_UP], q[WARM_UP:a], q[a:b], q[b:])
+        q = corpus.questions(WARM_UP + 4 * count)
+        series = [q[WARM_UP + i * count : WARM_UP + (i + 1) * count] for i in range(4)]
+        return cls(q[:WARM_UP], *series)
 
 
 # -- results -----------------------------------------------------------------------------
@@ -200,6 +203,7 @@ class RunInfo:
     code: str
     load: str
     others: str
+    others_share: float
     seconds: float
 
 
@@ -220,20 +224,26 @@ class StoreResults:
 
 
 @dataclass(frozen=True)
-class SearchResults:
+class RecallStats:
+    """One series of services.recall calls: the three latencies of each `Recall`."""
+
     total: Stats
     embedding: Stats
     index: Stats
-    repeat_total: Stats
-    repeat_embedding: Stats
-    repeat_index: Stats
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    pool: int
+    hybrid: RecallStats
+    repeat: RecallStats
+    vector: RecallStats
+    filtered: RecallStats
     index_only: Stats
     numpy: Stats
     recall: float
-    index_only_recall: float
     filtered_share: float
-    filtered_total: Stats
-    filtered_index: Stats
+    filtered_index_only: Stats
     filtered_numpy: Stats
     filtered_recall: float
 
@@ -367,35 +377,38 @@ def check_stored(expected: int) -> None:
 
 
 def time_recall(
-    queries: Sequence[str], filters_spec: dict[str, Any] | None, warm_up: Sequence[str]
-) -> tuple[list[list[str]], Stats, Stats, Stats]:
-    """services.recall per query: hit ids, then total, embedding and index latencies."""
+    texts: Sequence[str], warm_up: Sequence[str], *, mode: str, filters: dict[str, Any] | None
+) -> RecallStats:
+    """services.recall per text, as the API calls it (top_k 10, no namespace)."""
     from somafractalmemory.memories import services
 
-    for query in warm_up:
-        services.recall(query, top_k=TOP_K, filters_spec=filters_spec)
-    found: list[list[str]] = []
+    query = services.Query(top_k=TOP_K, mode=mode, filters=filters)
+    for text in warm_up:
+        services.recall(text, query)
     total: list[float] = []
     embedding: list[float] = []
     index: list[float] = []
-    for query in queries:
-        result = services.recall(query, top_k=TOP_K, filters_spec=filters_spec)
-        found.append([hit.memory.id for hit in result.hits])
+    for text in texts:
+        result = services.recall(text, query)
         total.append(result.latency_ms)
         embedding.append(result.embedding_ms)
         index.append(result.index_ms)
-    return found, Stats.of(total), Stats.of(embedding), Stats.of(index)
+    return RecallStats(Stats.of(total), Stats.of(embedding), Stats.of(index))
 
 
-def time_index_only(vectors: Matrix) -> tuple[list[list[str]], Stats]:
-    """The vector index alone, with precomputed query vectors, tenant-wide (no filter)."""
+def time_index_only(
+    vectors: Matrix, filters: dict[str, Any] | None
+) -> tuple[list[list[str]], Stats]:
+    """The dense leg alone: vector_index().search with precomputed vectors, top 10."""
     from somafractalmemory import backends
     from somafractalmemory.memories.models import DEFAULT_TENANT
+    from somafractalmemory.retrieval.filters import parse
 
     index = backends.vector_index()
+    where = parse(filters)
 
     def search(vector: Matrix) -> list[str]:
-        hits = index.search(vector, tenant=DEFAULT_TENANT, namespace=None, where=None, top_k=TOP_K)
+        hits = index.search(vector, tenant=DEFAULT_TENANT, namespace=None, where=where, top_k=TOP_K)
         return [hit.id for hit in hits]
 
     for vector in vectors[:WARM_UP]:
@@ -450,35 +463,35 @@ def measure_search(
 ) -> SearchResults:
     from somafractalmemory import backends
 
-    log(f"[search] {len(queries.plain)} queries through services.recall, twice")
-    found, total, embedding, index = time_recall(queries.plain, None, queries.warm_up)
-    _, repeat_total, repeat_embedding, repeat_index = time_recall(queries.plain, None, ())
+    log(f"[search] {len(queries.plain)} queries through services.recall: hybrid, again, vector")
+    hybrid = time_recall(queries.plain, queries.warm_up, mode="hybrid", filters=None)
+    repeat = time_recall(queries.plain, (), mode="hybrid", filters=None)
+    vector = time_recall(queries.vector, (), mode="vector", filters=None)
     vectors = backends.embedder().embed(queries.plain)
     log("[search] index only, numpy reference")
-    index_found, index_only = time_index_only(vectors)
+    index_found, index_only = time_index_only(vectors, None)
     exact, numpy_stats = time_numpy(matrix, vectors)
 
     log(f"[search] {len(queries.filtered)} other queries, filtered by {json.dumps(FILTER)}")
+    filtered = time_recall(queries.filtered, queries.warm_up, mode="hybrid", filters=FILTER)
     mask = filter_mask(items)
     rows = np.flatnonzero(mask)
-    filtered = time_recall(queries.filtered, FILTER, queries.warm_up)
-    filtered_found, filtered_total, _, filtered_index = filtered
     filtered_vectors = backends.embedder().embed(queries.filtered)
+    filtered_found, filtered_index_only = time_index_only(filtered_vectors, FILTER)
     sub_exact, filtered_numpy = time_numpy(np.ascontiguousarray(matrix[mask]), filtered_vectors)
+    from somafractalmemory.memories.services import candidate_pool
+
     return SearchResults(
-        total=total,
-        embedding=embedding,
-        index=index,
-        repeat_total=repeat_total,
-        repeat_embedding=repeat_embedding,
-        repeat_index=repeat_index,
+        pool=candidate_pool(TOP_K),
+        hybrid=hybrid,
+        repeat=repeat,
+        vector=vector,
+        filtered=filtered,
         index_only=index_only,
         numpy=numpy_stats,
-        recall=recall_at_k(found, exact, ids),
-        index_only_recall=recall_at_k(index_found, exact, ids),
+        recall=recall_at_k(index_found, exact, ids),
         filtered_share=float(mask.mean()),
-        filtered_total=filtered_total,
-        filtered_index=filtered_index,
+        filtered_index_only=filtered_index_only,
         filtered_numpy=filtered_numpy,
         filtered_recall=recall_at_k(filtered_found, [rows[r] for r in sub_exact], ids),
     )
@@ -795,37 +808,49 @@ def render_store(stores: StoreResults) -> list[str]:
             "per memory",
         ),
         "",
-        f"`remember_many` / encoder alone: **{ratio:.2f}** (the rest of the time goes to "
-        "validation, SQLite, the outbox and the Milvus upsert).",
+        f"`remember_many` / encoder alone: **{ratio:.2f}** (1.00 would mean that validation, "
+        "SQL, the outbox and the Milvus upsert cost nothing next to the embedding).",
+    ]
+
+
+def recall_rows(label: str, stats: RecallStats, index: str) -> list[str]:
+    return [
+        latency_row(f"{label}: total (`latency_ms`)", stats.total),
+        latency_row("… query embedding (`embedding_ms`)", stats.embedding),
+        latency_row(f"… {index} (`index_ms`)", stats.index),
     ]
 
 
 def render_search(search: SearchResults, n: int) -> list[str]:
     ratio = search.index_only.p50 / search.numpy.p50
-    rows_filtered = round(search.filtered_share * n)
+    matching = round(search.filtered_share * n)
     spec = json.dumps(FILTER)
+    both = f"index, dense and BM25 legs, {search.pool} candidates each"
     return [
         "| what | p50 ms | p95 ms | p99 ms | mean ms |",
         "|---|---:|---:|---:|---:|",
-        latency_row("`services.recall`, total (`latency_ms`)", search.total),
-        latency_row("… query embedding (`embedding_ms`)", search.embedding),
-        latency_row("… index search (`index_ms`)", search.index),
-        latency_row("`services.recall`, the same queries again, total", search.repeat_total),
-        latency_row("… query embedding (cached, if the code caches)", search.repeat_embedding),
-        latency_row("… index search", search.repeat_index),
-        latency_row("index only: `vector_index().search`, precomputed vector", search.index_only),
-        latency_row(f"exact reference: numpy brute force over {n:,} x 384 float32", search.numpy),
-        latency_row(f"`services.recall` with filter `{spec}`, total", search.filtered_total),
-        latency_row("… its index search (`index_ms`)", search.filtered_index),
+        *recall_rows("`services.recall`, default mode `hybrid`", search.hybrid, both),
+        *recall_rows("the same queries again (query-embedding cache)", search.repeat, both),
+        *recall_rows(
+            "`services.recall`, mode `vector`",
+            search.vector,
+            f"index, dense leg, {search.pool} candidates",
+        ),
+        *recall_rows(f"`services.recall`, `hybrid`, filter `{spec}`", search.filtered, both),
         latency_row(
-            f"numpy brute force over the {rows_filtered:,} matching rows", search.filtered_numpy
+            f"index only: `vector_index().search`, top {TOP_K}, precomputed vector",
+            search.index_only,
+        ),
+        latency_row(f"exact reference: numpy brute force over {n:,} x 384 float32", search.numpy),
+        latency_row(f"index only, filter `{spec}`", search.filtered_index_only),
+        latency_row(
+            f"numpy brute force over the {matching:,} matching rows", search.filtered_numpy
         ),
         "",
         f"- index only p50 / numpy p50: **{ratio:.1f}x**",
-        f"- recall@{TOP_K} of the index against the exact numpy top-{TOP_K}: "
-        f"**{search.recall:.3f}** unfiltered (index only: {search.index_only_recall:.3f}), "
-        f"**{search.filtered_recall:.3f}** with the filter (which selects "
-        f"{search.filtered_share:.1%} of the memories)",
+        f"- recall@{TOP_K} of the dense index against the exact numpy top {TOP_K}: "
+        f"**{search.recall:.3f}**, and **{search.filtered_recall:.3f}** with the filter "
+        f"(which selects {search.filtered_share:.1%} of the memories)",
     ]
 
 
@@ -859,7 +884,10 @@ def render_notes() -> list[str]:
         "",
         "- Latencies are per call, one call at a time, after untimed warm-up calls. "
         "`latency_ms`, `embedding_ms` and `index_ms` are the fields of the service's `Recall` "
-        "result; the total also includes reading the hit rows from SQLite.",
+        "result; the total also includes fusion, scoring and reading the hit rows from SQL.",
+        "- Recall@10 is measured on the dense index alone: `services.recall` fuses the dense "
+        "and BM25 legs and blends in recency and importance, so its top 10 is not meant to "
+        "equal the nearest neighbours.",
         "- Order: batches, single stores, the encoder pass, then searches (about as long after "
         "the last write as the encoder pass takes); over HTTP: batches, searches, single "
         "stores. Right after hundreds of single upserts Milvus Lite answers slower for a while "
@@ -879,6 +907,16 @@ def render_notes() -> list[str]:
     ]
 
 
+def render_warning(info: RunInfo) -> list[str]:
+    if info.others_share < CONTENDED:
+        return []
+    return [
+        f"> **Not representative:** other processes used {info.others} while this ran, "
+        "so these numbers include waiting for the CPU. Run again on a quiet machine.",
+        "",
+    ]
+
+
 def render(
     args: argparse.Namespace,
     info: RunInfo,
@@ -890,6 +928,7 @@ def render(
     lines = [
         "# Benchmarks",
         "",
+        *render_warning(info),
         "The embedded default: SQLite, Milvus Lite and all-MiniLM-L6-v2 on the CPU, measured by "
         "`bench/run.py` on synthetic agent memories (templates about people, places, "
         "preferences, events, dates and numbers, with `category`, `user_id`, `source` and "
@@ -954,7 +993,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Clock()
     items = corpus.memories(max(args.n, args.http_memories + args.http_singles))
     queries = QuerySets.make(args.queries)
-    log(f"[setup] {len(items):,} memories and 3 x {args.queries} queries generated")
+    log(f"[setup] {len(items):,} memories and 4 x {args.queries} queries generated")
     with tempfile.TemporaryDirectory(prefix="sfm-bench-", ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         config_file = work / "defaults.yaml"
@@ -969,7 +1008,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             queries,
             work / "server.log",
         )
-    info = RunInfo(when, code, load, others.finish(), run.seconds)
+    info = RunInfo(when, code, load, *others.finish(), run.seconds)
     log(f"[done] other processes used {info.others}")
     report = render(args, info, results, http, len(http_items))
     args.out.parent.mkdir(parents=True, exist_ok=True)
