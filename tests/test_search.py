@@ -219,3 +219,15 @@ def test_recall_reinforces_in_batches(api: Api, namespace: str) -> None:
     after = search(api, namespace, "apple pie recipe", explain=True, top_k=1)
     assert after["memories"][0]["explain"]["recency"] > 0.99  # counted from the last recall
     services.flush_reinforcements()
+
+
+def test_deleting_an_episode_rewrites_its_neighbours_context(api: Api, namespace: str) -> None:
+    first = store(api, namespace, "We booked the cabin by the lake")
+    middle = store(api, namespace, "The canoe rental closes at sunset")
+    last = store(api, namespace, "Dinner was grilled trout")
+    context_hits = ids(search(api, namespace, "canoe rental", mode="lexical"))
+    assert context_hits[0] == middle and {first, last} <= set(context_hits)
+    api.ok("DELETE", f"/memory/{middle}")
+    assert ids(search(api, namespace, "canoe rental", mode="lexical")) == []
+    # The two remaining episodes are now each other's neighbours.
+    assert ids(search(api, namespace, "trout", mode="lexical")) == [last, first]

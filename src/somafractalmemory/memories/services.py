@@ -408,18 +408,40 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
 
 
 def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
-    """Delete a memory from SQL (the acknowledgement), then from the index."""
+    """Delete a memory from SQL (the acknowledgement), then from the index; the episodes
+    that had it as a neighbour get their context rewritten without it."""
     with transaction.atomic():
-        deleted, _ = Memory.objects.filter(tenant_id=tenant, id=memory_id).delete()
-        if not deleted:
+        gone = Memory.objects.filter(tenant_id=tenant, id=memory_id).first()
+        if gone is None:
             raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id})
+        Memory.objects.filter(pk=gone.pk).delete()  # keeps `gone` whole for below
         task = VectorTask.objects.create(memory_id=memory_id, action=VectorTask.Action.DELETE)
     try:
         backends.vector_index().delete([memory_id])
+        _settle([task])
+        if gone.type == "episodic":
+            write_vectors(_neighbours_of(gone))
     except SFMError as exc:
         log.warning("vector delete owed for %s: %s", memory_id, exc.message)
-        return
-    _settle([task])
+
+
+def _neighbours_of(gone: Memory) -> list[Memory]:
+    """The episodes just before and after where `gone` stood (within the context window)."""
+    window = timedelta(seconds=get_config().context_window_seconds)
+    if not window:
+        return []
+    around = Memory.objects.filter(
+        tenant_id=gone.tenant_id,
+        namespace=gone.namespace,
+        type="episodic",
+        created_at__range=(gone.created_at - window, gone.created_at + window),
+    )
+    key = (gone.created_at, gone.stored_at, gone.id)
+    earlier = Q(created_at__lt=key[0]) | Q(created_at=key[0], stored_at__lt=key[1])
+    earlier |= Q(created_at=key[0], stored_at=key[1], id__lt=key[2])
+    before = around.filter(earlier).order_by("-created_at", "-stored_at", "-id").first()
+    after = around.exclude(earlier).order_by("created_at", "stored_at", "id").first()
+    return [m for m in (before, after) if m is not None]
 
 
 MODES = ("hybrid", "vector", "lexical")
