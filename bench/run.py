@@ -1,12 +1,17 @@
-"""Benchmark of the embedded default (SQLite + Milvus Lite + all-MiniLM-L6-v2 on the CPU).
+"""Benchmark of the service: the embedded default (SQLite + Milvus Lite + all-MiniLM-L6-v2 on
+the CPU) or PostgreSQL + Redis (with Milvus Lite).
 
-    .venv/bin/python bench/run.py [--n N] [--queries Q] [--out docs/benchmarks.md]
+    .venv/bin/python bench/run.py [--backend embedded|postgres+redis] [--n N] [--queries Q]
+        [--load-seconds S] [--no-http] [--out docs/benchmarks.md]
 
 Stores N synthetic agent memories through the service layer (one at a time, then in batches),
 measures search through the service layer, the bare index and an exact numpy reference, then
 does the same over HTTP against a real `sfm serve` process. Every run starts from empty,
-temporary data directories with the built-in settings (no config.yaml, no SFM_* overrides).
-Progress goes to stderr; the markdown report goes to stdout and to --out.
+temporary data directories with the built-in settings (no config.yaml, no SFM_* overrides
+except, for postgres+redis, SFM_DATABASE_URL to a fresh database and SFM_REDIS_URL). Over HTTP
+it also measures throughput with 1, 4 and 16 concurrent clients. Progress goes to stderr; the
+markdown report goes to stdout and replaces this backend's section of --out (other sections
+and the LoCoMo block stay as they are).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import json
 import logging
 import os
 import platform
+import random
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -49,6 +57,12 @@ FILTER: dict[str, Any] = {"category": "travel"}
 READY_TIMEOUT = 180.0
 PROGRESS_EVERY = 1000
 CONTENDED = 0.10  # share of the machine other processes may use before the report warns
+BACKENDS = ("embedded", "postgres+redis")
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/14"
+CONCURRENCY = (1, 4, 16)
+SEARCH_SHARE = 0.8  # of the requests under load; the rest are single stores
+LOAD_QUESTIONS = 3000
 
 Matrix = npt.NDArray[np.float32]
 Ranks = npt.NDArray[np.intp]
@@ -186,12 +200,14 @@ class QuerySets:
     vector: list[str]
     filtered: list[str]
     http: list[str]
+    load: list[str]
 
     @classmethod
     def make(cls, count: int) -> QuerySets:
-        q = corpus.questions(WARM_UP + 4 * count)
+        q = corpus.questions(WARM_UP + 4 * count + LOAD_QUESTIONS)
         series = [q[WARM_UP + i * count : WARM_UP + (i + 1) * count] for i in range(4)]
-        return cls(q[:WARM_UP], *series)
+        plain, vector, filtered, http = series
+        return cls(q[:WARM_UP], plain, vector, filtered, http, q[WARM_UP + 4 * count :])
 
 
 # -- results -----------------------------------------------------------------------------
@@ -257,16 +273,37 @@ class HttpResults:
     search: Stats
     search_server: Stats
     startup_s: float
+    load: list[LoadResult]
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Mixed search/store traffic from `clients` threads for `seconds`."""
+
+    clients: int
+    seconds: float
+    search: Stats
+    store: Stats
+    errors: int
+    first_error: str
+
+    @property
+    def requests(self) -> int:
+        return self.search.count + self.store.count
 
 
 # -- settings and Django -----------------------------------------------------------------
 
 
-def settings_env(data_dir: Path, config_file: Path) -> dict[str, str]:
-    """This environment without SFM_* overrides, with a defaults-only config and `data_dir`."""
+def settings_env(
+    data_dir: Path, config_file: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """This environment without SFM_* overrides, with a defaults-only config and `data_dir`
+    (and `extra`, the backend's settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SFM_")}
     env["SFM_CONFIG"] = str(config_file)
     env["SFM_DATA_DIR"] = str(data_dir)
+    env.update(extra or {})
     env["DJANGO_SETTINGS_MODULE"] = "somafractalmemory.server.settings"
     return env
 
@@ -275,6 +312,30 @@ def use_env(env: Mapping[str, str]) -> None:
     for key in [k for k in os.environ if k.startswith("SFM_")]:
         del os.environ[key]
     os.environ.update(env)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database; yields its URL; always dropped."""
+    import psycopg
+
+    name = f"sfm_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    log(f"[setup] created database {name}")
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        log(f"[done] dropped database {name}")
+
+
+def flush_redis() -> None:
+    """Empty the bench's Redis database, so no run or part reads another's cached vectors."""
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 def start_django() -> float:
@@ -519,6 +580,9 @@ def run_in_process(
     from somafractalmemory import backends
 
     backends.reset()  # close Milvus Lite before the HTTP part runs
+    from django.db import connections
+
+    connections.close_all()
     return startup, stores, search
 
 
@@ -654,12 +718,85 @@ def http_search(
     return Stats.of(wall), Stats.of(reported)
 
 
+class LoadTraffic:
+    """What the concurrent clients send: unused questions in turn, and stores of new contents."""
+
+    def __init__(self, questions: Sequence[str], items: Sequence[corpus.Item]) -> None:
+        self.questions, self.items = questions, items
+        self.lock = threading.Lock()
+        self.asked = 0
+        self.stored = 0
+
+    def search(self) -> dict[str, Any]:
+        with self.lock:
+            question = self.questions[self.asked % len(self.questions)]
+            self.asked += 1
+        return {"query": question, "top_k": TOP_K, "mode": "hybrid"}
+
+    def store(self) -> dict[str, Any]:
+        with self.lock:
+            k = self.stored
+            self.stored += 1
+        body = payload(self.items[k % len(self.items)])
+        body["content"] = f"{body['content']} (load note {k})"
+        return body
+
+
+def http_load(base: str, clients: int, seconds: float, traffic: LoadTraffic) -> LoadResult:
+    """`clients` threads, each with its own httpx.Client, for `seconds`: 80% search, 20% store."""
+    lock = threading.Lock()
+    latencies: dict[str, list[float]] = {"search": [], "store": []}
+    errors: list[str] = []
+    deadline = time.perf_counter() + seconds
+
+    def worker(number: int) -> None:
+        rng = random.Random(1000 * clients + number)
+        with httpx.Client(base_url=base, timeout=120.0, trust_env=False) as client:
+            while time.perf_counter() < deadline:
+                if rng.random() < SEARCH_SHARE:
+                    kind, path, body = "search", "/api/v2/memory/search", traffic.search()
+                else:
+                    kind, path, body = "store", "/api/v2/memory/store", traffic.store()
+                clock = Clock()
+                try:
+                    response = client.post(path, json=body)
+                    problem = (
+                        ""
+                        if response.status_code == 200
+                        else f"{path}: {response.status_code} {response.text[:200]}"
+                    )
+                except httpx.HTTPError as error:
+                    problem = f"{path}: {type(error).__name__}: {error}"
+                elapsed = clock.ms
+                with lock:
+                    if problem:
+                        errors.append(problem)
+                    else:
+                        latencies[kind].append(elapsed)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    clock = Clock()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return LoadResult(
+        clients,
+        clock.seconds,
+        Stats.of(latencies["search"]),
+        Stats.of(latencies["store"]),
+        len(errors),
+        errors[0] if errors else "",
+    )
+
+
 def run_http(
     env: Mapping[str, str],
     batch_items: Sequence[corpus.Item],
     single_items: Sequence[corpus.Item],
     queries: QuerySets,
     log_path: Path,
+    load_seconds: float,
 ) -> HttpResults:
     log("[http] starting `sfm serve`")
     clock = Clock()
@@ -675,8 +812,18 @@ def run_http(
         search, search_server = http_search(client, queries.http, queries.warm_up)
         log(f"[http] {len(single_items)} single stores")
         single, single_latency = http_singles(client, single_items)
+        traffic = LoadTraffic(queries.load, batch_items)
+        load: list[LoadResult] = []
+        for clients in CONCURRENCY if load_seconds > 0 else ():
+            log(f"[http] {clients} concurrent clients for {load_seconds:.0f} s")
+            result = http_load(base, clients, load_seconds, traffic)
+            log(
+                f"[http] {result.requests / result.seconds:,.1f} requests/s, "
+                f"{result.errors} errors {result.first_error}"
+            )
+            load.append(result)
     return HttpResults(
-        batch, batch_latency, single, single_latency, search, search_server, startup_s
+        batch, batch_latency, single, single_latency, search, search_server, startup_s, load
     )
 
 
@@ -737,7 +884,16 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    names = ("torch", "sentence-transformers", "pymilvus", "milvus-lite", "django", "numpy")
+    names = (
+        "torch",
+        "sentence-transformers",
+        "pymilvus",
+        "milvus-lite",
+        "django",
+        "numpy",
+        "psycopg",
+        "redis",
+    )
     return {"python": platform.python_version()} | {name: version(name) for name in names}
 
 
@@ -756,8 +912,26 @@ def rate_row(label: str, rate: Rate, stats: Stats | None, per: str) -> str:
     )
 
 
-def render_setup(n: int, singles: int, queries: int, startup: Startup, info: RunInfo) -> list[str]:
+def settings_text(backend: str) -> str:
+    if backend == "postgres+redis":
+        return (
+            "built-in defaults in a fresh temporary data directory (no config.yaml), with "
+            "`SFM_DATABASE_URL` set to a fresh PostgreSQL database (`CREATE DATABASE "
+            "sfm_bench_<random>` on 127.0.0.1:5432, dropped afterwards; the server gets its own) "
+            f"and `SFM_REDIS_URL={REDIS_URL}` (flushed before each part); Milvus Lite as in "
+            "the default"
+        )
+    return (
+        "built-in defaults in a fresh temporary data directory "
+        "(no config.yaml, no `SFM_*` overrides): SQLite, Milvus Lite, LocMem cache"
+    )
+
+
+def render_setup(
+    args: argparse.Namespace, startup: Startup, info: RunInfo, server_threads: int
+) -> list[str]:
     box, ver = machine(), versions()
+    n, singles, queries = args.n, args.singles, args.queries
     return [
         "| | |",
         "|---|---|",
@@ -769,15 +943,17 @@ def render_setup(n: int, singles: int, queries: int, startup: Startup, info: Run
         f"| Python | {ver['python']} |",
         f"| torch / sentence-transformers | {ver['torch']} / {ver['sentence-transformers']} |",
         f"| pymilvus / milvus-lite | {ver['pymilvus']} / {ver['milvus-lite']} |",
-        f"| Django / numpy | {ver['django']} / {ver['numpy']} |",
+        f"| Django / numpy / psycopg / redis | {ver['django']} / {ver['numpy']} / "
+        f"{ver['psycopg']} / {ver['redis']} |",
+        f"| backend | `{args.backend}` |",
         f"| N (memories, in process) | {n:,}: {n - singles:,} in batches of {BATCH:,}, then "
         f"{singles:,} one at a time |",
         f"| Q (queries) | {queries:,} per series, different questions in each series, top_k "
         f"{TOP_K}, after {WARM_UP} untimed warm-up calls |",
         f"| load average before the run | {info.load} (1, 5, 15 min) |",
         f"| other processes during the run | {info.others} |",
-        "| settings | built-in defaults in a fresh temporary data directory "
-        "(no config.yaml, no `SFM_*` overrides) |",
+        f"| settings | {settings_text(args.backend)} |",
+        f"| server | `sfm serve`, 1 worker process, {server_threads} request threads |",
         f"| start-up (in process) | migrate {startup.migrate_s:.1f} s, model load "
         f"{startup.model_s:.1f} s, index open {startup.index_s:.1f} s |",
         f"| whole run | {info.seconds / 60:.1f} min |",
@@ -851,7 +1027,51 @@ def render_search(search: SearchResults, n: int) -> list[str]:
         f"- recall@{TOP_K} of the dense index against the exact numpy top {TOP_K}: "
         f"**{search.recall:.3f}**, and **{search.filtered_recall:.3f}** with the filter "
         f"(which selects {search.filtered_share:.1%} of the memories)",
+        *render_hybrid_vs_vector(search),
     ]
+
+
+def render_hybrid_vs_vector(search: SearchResults) -> list[str]:
+    hybrid, vector = search.hybrid.index.p50, search.vector.index.p50
+    ratio = hybrid / vector
+    verdict = "met" if ratio <= 2.0 else "**not met**"
+    return [
+        "",
+        "Embedding excluded (`index_ms` of the same `services.recall` series above):",
+        "",
+        "| hybrid `index_ms` p50 | vector `index_ms` p50 | hybrid / vector | "
+        "index only p50 | numpy p50 |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {ms(hybrid)} | {ms(vector)} | **{ratio:.2f}x** | {ms(search.index_only.p50)} | "
+        f"{ms(search.numpy.p50)} |",
+        "",
+        f"Target hybrid <= 2x vector: {verdict}.",
+    ]
+
+
+def render_load(load: Sequence[LoadResult]) -> list[str]:
+    if not load:
+        return []
+    lines = [
+        f"Throughput under concurrency: each client is a thread with its own `httpx.Client`, "
+        f"sending back to back for {load[0].seconds:.0f} s a mix of "
+        f"{SEARCH_SHARE:.0%} `POST /api/v2/memory/search` (hybrid, top_k {TOP_K}, a question "
+        f"not asked before in the run) and {1 - SEARCH_SHARE:.0%} `POST /api/v2/memory/store` "
+        "(new contents). The clients run on the same 2 cores as the server.",
+        "",
+        "| clients | seconds | requests | requests/s | searches | search p50 / p95 / p99 ms "
+        "| stores | store p50 / p95 / p99 ms | errors |",
+        "|---:|---:|---:|---:|---:|---|---:|---|---:|",
+    ]
+    for r in load:
+        lines.append(
+            f"| {r.clients} | {r.seconds:.1f} | {r.requests:,} | {r.requests / r.seconds:,.1f} | "
+            f"{r.search.count:,} | {ms(r.search.p50)} / {ms(r.search.p95)} / {ms(r.search.p99)} "
+            f"| {r.store.count:,} | {ms(r.store.p50)} / {ms(r.store.p95)} / {ms(r.store.p99)} "
+            f"| {r.errors} |"
+        )
+    errors = [f"- {r.clients} clients, first error: `{r.first_error}`" for r in load if r.errors]
+    return lines + (["", *errors] if errors else [])
 
 
 def render_http(http: HttpResults) -> list[str]:
@@ -875,6 +1095,8 @@ def render_http(http: HttpResults) -> list[str]:
         "|---|---:|---:|---:|---:|",
         latency_row("`POST /api/v2/memory/search`, end to end (client)", http.search),
         latency_row("… of which the server's `latency_ms`", http.search_server),
+        "",
+        *render_load(http.load),
     ]
 
 
@@ -882,7 +1104,8 @@ def render_notes() -> list[str]:
     return [
         "## How to read this",
         "",
-        "- Latencies are per call, one call at a time, after untimed warm-up calls. "
+        "- Latencies are per call, one call at a time, after untimed warm-up calls (except in "
+        "the concurrency table, where they include queueing behind the other clients). "
         "`latency_ms`, `embedding_ms` and `index_ms` are the fields of the service's `Recall` "
         "result; the total also includes fusion, scoring and reading the hit rows from SQL.",
         "- Recall@10 is measured on the dense index alone: `services.recall` fuses the dense "
@@ -901,7 +1124,13 @@ def render_notes() -> list[str]:
         "texts) in one normalised float32 matrix: a matrix-vector product, `argpartition`, "
         "then a sort of the top 10. It is exact, so it is also the ground truth for recall@10.",
         "- Store rates include everything the service does per call: validation, embedding, "
-        "the SQLite transaction (WAL, `synchronous=FULL`), the outbox rows and the Milvus upsert.",
+        "the SQL transaction (SQLite: WAL, `synchronous=FULL`; or PostgreSQL), the outbox rows "
+        "and the Milvus upsert.",
+        "- `postgres+redis` changes the SQL store and the cache (query embeddings) only; the "
+        "vector index is Milvus Lite in both (no Milvus server here).",
+        "- The concurrency runs follow the one-at-a-time HTTP series on the same server, so "
+        "the collection grows by the stores they make; the client threads share the machine's "
+        "CPU with the server (Python clients, so the client side costs CPU too).",
         "- The HTTP server is a separate process started with `sfm serve` on a free port; the "
         "client waits for `GET /readyz` before timing anything and stops it with SIGTERM.",
     ]
@@ -917,49 +1146,89 @@ def render_warning(info: RunInfo) -> list[str]:
     ]
 
 
-def render(
+SECTION_ORDER = ("embedded", "postgres+redis", "embedded-100k")
+BLOCK = re.compile(r"<!-- (bench:[\w+.-]+|locomo):start -->.*?<!-- \1:end -->\n?", re.DOTALL)
+
+
+def render_header() -> list[str]:
+    return [
+        "# Benchmarks",
+        "",
+        "`bench/run.py` measures the service on synthetic agent memories (templates about "
+        "people, places, preferences, events, dates and numbers, with `category`, `user_id`, "
+        "`source` and `confidence` metadata; seeded, so every run stores the same texts): "
+        "storing and searching through the service layer in process, the bare vector index "
+        "against an exact numpy reference, then the same over HTTP against a real `sfm serve`, "
+        "one request at a time and with 1, 4 and 16 concurrent clients. Each backend has its "
+        "own section below; a run replaces only its own section.",
+        "",
+        "Reproduce: `make bench` (the embedded default: SQLite, Milvus Lite, LocMem cache; "
+        '10,000 memories), `make bench ARGS="--backend postgres+redis"` (PostgreSQL on '
+        "127.0.0.1:5432 and Redis on 127.0.0.1:6379, Milvus Lite), "
+        '`make bench ARGS="--n 100000 --no-http"` (in process only; its own section). '
+        "Options: `--backend`, `--n`, `--queries`, `--singles`, `--http-memories`, "
+        "`--http-singles`, `--load-seconds`, `--no-http`, `--section`, `--out`.",
+        "",
+    ]
+
+
+def render_section(
     args: argparse.Namespace,
     info: RunInfo,
     results: tuple[Startup, StoreResults, SearchResults],
-    http: HttpResults,
+    http: HttpResults | None,
     http_memories: int,
+    server_threads: int,
 ) -> str:
     startup, stores, search = results
     lines = [
-        "# Benchmarks",
+        f"## Backend `{args.backend}`, {args.n:,} memories"
+        + (", in process only" if http is None else ""),
         "",
         *render_warning(info),
-        "The embedded default: SQLite, Milvus Lite and all-MiniLM-L6-v2 on the CPU, measured by "
-        "`bench/run.py` on synthetic agent memories (templates about people, places, "
-        "preferences, events, dates and numbers, with `category`, `user_id`, `source` and "
-        "`confidence` metadata; seeded, so every run stores the same texts).",
+        "### Setup",
         "",
-        'Reproduce: `make bench` (10,000 memories) or `make bench ARGS="--n 100000"`. '
-        "Options: `--n`, `--queries`, `--singles`, `--http-memories`, `--http-singles`, `--out`.",
+        *render_setup(args, startup, info, server_threads),
         "",
-        "## Setup",
-        "",
-        *render_setup(args.n, args.singles, args.queries, startup, info),
-        "",
-        "## Store, service layer (in process)",
+        "### Store, service layer (in process)",
         "",
         *render_store(stores),
         "",
-        f"## Search, service layer (in process, {args.n:,} memories, {args.queries:,} queries)",
+        f"### Search, service layer (in process, {args.n:,} memories, {args.queries:,} queries)",
         "",
         *render_search(search, args.n),
         "",
-        f"## HTTP (`sfm serve` in its own process and data directory, {http_memories:,} "
-        "memories, httpx on localhost, one request at a time)",
-        "",
-        f"Server ready {http.startup_s:.1f} s after start (migrate, model load, index open).",
-        "",
-        *render_http(http),
-        "",
-        *render_notes(),
-        "",
     ]
+    if http is not None:
+        lines += [
+            f"### HTTP (`sfm serve` in its own process and data directory, {http_memories:,} "
+            "memories, httpx on localhost)",
+            "",
+            f"Server ready {http.startup_s:.1f} s after start (migrate, model load, index open).",
+            "",
+            *render_http(http),
+            "",
+        ]
     return "\n".join(lines)
+
+
+def write_report(path: Path, section: str, body: str) -> str:
+    """Replace `section` in the report at `path`; keep the other sections and the LoCoMo block."""
+    old = path.read_text() if path.is_file() else ""
+    blocks = {m.group(1): m.group(0).rstrip("\n") for m in BLOCK.finditer(old)}
+    name = f"bench:{section}"
+    blocks[name] = f"<!-- {name}:start -->\n{body.rstrip()}\n<!-- {name}:end -->"
+    known = [f"bench:{s}" for s in SECTION_ORDER]
+    bench = [k for k in known if k in blocks]
+    bench += sorted(k for k in blocks if k.startswith("bench:") and k not in known)
+    parts = ["\n".join(render_header()), *(blocks[k] for k in bench)]
+    parts.append("\n".join(render_notes()))
+    if "locomo" in blocks:
+        parts.append(blocks["locomo"])
+    report = "\n\n".join(part.rstrip() for part in parts) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report)
+    return report
 
 
 # -- main --------------------------------------------------------------------------------
@@ -974,14 +1243,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--http-memories", type=int, default=5_000, help="batch-stored over HTTP (at most N)"
     )
     parser.add_argument("--http-singles", type=int, default=200, help="stored singly over HTTP")
+    parser.add_argument("--backend", choices=BACKENDS, default="embedded")
+    parser.add_argument(
+        "--load-seconds", type=float, default=15.0, help="per concurrency level (0: none)"
+    )
+    parser.add_argument("--no-http", action="store_true", help="in process only")
+    parser.add_argument(
+        "--section",
+        help="report section to replace [the backend, with -<N/1000>k when N is not 10,000]",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
+    if args.section is None:
+        args.section = args.backend + ("" if args.n == 10_000 else f"-{args.n // 1000}k")
     if not 0 < args.singles < args.n:
         parser.error("--singles must be at least 1 and below --n")
     if args.queries < 1:
         parser.error("--queries must be at least 1")
     args.http_memories = max(1, min(args.http_memories, args.n))
     return args
+
+
+def backend_env(backend: str, stack: contextlib.ExitStack) -> dict[str, str]:
+    """SFM_* settings of one part of the run (a fresh database each call)."""
+    if backend == "embedded":
+        return {}
+    flush_redis()
+    return {
+        "SFM_DATABASE_URL": stack.enter_context(postgres_database()),
+        "SFM_REDIS_URL": REDIS_URL,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -994,27 +1285,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = corpus.memories(max(args.n, args.http_memories + args.http_singles))
     queries = QuerySets.make(args.queries)
     log(f"[setup] {len(items):,} memories and 4 x {args.queries} queries generated")
-    with tempfile.TemporaryDirectory(prefix="sfm-bench-", ignore_cleanup_errors=True) as tmp:
+    http: HttpResults | None = None
+    with (
+        tempfile.TemporaryDirectory(prefix="sfm-bench-", ignore_cleanup_errors=True) as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
         config_file = work / "defaults.yaml"
         config_file.write_text("# bench/run.py: built-in defaults only\n")
-        use_env(settings_env(work / "in-process", config_file))
+        use_env(settings_env(work / "in-process", config_file, backend_env(args.backend, stack)))
+        from somafractalmemory.conf import get_config
+
         results = run_in_process(items[: args.n], queries, args.singles)
+        server_threads = get_config().threads
         http_items = items[: args.http_memories + args.http_singles]
-        http = run_http(
-            settings_env(work / "server", config_file),
-            http_items[: args.http_memories],
-            http_items[args.http_memories :],
-            queries,
-            work / "server.log",
-        )
+        if not args.no_http:
+            http = run_http(
+                settings_env(work / "server", config_file, backend_env(args.backend, stack)),
+                http_items[: args.http_memories],
+                http_items[args.http_memories :],
+                queries,
+                work / "server.log",
+                args.load_seconds,
+            )
     info = RunInfo(when, code, load, *others.finish(), run.seconds)
     log(f"[done] other processes used {info.others}")
-    report = render(args, info, results, http, len(http_items))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
-    print(report)
-    log(f"[done] {run.seconds / 60:.1f} min; report written to {args.out}")
+    body = render_section(args, info, results, http, len(http_items), server_threads)
+    write_report(args.out, args.section, body)
+    print(body)
+    log(f"[done] {run.seconds / 60:.1f} min; section {args.section} written to {args.out}")
     return 0
 
 
