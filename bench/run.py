@@ -1001,7 +1001,9 @@ def render_search(search: SearchResults, n: int) -> list[str]:
     ratio = search.index_only.p50 / search.numpy.p50
     matching = round(search.filtered_share * n)
     spec = json.dumps(FILTER)
-    both = f"index, dense and BM25 legs, {search.pool} candidates each"
+    both = (
+        f"index: dense, context-vector, BM25 and context-BM25 legs, {search.pool} candidates each"
+    )
     return [
         "| what | p50 ms | p95 ms | p99 ms | mean ms |",
         "|---|---:|---:|---:|---:|",
@@ -1010,7 +1012,7 @@ def render_search(search: SearchResults, n: int) -> list[str]:
         *recall_rows(
             "`services.recall`, mode `vector`",
             search.vector,
-            f"index, dense leg, {search.pool} candidates",
+            f"index: dense and context-vector legs, {search.pool} candidates each",
         ),
         *recall_rows(f"`services.recall`, `hybrid`, filter `{spec}`", search.filtered, both),
         latency_row(
@@ -1037,7 +1039,10 @@ def render_hybrid_vs_vector(search: SearchResults) -> list[str]:
     verdict = "met" if ratio <= 2.0 else "**not met**"
     return [
         "",
-        "Embedding excluded (`index_ms` of the same `services.recall` series above):",
+        "Embedding excluded (`index_ms` of the same `services.recall` series above). `index_ms` "
+        "is the index calls of `recall`: mode `vector` makes 2 Milvus searches (memory and "
+        "context vectors), `hybrid` 4 (those plus BM25 over memory and context text), each for "
+        f"{search.pool} candidates; *index only* is 1 dense search for the top {TOP_K}.",
         "",
         "| hybrid `index_ms` p50 | vector `index_ms` p50 | hybrid / vector | "
         "index only p50 | numpy p50 |",
