@@ -278,6 +278,10 @@ def test_created_at_is_event_time_and_filterable(api: Api, namespace: str) -> No
     assert [h["id"] for h in search(api, namespace, "moved", filters=ranged)] == [new["id"]]
     epoch = {"created_at": {"$lt": 1577836800}}  # 2020-01-01 in epoch seconds
     assert [h["id"] for h in search(api, namespace, "moved", filters=epoch)] == [old["id"]]
+    born = store(api, namespace, "Moved to Faro", created_at="1965-04-01T00:00:00Z")
+    every = {"importance": {"$exists": True}}
+    found = {h["id"] for h in search(api, namespace, "moved", filters=every)}
+    assert found == {old["id"], new["id"], born["id"]}  # event times before 1970 included
 
 
 def test_search_scopes_by_namespace_or_spans_the_tenant(api: Api, namespace: str) -> None:
@@ -315,3 +319,48 @@ def test_probes_openapi_and_docs(api: Api) -> None:
         assert len(b"".join(script.streaming_content)) > 100_000
     finally:
         script.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ('{"content": "x", "metadata": {"a": NaN}}', 422, "validation_error"),
+        ('{"content": "x", "metadata": {"a": Infinity}}', 422, "validation_error"),
+        ({"content": "nul \u0000 inside"}, 422, "validation_error"),
+        ({"content": "x", "metadata": {"k": "nul \u0000"}}, 422, "validation_error"),
+        ({"content": "x", "created_at": "0001-01-01T00:00:00+01:00"}, 422, "validation_error"),
+        (
+            {
+                "content": "x",
+                "metadata": {
+                    f"{'k' * 60}{i}": {f"{'n' * 60}{j}": 1 for j in range(40)} for i in range(40)
+                },
+            },
+            413,
+            "metadata_too_large",
+        ),
+    ],
+)
+def test_values_the_stores_cannot_hold_are_refused(
+    api: Api, body: object, status: int, code: str
+) -> None:
+    before = Memory.objects.count()
+    assert api.error(status, "POST", "/memory/store", body) == code
+    assert Memory.objects.count() == before
+
+
+def test_extreme_times_in_filters_are_refused(api: Api) -> None:
+    for spec in (
+        {"created_at": {"$gt": 1e300}},
+        {"created_at": {"$lt": "9999-12-31T23:00:00-05:00"}},
+    ):
+        assert (
+            api.error(400, "POST", "/memory/search", {"query": "x", "filters": spec})
+            == "invalid_filter"
+        )
+
+
+def test_oversized_body_is_413(api: Api, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = {"memories": [{"content": "y" * 600}, {"content": "z" * 600}]}
+    assert api.error(413, "POST", "/memory/batch", body) == "payload_too_large"

@@ -56,6 +56,8 @@ def test_literals_are_escaped() -> None:
         {"k": float("nan")},
         {"k": 2**70},
         {"a b": 1},
+        {"x__gt": 5},
+        {"0": 1},
         {"$and": []},
         {"$or": {"k": 1}},
         {"$not": [1]},

@@ -123,10 +123,12 @@ class Config:
         default=16_384, metadata=_doc("Largest metadata object, as compact JSON bytes (413 above).")
     )
     max_batch: int = field(default=1000, metadata=_doc("Most memories in one batch call."))
-    max_top_k: int = field(default=100, metadata=_doc("Largest `top_k` a search may ask."))
     secret_key: str = field(
         default="sfm-embedded-not-secret",
-        metadata=_doc("Django SECRET_KEY. Set it in production (no session data uses it yet)."),
+        metadata=_doc(
+            "Django SECRET_KEY, and the key from which each tenant's lexical-token key is "
+            "derived: set a secret value in production, and run `sfm reindex` after changing it."
+        ),
     )
     debug: bool = field(default=False, metadata=_doc("Django DEBUG."))
 

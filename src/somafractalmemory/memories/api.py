@@ -6,7 +6,16 @@ import dataclasses
 import logging
 from typing import Any
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+)
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Router
 from ninja.errors import HttpError
@@ -15,10 +24,12 @@ from ninja.errors import ValidationError as NinjaValidationError
 from somafractalmemory import __version__, backends
 from somafractalmemory.embedding.cache import cache_health
 from somafractalmemory.errors import (
+    BadRequest,
     DatabaseUnavailable,
     MalformedJSON,
     MethodNotAllowed,
     NotFound,
+    PayloadTooLarge,
     SFMError,
     ValidationFailed,
 )
@@ -69,6 +80,9 @@ def _sfm_error(request: HttpRequest, exc: SFMError) -> HttpResponse:
 
 @api.exception_handler(DatabaseError)
 def _database_error(request: HttpRequest, exc: DatabaseError) -> HttpResponse:
+    if isinstance(exc, DataError | IntegrityError):
+        # Values the database refuses (e.g. characters PostgreSQL text cannot hold).
+        return error_response(ValidationFailed(f"the database refused a value: {exc}"))
     if isinstance(exc, OperationalError | InterfaceError):
         log.warning("database unavailable: %s", exc)
         # The broken connection is dropped, so the next request reconnects by itself.
@@ -254,6 +268,13 @@ def readyz(request: HttpRequest) -> JsonResponse:
     else:
         status, code = ("ready", 200) if checks["cache"] == "ok" else ("degraded", 200)
     return JsonResponse({"status": status, "checks": checks}, status=code)
+
+
+def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(PayloadTooLarge(f"request body above {limit} bytes"))
+    return error_response(BadRequest("bad request"))
 
 
 def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

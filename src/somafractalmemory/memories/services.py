@@ -35,7 +35,6 @@ from somafractalmemory.errors import (
     InvalidCursor,
     MemoryNotFound,
     MetadataTooLarge,
-    SFMError,
     ValidationFailed,
 )
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, Tenant, VectorTask
@@ -89,13 +88,20 @@ def new_id(prefix: str) -> str:
 def _utc(moment: datetime | None) -> datetime:
     if moment is None:
         return datetime.now(UTC)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise ValidationFailed(
+            f"time {moment.isoformat()} is outside years 1 to 9999 in UTC"
+        ) from None
 
 
 def _check_content(content: str) -> None:
     config = get_config()
     if not content.strip():
         raise ValidationFailed("content is empty", details={"field": "content"})
+    if "\x00" in content:
+        raise ValidationFailed("content contains a NUL character", details={"field": "content"})
     size = len(content.encode("utf-8"))
     if size > config.max_content_bytes:
         raise ContentTooLarge(
@@ -104,13 +110,26 @@ def _check_content(content: str) -> None:
         )
 
 
+MAX_KEY_PATHS_BYTES = 60_000  # Milvus holds at most 64 KiB per JSON field
+
+
 def _check_metadata(metadata: dict[str, Any]) -> None:
     limit = get_config().max_metadata_bytes
-    size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-    if size > limit:
+    try:
+        text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValidationFailed(
+            "metadata holds NaN or Infinity, which JSON cannot", details={"field": "metadata"}
+        ) from None
+    if "\\u0000" in text:
+        raise ValidationFailed("metadata contains a NUL character", details={"field": "metadata"})
+    size = len(text.encode("utf-8"))
+    paths = len(json.dumps(filters.presence_map(metadata)).encode("utf-8"))
+    if size > limit or paths > MAX_KEY_PATHS_BYTES:
         raise MetadataTooLarge(
-            f"metadata is {size} bytes as JSON; the limit is {limit}",
-            details={"size": size, "limit": limit},
+            f"metadata is {size} bytes as JSON (limit {limit}), its key paths "
+            f"{paths} bytes (limit {MAX_KEY_PATHS_BYTES})",
+            details={"size": size, "limit": limit, "key_paths": paths},
         )
 
 
@@ -178,8 +197,9 @@ def _episode_sequences(memories: Sequence[Memory]) -> list[list[Memory]]:
             groups.setdefault((m.tenant_id, m.namespace), []).append(m)
     sequences = []
     for (tenant, namespace), group in groups.items():
-        low = min(m.created_at for m in group) - window
-        high = max(m.created_at for m in group) + window
+        # Two windows: the neighbours' contexts are rewritten too, and need their neighbours.
+        low = min(m.created_at for m in group) - 2 * window
+        high = max(m.created_at for m in group) + 2 * window
         episodes = Memory.objects.filter(
             tenant_id=tenant, namespace=namespace, type="episodic", created_at__range=(low, high)
         ).order_by("created_at", "stored_at", "id")
@@ -230,8 +250,8 @@ def _index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[Vect
     """Write vectors now; on failure the outbox tasks stay for the outbox worker."""
     try:
         write_vectors(memories, vectors)
-    except SFMError as exc:
-        log.warning("vector write owed for %d memories: %s", len(memories), exc.message)
+    except Exception as exc:  # committed and acknowledged: whatever failed, the task stays
+        log.warning("vector write owed for %d memories: %s", len(memories), exc)
         return
     _settle(tasks)
 
@@ -243,6 +263,13 @@ def _settle(tasks: Sequence[VectorTask]) -> None:
         VectorTask.objects.filter(id__in=[t.id for t in tasks]).delete()
     except DatabaseError as exc:
         log.warning("paid outbox tasks not removed (they will be paid again): %s", exc)
+
+
+def _grace() -> datetime:
+    """When an outbox task written by a request becomes due: after the request itself has
+    had its chance to pay it, so the worker does not race requests in flight."""
+    config = get_config()
+    return datetime.now(UTC) + timedelta(seconds=config.milvus_timeout + config.embedding_timeout)
 
 
 def ensure_tenant(tenant: str) -> None:
@@ -333,7 +360,8 @@ def store_many(
             memory.save(update_fields=["importance", "updated_at"])
         changed = [*created.values(), *raised.values()]
         tasks = VectorTask.objects.bulk_create(
-            VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT) for m in changed
+            VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT, next_attempt_at=_grace())
+            for m in changed
         )
     if created:
         _index_or_owe(list(created.values()), vectors, tasks[: len(created)])
@@ -402,7 +430,9 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
     vectors = embed_texts([memory.content])
     with transaction.atomic():
         memory.save()
-        task = VectorTask.objects.create(memory_id=memory.id, action=VectorTask.Action.UPSERT)
+        task = VectorTask.objects.create(
+            memory_id=memory.id, action=VectorTask.Action.UPSERT, next_attempt_at=_grace()
+        )
     _index_or_owe([memory], vectors, [task])
     return memory
 
@@ -415,14 +445,16 @@ def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         if gone is None:
             raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id})
         Memory.objects.filter(pk=gone.pk).delete()  # keeps `gone` whole for below
-        task = VectorTask.objects.create(memory_id=memory_id, action=VectorTask.Action.DELETE)
+        task = VectorTask.objects.create(
+            memory_id=memory_id, action=VectorTask.Action.DELETE, next_attempt_at=_grace()
+        )
     try:
         backends.vector_index().delete([memory_id])
         _settle([task])
         if gone.type == "episodic":
             write_vectors(_neighbours_of(gone))
-    except SFMError as exc:
-        log.warning("vector delete owed for %s: %s", memory_id, exc.message)
+    except Exception as exc:  # committed and acknowledged: the task stays
+        log.warning("vector delete owed for %s: %s", memory_id, exc)
 
 
 def _neighbours_of(gone: Memory) -> list[Memory]:
@@ -638,20 +670,35 @@ def drain_outbox(*, limit: int = 1000, due_only: bool = True) -> int:
     rows = Memory.objects.in_bulk({t.memory_id for t in tasks})
     present = [rows[mid] for mid in dict.fromkeys(t.memory_id for t in tasks) if mid in rows]
     gone = sorted({t.memory_id for t in tasks} - set(rows))
+    failed: dict[str, str] = {}
     try:
         if present:
             write_vectors(present)
         backends.vector_index().delete(gone)
-    except SFMError as exc:
-        for task in tasks:
-            task.attempts += 1
-            task.last_error = exc.message[:500]
-            task.next_attempt_at = now + timedelta(seconds=backoff_seconds(task.attempts))
-        VectorTask.objects.bulk_update(tasks, ["attempts", "last_error", "next_attempt_at"])
-        log.warning("outbox: %d vector writes still owed: %s", len(tasks), exc.message)
-        return 0
-    VectorTask.objects.filter(id__in=[t.id for t in tasks]).delete()
-    return len(tasks)
+    except Exception as batch_error:
+        log.warning("outbox: batch of %d failed (%s); paying one by one", len(tasks), batch_error)
+        # One bad memory must not block the others: find which ones fail.
+        for memory in present:
+            try:
+                write_vectors([memory])
+            except Exception as exc:
+                failed[memory.id] = str(exc)
+        for memory_id in gone:
+            try:
+                backends.vector_index().delete([memory_id])
+            except Exception as exc:
+                failed[memory_id] = str(exc)
+    retry = [t for t in tasks if t.memory_id in failed]
+    for task in retry:
+        task.attempts += 1
+        task.last_error = failed[task.memory_id][:500]
+        task.next_attempt_at = now + timedelta(seconds=backoff_seconds(task.attempts))
+    if retry:
+        VectorTask.objects.bulk_update(retry, ["attempts", "last_error", "next_attempt_at"])
+        log.warning("outbox: %d vector writes still owed", len(retry))
+    paid = [t.id for t in tasks if t.memory_id not in failed]
+    VectorTask.objects.filter(id__in=paid).delete()
+    return len(paid)
 
 
 # -- reinforcement: recalled memories gain access count, recency and strength ------------
@@ -712,8 +759,8 @@ def run_outbox_worker(stop: threading.Event, *, interval: float = 1.0) -> None:
         try:
             flush_reinforcements()
             paid = drain_outbox()
-        except DatabaseError as exc:
-            log.warning("outbox worker: database unavailable: %s", exc)
+        except Exception as exc:  # the worker must outlive any one failure
+            log.warning("outbox worker: %s", exc)
             paid = 0
         finally:
             close_old_connections()

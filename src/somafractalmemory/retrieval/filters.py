@@ -29,7 +29,8 @@ MEMORY_TYPES = ("episodic", "semantic", "summary")
 MAX_NODES = 256
 MAX_IN_VALUES = 1000
 MAX_DEPTH = 8
-_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+# No "__" (Django would read a lookup) and not all digits (SQL would read an array index).
+_SEGMENT = re.compile(r"^(?!\d+$)(?!.*__)[A-Za-z0-9_\-]{1,64}$")
 _NEGATE = {
     "$eq": "$ne",
     "$ne": "$eq",
@@ -186,8 +187,8 @@ def _leaf(field: Field, op: str, operand: Any, *, negate: bool, counter: list[in
 
 
 def _always(truth: bool) -> Node:
-    # created_at is never negative, so this is a constant without a `true` literal.
-    return Compare(Field(("created_at",), column=True), "$gte" if truth else "$lt", 0)
+    # importance is never negative, so this is a constant without a `true` literal.
+    return Compare(Field(("importance",), column=True), "$gte" if truth else "$lt", 0)
 
 
 def _operand(field: Field, op: str, operand: Any) -> Scalar | tuple[Scalar, ...]:
@@ -246,16 +247,24 @@ def to_epoch_ms(value: Any) -> int:
     if isinstance(value, bool):
         raise InvalidFilter("created_at compares with ISO 8601 times or epoch seconds")
     if isinstance(value, int | float) and math.isfinite(value):
+        if not MIN_EPOCH_S <= value <= MAX_EPOCH_S:
+            raise InvalidFilter("created_at: epoch seconds outside years 1 to 9999")
         return round(value * 1000)
     if isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise InvalidFilter(f"created_at: not an ISO 8601 time: {value!r}") from exc
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return round(moment.timestamp() * 1000)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            return round(moment.astimezone(UTC).timestamp() * 1000)
+        except (ValueError, OverflowError) as exc:
+            raise InvalidFilter(
+                f"created_at: not an ISO 8601 time in years 1 to 9999: {value!r}"
+            ) from exc
     raise InvalidFilter("created_at compares with ISO 8601 times or epoch seconds")
+
+
+MIN_EPOCH_S = datetime(1, 1, 2, tzinfo=UTC).timestamp()
+MAX_EPOCH_S = datetime(9999, 12, 30, tzinfo=UTC).timestamp()
 
 
 # -- Milvus -------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ TEMPLATES = [
     }
 ]
 STATIC_URL = "static/"
+# A full batch (max_batch items at the content and metadata limits) must fit, with room for
+# JSON escaping; larger bodies answer 413 payload_too_large.
+DATA_UPLOAD_MAX_MEMORY_SIZE = (
+    2 * CONFIG.max_batch * (CONFIG.max_content_bytes + CONFIG.max_metadata_bytes)
+)
 
 
 def _databases() -> dict[str, Any]:
@@ -81,7 +86,11 @@ CACHES = {
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }
         if CONFIG.redis_url
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "sfm"}
+        else {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "sfm",
+            "OPTIONS": {"MAX_ENTRIES": 20_000},  # ~1.5 KB per cached query vector
+        }
     )
 }
 

@@ -6,7 +6,7 @@ import ninja
 from django.urls import path, re_path
 from django.views.static import serve
 
-from somafractalmemory.memories.api import api, healthz, json_404, json_500, readyz
+from somafractalmemory.memories.api import api, healthz, json_400, json_404, json_500, readyz
 
 # The docs UI's own scripts ship inside django-ninja; serve them without a CDN or collectstatic.
 NINJA_STATIC = Path(ninja.__file__).parent / "static" / "ninja"
@@ -18,5 +18,6 @@ urlpatterns = [
     re_path(r"^static/ninja/(?P<path>.+)$", serve, {"document_root": str(NINJA_STATIC)}),
 ]
 
+handler400 = json_400
 handler404 = json_404
 handler500 = json_500

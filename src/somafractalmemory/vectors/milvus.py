@@ -60,7 +60,10 @@ class MilvusIndex:
         self._owner: IO[str] | None = self._claim_lite_file() if self.is_lite else None
         try:
             self._client = self._connect(uri, token, db_name)
-            self._ensure_collection()
+            try:
+                self._ensure_collection()
+            except Exception as exc:
+                raise IndexUnavailable(f"cannot prepare collection {self.name}: {exc}") from exc
         except BaseException:
             self._release_lite_file()
             raise
