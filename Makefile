@@ -26,13 +26,16 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# The same suite runs against each stack this machine has: embedded, then PostgreSQL + Redis.
+# The same suite runs against each combination this machine has: SQLite or PostgreSQL, each
+# with LocMem or Redis (always Milvus Lite). The mixed pairs skip the slow server-process tests.
 PG_URL ?= postgresql://postgres@127.0.0.1:5432/sfm
 REDIS_URL ?= redis://127.0.0.1:6379/15
 
 pytest: install
 	$(BIN)/pytest
 	SFM_DATABASE_URL=$(PG_URL) SFM_REDIS_URL=$(REDIS_URL) $(BIN)/pytest
+	SFM_DATABASE_URL=$(PG_URL) $(BIN)/pytest -m "not slow"
+	SFM_REDIS_URL=$(REDIS_URL) $(BIN)/pytest -m "not slow"
 
 test: lint typecheck pytest
 

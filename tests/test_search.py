@@ -231,3 +231,14 @@ def test_deleting_an_episode_rewrites_its_neighbours_context(api: Api, namespace
     assert ids(search(api, namespace, "canoe rental", mode="lexical")) == []
     # The two remaining episodes are now each other's neighbours.
     assert ids(search(api, namespace, "trout", mode="lexical")) == [last, first]
+
+
+def test_filters_apply_inside_every_leg(api: Api, namespace: str) -> None:
+    """Far better matches that fail the filter never crowd out the ones that pass it."""
+    for i in range(25):
+        store(api, namespace, f"Invoice {i} for the kitchen renovation", metadata={"paid": False})
+    paid = store(api, namespace, "Invoice for the garden shed", metadata={"paid": True})
+    for mode in ("hybrid", "vector", "lexical"):
+        hits = search(api, namespace, "kitchen renovation invoice", mode=mode, top_k=1,
+                      filters={"paid": True})  # fmt: skip
+        assert ids(hits) == [paid], mode
