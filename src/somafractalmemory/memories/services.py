@@ -18,8 +18,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, transaction
@@ -477,6 +479,7 @@ def _neighbours_of(gone: Memory) -> list[Memory]:
 
 
 MODES = ("hybrid", "vector", "lexical")
+_LEG_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sfm-leg")
 
 
 @dataclass(frozen=True)
@@ -520,22 +523,32 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
     if not text.strip():
         raise ValidationFailed("query is empty", details={"field": "query"})
     pool = candidate_pool(query.top_k)
-    scope = {"tenant": tenant, "namespace": query.namespace, "where": where, "top_k": pool}
     vector = embed_query(backends.embedder(), text) if query.mode != "lexical" else None
     embedded = time.perf_counter()
     mode, warnings = query.mode, []
     legs: dict[str, list[VectorHit]] = {}
     try:
         index = backends.vector_index()
+
+        def leg(search: Any, probe: Any, context: bool) -> Any:
+            return partial(
+                search, probe, tenant=tenant, namespace=query.namespace, where=where,
+                top_k=pool, context=context,
+            )  # fmt: skip
+
+        calls: dict[str, Any] = {}
         if vector is not None:
-            legs["vector"] = index.search(vector, **scope)  # type: ignore[arg-type]
-            legs["context_vector"] = index.search(vector, context=True, **scope)  # type: ignore[arg-type]
+            calls["vector"] = leg(index.search, vector, False)
+            calls["context_vector"] = leg(index.search, vector, True)
         if query.mode != "vector":
             tokens = " ".join(
                 dict.fromkeys(lexical.keyed_tokens(text, lexical_key(tenant)).split())
             )
-            legs["lexical"] = index.search_lexical(tokens, **scope)  # type: ignore[arg-type]
-            legs["context_lexical"] = index.search_lexical(tokens, context=True, **scope)  # type: ignore[arg-type]
+            calls["lexical"] = leg(index.search_lexical, tokens, False)
+            calls["context_lexical"] = leg(index.search_lexical, tokens, True)
+        # The legs are independent index calls: run them at once.
+        futures = {name: _LEG_POOL.submit(call) for name, call in calls.items()}
+        legs = {name: future.result() for name, future in futures.items()}
     except IndexUnavailable as exc:
         # SQL still knows every memory: answer from its full-text index, and say so.
         log.warning("search falls back to SQL full text: %s", exc.message)
