@@ -646,9 +646,7 @@ def list_memories(
     cursor: str | None = None,
 ) -> Page:
     """Memories newest first (by event time), a page at a time."""
-    query = Memory.objects.filter(tenant_id=tenant)
-    if namespace is not None:
-        query = query.filter(namespace=namespace)
+    query = _scope(tenant, namespace, None)
     types = list(types)
     if types:
         query = query.filter(type__in=types)

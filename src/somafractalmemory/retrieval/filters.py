@@ -280,21 +280,22 @@ def to_milvus(node: Node) -> str:
         return " or ".join(f"({to_milvus(i)})" for i in node.items)
     if isinstance(node, Exists):
         # `!=` also matches a missing key, which is how absence is expressed without `not`.
-        key = _literal(node.field.dotted)
+        key = milvus_literal(node.field.dotted)
         return f"{PRESENCE_FIELD}[{key}] {'==' if node.present else '!='} 1"
     target = node.field.path[0] if node.field.column else _metadata_ref(node.field)
     if node.op in ("$in", "$nin"):
         assert isinstance(node.value, tuple)
-        values = ", ".join(_literal(v) for v in node.value)
+        values = ", ".join(milvus_literal(v) for v in node.value)
         return f"{target} {'in' if node.op == '$in' else 'not in'} [{values}]"
-    return f"{target} {_MILVUS_OP[node.op]} {_literal(node.value)}"
+    return f"{target} {_MILVUS_OP[node.op]} {milvus_literal(node.value)}"
 
 
 def _metadata_ref(field: Field) -> str:
-    return "metadata" + "".join(f"[{_literal(s)}]" for s in field.path)
+    return "metadata" + "".join(f"[{milvus_literal(s)}]" for s in field.path)
 
 
-def _literal(value: Any) -> str:
+def milvus_literal(value: Any) -> str:
+    """A Milvus expression literal (Milvus strings use JSON escaping)."""
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -15,7 +15,13 @@ import numpy as np
 import numpy.typing as npt
 
 from somafractalmemory.errors import IndexLocked, IndexUnavailable
-from somafractalmemory.retrieval.filters import PRESENCE_FIELD, Node, presence_map, to_milvus
+from somafractalmemory.retrieval.filters import (
+    PRESENCE_FIELD,
+    Node,
+    milvus_literal,
+    presence_map,
+    to_milvus,
+)
 from somafractalmemory.vectors.base import VectorHit, VectorRecord
 
 log = logging.getLogger(__name__)
@@ -29,13 +35,6 @@ def collection_name(model: str, dim: int) -> str:
     """One collection per embedding model and dimension."""
     slug = re.sub(r"[^a-z0-9]+", "_", model.rsplit("/", 1)[-1].lower()).strip("_")
     return f"sfm_{slug[:180]}_{dim}"
-
-
-def _literal(value: str) -> str:
-    # Milvus string literals use JSON escaping.
-    import json
-
-    return json.dumps(value, ensure_ascii=False)
 
 
 class MilvusIndex:
@@ -129,26 +128,18 @@ class MilvusIndex:
             schema.add_field("created_at", DataType.INT64)
             schema.add_field("metadata", DataType.JSON)
             schema.add_field(PRESENCE_FIELD, DataType.JSON)
-            # BM25 over opaque per-tenant tokens: split on spaces, nothing else.
-            schema.add_field(
-                "lexical",
-                DataType.VARCHAR,
-                max_length=65_535,
-                enable_analyzer=True,
-                analyzer_params={"tokenizer": "whitespace"},
-            )
-            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-            # The same two legs over each memory with its neighbouring episodes.
+            # The memory with its neighbouring episodes, for the context legs.
             schema.add_field("context_vector", DataType.FLOAT_VECTOR, dim=self.dim)
-            schema.add_field(
-                "context_lexical",
-                DataType.VARCHAR,
-                max_length=65_535,
-                enable_analyzer=True,
-                analyzer_params={"tokenizer": "whitespace"},
-            )
-            schema.add_field("context_sparse", DataType.SPARSE_FLOAT_VECTOR)
             for source, target in (("lexical", "sparse"), ("context_lexical", "context_sparse")):
+                # BM25 over opaque per-tenant tokens: split on spaces, nothing else.
+                schema.add_field(
+                    source,
+                    DataType.VARCHAR,
+                    max_length=65_535,
+                    enable_analyzer=True,
+                    analyzer_params={"tokenizer": "whitespace"},
+                )
+                schema.add_field(target, DataType.SPARSE_FLOAT_VECTOR)
                 schema.add_function(
                     Function(
                         name=f"bm25_{target}",
@@ -256,9 +247,9 @@ class MilvusIndex:
         where: Node | None,
         top_k: int,
     ) -> list[VectorHit]:
-        clauses = [f"tenant == {_literal(tenant)}"]
+        clauses = [f"tenant == {milvus_literal(tenant)}"]
         if namespace is not None:
-            clauses.append(f"namespace == {_literal(namespace)}")
+            clauses.append(f"namespace == {milvus_literal(namespace)}")
         if where is not None:
             clauses.append(f"({to_milvus(where)})")
         result = self._call(
