@@ -49,3 +49,33 @@ def server(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
+
+
+@contextmanager
+def milvus_lite(env: dict[str, str], log: Path) -> Iterator[str]:
+    """`sfm milvus-lite` serving env's Lite file over gRPC; yields its URI when it answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "somafractalmemory.cli", "milvus-lite", "--port", str(port)]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        from pymilvus import MilvusClient
+
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                MilvusClient(uri=uri, timeout=2).list_collections()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"Milvus Lite server did not answer: {log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield uri
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from somafractalmemory.conf import get_config
-from tests.servers import free_port, server
+from tests.servers import free_port, milvus_lite, server
 
 pytestmark = pytest.mark.slow
 
@@ -201,8 +201,20 @@ def test_redis_stopped_and_restarted_mid_load(
         assert_all_kept(base, "redis", dict(client.acked))
 
 
-def test_concurrent_clients_store_and_delete(tmp_path: Path, server_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker-lite", "two-workers-lite-server"])
+def test_concurrent_clients_store_and_delete(
+    tmp_path: Path, server_env: dict[str, str], workers: int
+) -> None:
+    """8 clients store and delete at once; the final state is what was acknowledged. With
+    two worker processes, they share the index through `sfm milvus-lite` (a Milvus server's
+    code path) and each worker's writes are visible to the other's searches."""
     port = free_port()
+    stack = contextlib.ExitStack()
+    if workers > 1:
+        server_env = {
+            **server_env,
+            "SFM_MILVUS_URI": stack.enter_context(milvus_lite(server_env, tmp_path / "milvus.log")),
+        }
     base = f"http://127.0.0.1:{port}/api/v2"
 
     def work(worker: int) -> tuple[set[str], set[str]]:
@@ -219,7 +231,8 @@ def test_concurrent_clients_store_and_delete(tmp_path: Path, server_env: dict[st
                     kept.add(memory_id)
         return kept, deleted
 
-    with server(server_env, port, tmp_path / "server.log"):
+    log = tmp_path / "server.log"
+    with stack, server(server_env, port, log, "--workers", str(workers)):
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(work, range(8)))
         kept = set().union(*(k for k, _ in results))
@@ -230,6 +243,7 @@ def test_concurrent_clients_store_and_delete(tmp_path: Path, server_env: dict[st
         body = {"query": "Worker item", "namespace": "conc", "top_k": 100}
         hits = httpx.post(f"{base}/memory/search", json=body, timeout=30).json()["memories"]
         assert {h["id"] for h in hits} == kept
+        assert log.read_text().count("Booting worker with pid") == workers
 
 
 def test_postgres_outage_fails_fast_and_recovers(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,34 +14,31 @@ import pytest
 from somafractalmemory.retrieval import filters
 from somafractalmemory.vectors.base import VectorIndex, VectorRecord
 from somafractalmemory.vectors.milvus import MilvusIndex
+from tests.servers import milvus_lite
 
 DIM = 16
 
 
-def _backends() -> list[object]:
-    params: list[object] = [pytest.param("lite", id="milvus-lite")]
-    uri = os.environ.get("SFM_TEST_MILVUS_URI")
-    params.append(
-        pytest.param(
-            uri or "server",
-            id="milvus-server",
-            marks=pytest.mark.skipif(not uri, reason="SFM_TEST_MILVUS_URI is not set"),
-        )
-    )
-    return params
-
-
-@pytest.fixture(scope="module", params=_backends())
+@pytest.fixture(scope="module", params=["lite", "server"], ids=["milvus-lite", "milvus-server"])
 def index(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VectorIndex]:
-    if request.param == "lite":
-        uri = str(Path(tmp_path_factory.mktemp("contract")) / "milvus.db")
-    else:
-        uri = request.param
-    built = MilvusIndex(uri, model=f"contract-{uuid.uuid4().hex[:8]}", dim=DIM)
-    yield built
-    built.close()
+    """Milvus Lite in process, and the server code path: SFM_TEST_MILVUS_URI when set (a real
+    Milvus standalone or cluster), else `sfm milvus-lite` serving a file over gRPC."""
+    with contextlib.ExitStack() as stack:
+        work = tmp_path_factory.mktemp("contract")
+        if request.param == "lite":
+            uri = str(work / "milvus.db")
+        else:
+            env = {**os.environ, "SFM_DATA_DIR": str(work)}
+            env.pop("SFM_MILVUS_URI", None)
+            uri = os.environ.get("SFM_TEST_MILVUS_URI") or stack.enter_context(
+                milvus_lite(env, work / "milvus.log")
+            )
+        built = MilvusIndex(uri, model=f"contract-{uuid.uuid4().hex[:8]}", dim=DIM)
+        assert built.is_lite == (request.param == "lite")
+        yield built
+        built.close()
 
 
 def unit(seed: int) -> np.ndarray:

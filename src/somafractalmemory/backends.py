@@ -7,11 +7,21 @@ all request threads; `reset()` drops them (tests, `sfm` commands that swap setti
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Protocol
 
 from somafractalmemory.conf import Config, get_config
 from somafractalmemory.embedding.base import Embedder
-from somafractalmemory.errors import VectorDimMismatch
+from somafractalmemory.errors import ConfigError, VectorDimMismatch
 from somafractalmemory.vectors.base import VectorIndex
+
+
+class LiteFileServer(Protocol):
+    uri: str
+
+    def running(self) -> bool: ...
+    def stop(self) -> None: ...
+
 
 _lock = threading.RLock()
 _embedder: Embedder | None = None
@@ -63,6 +73,18 @@ def build_index(config: Config, embedder: Embedder) -> VectorIndex:
         db_name=config.milvus_db,
         timeout=config.milvus_timeout,
     )
+
+
+def serve_lite_file(config: Config, host: str, port: int) -> LiteFileServer:
+    """Serve the embedded Milvus Lite file over gRPC (see `sfm milvus-lite`)."""
+    from somafractalmemory.vectors.milvus import LiteServer
+
+    if config.milvus_uri or config.milvus_host:
+        raise ConfigError(
+            "milvus_uri/milvus_host is set: the index is a Milvus server already, there is no "
+            "Lite file to serve"
+        )
+    return LiteServer(Path(config.effective_milvus_uri), host, port)
 
 
 def embedder() -> Embedder:

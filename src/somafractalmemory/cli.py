@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -189,6 +190,34 @@ def doctor(
         typer.echo("index matches SQL")
     else:
         raise typer.Exit(1)
+
+
+@app.command("milvus-lite")
+def milvus_lite(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 19530,
+) -> None:
+    """Serve the embedded Milvus Lite file over gRPC, so that several `sfm serve` workers
+    on this machine can share it (set milvus_uri=http://HOST:PORT for them). For one
+    machine: production runs Milvus standalone or a cluster."""
+    from somafractalmemory import backends
+    from somafractalmemory.conf import get_config
+
+    try:
+        served = backends.serve_lite_file(get_config(), host, port)
+    except SFMError as exc:
+        _fail(exc)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(f"Milvus Lite serving {get_config().effective_milvus_uri} at {served.uri}", err=True)
+    while not stop.wait(1.0):
+        if not served.running():
+            typer.echo("error [vector_index_unavailable]: the Milvus Lite engine exited", err=True)
+            served.stop()
+            raise typer.Exit(1)
+    served.stop()
 
 
 class _Server:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import re
+import subprocess
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -68,28 +70,11 @@ class MilvusIndex:
             raise
 
     def _claim_lite_file(self) -> IO[str]:
-        """Hold our own lock on the Lite file for the life of this index.
-
-        milvus-lite's own lock is not enough: a second process that fails to open the file
-        deletes the lock file on its way out, and a third then opens it beside the first.
-        """
-        path = Path(self.uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path.with_name(path.name + ".owner"), "a")  # noqa: SIM115 - held open
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise IndexLocked(
-                f"the Milvus Lite file {self.uri} is open in another process (one process owns "
-                "it: use the running server's API, or stop the server first)"
-            ) from None
-        return handle
+        return _claim(Path(self.uri))
 
     def _release_lite_file(self) -> None:
         if self._owner is not None:
-            fcntl.flock(self._owner, fcntl.LOCK_UN)
-            self._owner.close()
+            _unlock(self._owner)
             self._owner = None
 
     def _connect(self, uri: str, token: str | None, db_name: str | None) -> Any:
@@ -310,3 +295,63 @@ class MilvusIndex:
         with self._lock:
             self._client.close()
             self._release_lite_file()
+
+
+def _claim(path: Path) -> IO[str]:
+    """Hold our own lock on a Lite file while this process uses it.
+
+    milvus-lite's own lock is not enough: a second process that fails to open the file
+    deletes the lock file on its way out, and a third then opens it beside the first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".owner"), "a")  # noqa: SIM115 - held open
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise IndexLocked(
+            f"the Milvus Lite file {path} is open in another process (one process owns it: "
+            "use the running server's API, or stop the server first)"
+        ) from None
+    return handle
+
+
+def _unlock(handle: IO[str]) -> None:
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
+
+
+class LiteServer:
+    """Milvus Lite's own engine serving a Lite file over gRPC on `host:port`.
+
+    Several processes (`sfm serve --workers N`) can then share one index through the same
+    client code path as a Milvus server. One machine only, for development, tests and
+    benchmarks: production runs Milvus standalone or a cluster.
+    """
+
+    def __init__(self, path: Path, host: str, port: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources deprecation inside milvus-lite
+            from milvus_lite.server import Server
+
+        self.uri = f"http://{host}:{port}"
+        self._owner: IO[str] | None = _claim(path)
+        self._server = Server(str(path), f"{host}:{port}")
+        if not (self._server.init() and self._server.start()):
+            self.stop()
+            raise IndexUnavailable(f"Milvus Lite could not serve {path} on {host}:{port}")
+
+    def running(self) -> bool:
+        process = getattr(self._server, "_p", None)
+        return process is not None and process.poll() is None
+
+    def stop(self) -> None:
+        process = getattr(self._server, "_p", None)
+        if process is not None and process.poll() is None:
+            process.terminate()  # the engine flushes and exits on SIGTERM
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+        self._server.stop()  # SIGKILL if it still runs; removes milvus-lite's lock file
+        if self._owner is not None:
+            _unlock(self._owner)
+            self._owner = None
