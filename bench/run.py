@@ -641,10 +641,45 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def server(env: Mapping[str, str], log_path: Path) -> Iterator[str]:
+def lite_server(env: Mapping[str, str], log_path: Path) -> Iterator[str]:
+    """`sfm milvus-lite` (the Lite engine over gRPC, a Milvus server's code path) in its own
+    session; yields its URI once it answers; always stopped."""
+    from pymilvus import MilvusClient
+
+    port = free_port()
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [sfm_command(), "milvus-lite", "--port", str(port)],
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        uri = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"sfm milvus-lite exited:\n{tail(log_path)}")
+                try:
+                    MilvusClient(uri=uri, timeout=2).list_collections()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"no answer from {uri}:\n{tail(log_path)}") from None
+                    time.sleep(0.5)
+            log(f"[setup] Milvus Lite serving over gRPC at {uri}")
+            yield uri
+        finally:
+            stop(process)
+
+
+@contextlib.contextmanager
+def server(env: Mapping[str, str], log_path: Path, workers: int = 1) -> Iterator[str]:
     """A real `sfm serve` in its own session; yields its base URL; always stopped."""
     port = free_port()
     command = [sfm_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(workers)]
     with log_path.open("wb") as out:
         process = subprocess.Popen(
             command,
@@ -797,11 +832,12 @@ def run_http(
     queries: QuerySets,
     log_path: Path,
     load_seconds: float,
+    workers: int,
 ) -> HttpResults:
-    log("[http] starting `sfm serve`")
+    log(f"[http] starting `sfm serve --workers {workers}`")
     clock = Clock()
     with (
-        server(env, log_path) as base,
+        server(env, log_path, workers) as base,
         httpx.Client(base_url=base, timeout=300.0, trust_env=False) as client,
     ):
         startup_s = clock.seconds
@@ -912,7 +948,14 @@ def rate_row(label: str, rate: Rate, stats: Stats | None, per: str) -> str:
     )
 
 
-def settings_text(backend: str) -> str:
+def settings_text(backend: str, milvus_server: bool) -> str:
+    if milvus_server:
+        index = (
+            "; the index is Milvus Lite's engine served over gRPC by `sfm milvus-lite` in its "
+            "own process (`SFM_MILVUS_URI=http://127.0.0.1:<port>`, the Milvus server code "
+            "path), and the HTTP part runs on the in-process part's database and index"
+        )
+        return settings_text(backend, False) + index
     if backend == "postgres+redis":
         return (
             "built-in defaults in a fresh temporary data directory (no config.yaml), with "
@@ -952,8 +995,9 @@ def render_setup(
         f"{TOP_K}, after {WARM_UP} untimed warm-up calls |",
         f"| load average before the run | {info.load} (1, 5, 15 min) |",
         f"| other processes during the run | {info.others} |",
-        f"| settings | {settings_text(args.backend)} |",
-        f"| server | `sfm serve`, 1 worker process, {server_threads} request threads |",
+        f"| settings | {settings_text(args.backend, args.milvus_server)} |",
+        f"| server | `sfm serve`, {args.workers} worker process"
+        f"{'es' if args.workers > 1 else ''}, {server_threads} request threads each |",
         f"| start-up (in process) | migrate {startup.migrate_s:.1f} s, model load "
         f"{startup.model_s:.1f} s, index open {startup.index_s:.1f} s |",
         f"| whole run | {info.seconds / 60:.1f} min |",
@@ -1206,8 +1250,13 @@ def render_section(
     ]
     if http is not None:
         lines += [
-            f"### HTTP (`sfm serve` in its own process and data directory, {http_memories:,} "
-            "memories, httpx on localhost)",
+            (
+                f"### HTTP (`sfm serve --workers {args.workers}` over the in-process part's "
+                f"{args.n:,} memories, then {http_memories:,} more, httpx on localhost)"
+                if args.milvus_server
+                else f"### HTTP (`sfm serve` in its own process and data directory, "
+                f"{http_memories:,} memories, httpx on localhost)"
+            ),
             "",
             f"Server ready {http.startup_s:.1f} s after start (migrate, model load, index open).",
             "",
@@ -1254,18 +1303,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-http", action="store_true", help="in process only")
     parser.add_argument(
+        "--milvus-server",
+        action="store_true",
+        help="index behind `sfm milvus-lite` (gRPC); the HTTP part reuses the in-process data",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="`sfm serve --workers`")
+    parser.add_argument(
         "--section",
         help="report section to replace [the backend, with -<N/1000>k when N is not 10,000]",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
+    if args.workers > 1 and not args.milvus_server:
+        parser.error("--workers > 1 needs --milvus-server (one process owns a Lite file)")
     if args.section is None:
-        args.section = args.backend + ("" if args.n == 10_000 else f"-{args.n // 1000}k")
+        args.section = (
+            args.backend
+            + ("-milvus-server" if args.milvus_server else "")
+            + ("" if args.n == 10_000 else f"-{args.n // 1000}k")
+            + (f"-{args.workers}w" if args.workers > 1 else "")
+        )
     if not 0 < args.singles < args.n:
         parser.error("--singles must be at least 1 and below --n")
     if args.queries < 1:
         parser.error("--queries must be at least 1")
     args.http_memories = max(1, min(args.http_memories, args.n))
+    if args.milvus_server:
+        args.http_memories = min(args.http_memories, 2 * BATCH)  # added to N, not re-stored
     return args
 
 
@@ -1287,7 +1351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     others = OtherLoad()
     others.start()
     run = Clock()
-    items = corpus.memories(max(args.n, args.http_memories + args.http_singles))
+    # With --milvus-server the HTTP part adds new memories to the in-process part's N.
+    first_http = args.n if args.milvus_server else 0
+    items = corpus.memories(max(args.n, first_http + args.http_memories + args.http_singles))
     queries = QuerySets.make(args.queries)
     log(f"[setup] {len(items):,} memories and 4 x {args.queries} queries generated")
     http: HttpResults | None = None
@@ -1298,20 +1364,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         config_file = work / "defaults.yaml"
         config_file.write_text("# bench/run.py: built-in defaults only\n")
-        use_env(settings_env(work / "in-process", config_file, backend_env(args.backend, stack)))
+        index: dict[str, str] = {}
+        if args.milvus_server:
+            milvus_env = settings_env(work / "milvus", config_file)
+            index["SFM_MILVUS_URI"] = stack.enter_context(
+                lite_server(milvus_env, work / "milvus.log")
+            )
+        in_process = settings_env(
+            work / "in-process", config_file, {**backend_env(args.backend, stack), **index}
+        )
+        use_env(in_process)
         from somafractalmemory.conf import get_config
 
         results = run_in_process(items[: args.n], queries, args.singles)
         server_threads = get_config().threads
-        http_items = items[: args.http_memories + args.http_singles]
+        http_items = items[first_http : first_http + args.http_memories + args.http_singles]
         if not args.no_http:
             http = run_http(
-                settings_env(work / "server", config_file, backend_env(args.backend, stack)),
+                in_process
+                if args.milvus_server
+                else settings_env(work / "server", config_file, backend_env(args.backend, stack)),
                 http_items[: args.http_memories],
                 http_items[args.http_memories :],
                 queries,
                 work / "server.log",
                 args.load_seconds,
+                args.workers,
             )
     info = RunInfo(when, code, load, *others.finish(), run.seconds)
     log(f"[done] other processes used {info.others}")
