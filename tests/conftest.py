@@ -85,7 +85,8 @@ class Api:
     def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         import json
 
-        url = path if path.startswith("/") and not path.startswith("/memory") else f"/api/v2{path}"
+        api_paths = ("/memory", "/graph", "/jobs")
+        url = f"/api/v2{path}" if path.startswith(api_paths) else path
         kwargs: dict[str, Any] = {}
         if body is not None:
             kwargs["data"] = body if isinstance(body, str | bytes) else json.dumps(body)

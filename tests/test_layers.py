@@ -14,10 +14,15 @@ RANKS = {
     "retrieval": 2,
     "embedding": 3,
     "vectors": 3,
+    "summaries": 3,
     "backends": 4,
     "memories.models": 4,
     "memories.fulltext": 4,
+    "memories.links": 4.5,
     "memories.services": 5,
+    "memories.jobs": 5.5,
+    "memories.hierarchy": 6,
+    "memories.forgetting": 6,
     "memories.maintenance": 6,
     "memories.schemas": 5,
     "memories.api": 7,
@@ -69,7 +74,13 @@ def test_imports_point_downwards() -> None:
 
 
 def test_only_backends_names_implementations() -> None:
-    concrete = {"embedding.local", "embedding.http", "vectors.milvus"}
+    concrete = {
+        "embedding.local",
+        "embedding.http",
+        "vectors.milvus",
+        "summaries.extractive",
+        "summaries.llm",
+    }
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         relative = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)

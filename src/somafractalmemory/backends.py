@@ -13,6 +13,7 @@ from typing import Protocol
 from somafractalmemory.conf import Config, get_config
 from somafractalmemory.embedding.base import Embedder
 from somafractalmemory.errors import ConfigError, VectorDimMismatch
+from somafractalmemory.summaries.base import Summarizer
 from somafractalmemory.vectors.base import VectorIndex
 
 
@@ -26,6 +27,7 @@ class LiteFileServer(Protocol):
 _lock = threading.RLock()
 _embedder: Embedder | None = None
 _index: VectorIndex | None = None
+_summarizer: Summarizer | None = None
 
 
 def build_embedder(config: Config) -> Embedder:
@@ -87,6 +89,27 @@ def serve_lite_file(config: Config, host: str, port: int) -> LiteFileServer:
     return LiteServer(Path(config.effective_milvus_uri), host, port)
 
 
+def build_summarizer(config: Config) -> Summarizer:
+    if config.summarizer == "llm":
+        from somafractalmemory.summaries.llm import LlmSummarizer
+
+        assert config.llm_url is not None  # checked by load_config
+        return LlmSummarizer(
+            config.llm_url, config.llm_model, api_key=config.llm_api_key, timeout=config.llm_timeout
+        )
+    from somafractalmemory.summaries.extractive import ExtractiveSummarizer
+
+    return ExtractiveSummarizer()
+
+
+def summarizer() -> Summarizer:
+    global _summarizer
+    with _lock:
+        if _summarizer is None:
+            _summarizer = build_summarizer(get_config())
+        return _summarizer
+
+
 def embedder() -> Embedder:
     global _embedder
     with _lock:
@@ -110,8 +133,9 @@ def is_ready() -> dict[str, bool]:
 
 def reset() -> None:
     """Close and forget the shared components."""
-    global _embedder, _index
+    global _embedder, _index, _summarizer
     with _lock:
+        _summarizer = None
         if _index is not None:
             _index.close()
         _index = None

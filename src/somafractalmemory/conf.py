@@ -21,7 +21,7 @@ import yaml
 from somafractalmemory.errors import ConfigError
 
 ENV_PREFIX = "SFM_"
-SECRET_KEYS = frozenset({"embedding_api_key", "milvus_token", "secret_key"})
+SECRET_KEYS = frozenset({"embedding_api_key", "llm_api_key", "milvus_token", "secret_key"})
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -123,6 +123,72 @@ class Config:
         default=16_384, metadata=_doc("Largest metadata object, as compact JSON bytes (413 above).")
     )
     max_batch: int = field(default=1000, metadata=_doc("Most memories in one batch call."))
+    summarizer: str = field(
+        default="extractive",
+        metadata=_doc(
+            "How consolidation writes a parent: `extractive` (offline: the group's most "
+            "representative sentences) or `llm` (an OpenAI-compatible chat endpoint)."
+        ),
+    )
+    llm_url: str | None = field(
+        default=None,
+        metadata=_doc("Base URL of an OpenAI-compatible API (`.../v1`), for `summarizer: llm`."),
+    )
+    llm_model: str = field(default="gpt-4o-mini", metadata=_doc("The `model` sent to `llm_url`."))
+    llm_api_key: str | None = field(default=None, metadata=_doc("Bearer token for `llm_url`."))
+    llm_timeout: float = field(
+        default=60.0, metadata=_doc("Seconds before a summarizer call is abandoned.")
+    )
+    consolidation_window_seconds: int = field(
+        default=86_400,
+        metadata=_doc(
+            "Episodes this close in event time may form one semantic memory; each level up "
+            "allows 7 times more (a day, a week, seven weeks, ...)."
+        ),
+    )
+    consolidation_similarity: float = field(
+        default=0.4,
+        metadata=_doc(
+            "Cosine to a group's mean at or above which a memory joins the group; 0.1 lower "
+            "per level up (at least 0.2)."
+        ),
+    )
+    consolidate_every_seconds: int = field(
+        default=0,
+        metadata=_doc(
+            "`sfm serve`/`sfm worker` consolidate every namespace with new episodes this often. "
+            "0: only on request."
+        ),
+    )
+    auto_link: bool = field(
+        default=True,
+        metadata=_doc(
+            "On store, link a memory `similar` to its closest neighbours and an episode "
+            "`follows` to the previous episode of its namespace."
+        ),
+    )
+    link_similarity: float = field(
+        default=0.8, metadata=_doc("Cosine at or above which a new memory links `similar`.")
+    )
+    link_max: int = field(default=3, metadata=_doc("Most `similar` links made per new memory."))
+    forget_threshold: float = field(
+        default=0.05,
+        metadata=_doc("Retention below which forgetting archives a memory (see `forget_floor`)."),
+    )
+    forget_floor: float = field(
+        default=0.7, metadata=_doc("Memories of this importance or more are never archived.")
+    )
+    forget_every_seconds: int = field(
+        default=0,
+        metadata=_doc("`sfm serve`/`sfm worker` run forgetting this often. 0: only on request."),
+    )
+    archive_retention_days: float = field(
+        default=0.0,
+        metadata=_doc(
+            "Archived memories older than this (since archiving) are deleted by forgetting. "
+            "0: archived memories are kept until deleted explicitly."
+        ),
+    )
     secret_key: str = field(
         default="sfm-embedded-not-secret",
         metadata=_doc(
@@ -216,6 +282,12 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
         )
     if config.embedder == "http" and not config.embedding_url:
         raise ConfigError("setting 'embedding_url' is required when embedder is 'http'")
+    if config.summarizer not in {"extractive", "llm"}:
+        raise ConfigError(
+            f"setting 'summarizer': expected 'extractive' or 'llm', got {config.summarizer!r}"
+        )
+    if config.summarizer == "llm" and not config.llm_url:
+        raise ConfigError("setting 'llm_url' is required when summarizer is 'llm'")
     return config
 
 

@@ -65,6 +65,23 @@ class MemoryNotFound(NotFound):
     code = "memory_not_found"
 
 
+class LinkNotFound(NotFound):
+    code = "link_not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class Conflict(SFMError):
+    status = 409
+    code = "conflict"
+
+
+class ConsolidationBusy(Conflict):
+    code = "consolidation_running"
+
+
 class MethodNotAllowed(SFMError):
     status = 405
     code = "method_not_allowed"
@@ -102,6 +119,10 @@ class DatabaseUnavailable(Unavailable):
 
 class EmbeddingUnavailable(Unavailable):
     code = "embedding_unavailable"
+
+
+class SummarizerUnavailable(Unavailable):
+    code = "summarizer_unavailable"
 
 
 class IndexUnavailable(Unavailable):

@@ -17,11 +17,14 @@ from django.db import (
     connection,
 )
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from ninja import NinjaAPI, Query, Router
+from ninja.responses import Status
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 
 from somafractalmemory import __version__, backends
+from somafractalmemory.conf import get_config
 from somafractalmemory.embedding.cache import cache_health
 from somafractalmemory.errors import (
     BadRequest,
@@ -33,18 +36,28 @@ from somafractalmemory.errors import (
     SFMError,
     ValidationFailed,
 )
-from somafractalmemory.memories import services
+from somafractalmemory.memories import forgetting, hierarchy, jobs, links, services
+from somafractalmemory.memories.models import DEFAULT_TENANT, Job, Memory
 from somafractalmemory.memories.schemas import (
     BatchIn,
     BatchOut,
+    ConsolidateIn,
     ErrorOut,
     ExplainOut,
+    ForgetIn,
+    GraphOut,
     HalfLivesIn,
+    JobOut,
+    LinkIn,
+    LinkOut,
+    LinksOut,
+    MemoriesOut,
     MemoryOut,
     MemoryTypeName,
     NearDuplicateOut,
     PageOut,
     PatchIn,
+    RelatedOut,
     SearchHitOut,
     SearchIn,
     SearchOut,
@@ -64,8 +77,10 @@ api = NinjaAPI(
     docs_url="/docs",
 )
 memory = Router(tags=["memory"])
+graph_router = Router(tags=["links"])
+job_router = Router(tags=["jobs"])
 ERRORS: dict[int | frozenset[int], Any] = {
-    frozenset({400, 404, 413, 422, 503}): ErrorOut,
+    frozenset({400, 404, 409, 413, 422, 503}): ErrorOut,
 }
 
 
@@ -159,14 +174,34 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
         created_after=body.created_after,
         created_before=body.created_before,
         min_score=body.min_score,
+        levels=tuple(body.levels),
         scoring=scoring,
     )
-    result = services.recall(body.query, query)
+    recall = hierarchy.zoom if body.zoom else services.recall
+    result = recall(body.query, query)
+    related: dict[str, list[Memory]] = {}
+    if body.expand:
+        related = hierarchy.expand([h.memory for h in result.hits], body.expand, tenant=TENANT)
+    hits = []
+    for hit in result.hits:
+        out = _hit_out(hit, scoring if body.explain else None)
+        if body.expand:
+            setattr(out, body.expand, [_related(m) for m in related.get(hit.memory.id, [])])
+        hits.append(out)
     return SearchOut(
-        memories=[_hit_out(h, scoring if body.explain else None) for h in result.hits],
+        memories=hits,
         latency_ms=round(result.latency_ms, 2),
         mode=result.mode,
         warnings=result.warnings,
+    )
+
+
+TENANT = DEFAULT_TENANT  # until tenancy lands, every request is the default tenant's
+
+
+def _related(m: Memory) -> RelatedOut:
+    return RelatedOut(
+        id=m.id, content=m.content, type=m.type, level=m.level, created_at=m.created_at
     )
 
 
@@ -178,6 +213,7 @@ def _hit_out(hit: services.Hit, scoring: ranking.Scoring | None) -> SearchHitOut
             relevance=round(hit.components.relevance, 6),
             recency=round(hit.components.recency, 6),
             importance=hit.components.importance,
+            retention=round(forgetting.retention(m, timezone.now(), scoring.half_lives), 6),
             weights=dataclasses.asdict(scoring.weights),
             legs={name: {"rank": r, "score": round(s, 6)} for name, (r, s) in hit.legs.items()},
         )
@@ -186,6 +222,7 @@ def _hit_out(hit: services.Hit, scoring: ranking.Scoring | None) -> SearchHitOut
         content=m.content,
         score=round(hit.score, 4),
         type=m.type,
+        level=m.level,
         namespace=m.namespace,
         importance=m.importance,
         metadata=m.metadata,
@@ -201,11 +238,44 @@ def list_memories(
     type: list[MemoryTypeName] = Query([]),  # noqa: B008 - the API's field name
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = None,
+    archived: bool = Query(False, description="List only archived memories."),
 ) -> PageOut:
-    page = services.list_memories(namespace=namespace, types=type, limit=limit, cursor=cursor)
+    page = services.list_memories(
+        namespace=namespace, types=type, limit=limit, cursor=cursor, archived=archived
+    )
     return PageOut(
         memories=[MemoryOut.from_orm(m) for m in page.memories], next_cursor=page.next_cursor
     )
+
+
+def _job_response(job: Job) -> Status[JobOut]:
+    finished = job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED)
+    return Status(200 if finished else 202, JobOut.from_orm(job))
+
+
+@memory.post(
+    "/consolidate",
+    response={200: JobOut, 202: JobOut, **ERRORS},
+    summary="Consolidate episodes into semantic memories and summaries (a job)",
+)
+def consolidate(request: HttpRequest, body: ConsolidateIn) -> Status[JobOut]:
+    namespace = body.namespace or get_config().namespace
+    job = hierarchy.start(
+        namespace, tenant=TENANT, since=body.since, until=body.until, wait=body.wait
+    )
+    return _job_response(job)
+
+
+@memory.post(
+    "/forget",
+    response={200: JobOut, 202: JobOut, **ERRORS},
+    summary="Archive faded, unimportant memories (a job)",
+)
+def forget_faded(request: HttpRequest, body: ForgetIn) -> Status[JobOut]:
+    job = forgetting.start(
+        tenant=TENANT, namespace=body.namespace, dry_run=body.dry_run, wait=body.wait
+    )
+    return _job_response(job)
 
 
 @memory.get("/{memory_id}", response={200: MemoryOut, **ERRORS}, summary="Get one memory")
@@ -230,7 +300,70 @@ def delete_memory(request: HttpRequest, memory_id: str) -> dict[str, Any]:
     return {"id": memory_id, "deleted": True}
 
 
+@memory.post("/{memory_id}/restore", response={200: MemoryOut, **ERRORS}, summary="Un-archive")
+def restore(request: HttpRequest, memory_id: str) -> MemoryOut:
+    return MemoryOut.from_orm(forgetting.restore(memory_id, tenant=TENANT))
+
+
+@memory.get("/{memory_id}/children", response={200: MemoriesOut, **ERRORS}, summary="Children")
+def children(request: HttpRequest, memory_id: str) -> MemoriesOut:
+    found = links.children(TENANT, memory_id)
+    return MemoriesOut(memories=[MemoryOut.from_orm(m) for m in found])
+
+
+@memory.get("/{memory_id}/parents", response={200: MemoriesOut, **ERRORS}, summary="Parents")
+def parents(request: HttpRequest, memory_id: str) -> MemoriesOut:
+    found = links.parents(TENANT, memory_id)
+    return MemoriesOut(memories=[MemoryOut.from_orm(m) for m in found])
+
+
+def _link_out(edge: links.Edge) -> LinkOut:
+    return LinkOut(source=edge.source, target=edge.target, kind=edge.kind, weight=edge.weight)
+
+
+@memory.get("/{memory_id}/links", response={200: LinksOut, **ERRORS}, summary="Links in and out")
+def list_links(
+    request: HttpRequest,
+    memory_id: str,
+    kinds: list[str] = Query([]),  # noqa: B008
+) -> LinksOut:
+    return LinksOut(links=[_link_out(e) for e in links.of(TENANT, memory_id, kinds)])
+
+
+@memory.post("/{memory_id}/links", response={200: LinkOut, **ERRORS}, summary="Add a link")
+def add_link(request: HttpRequest, memory_id: str, body: LinkIn) -> LinkOut:
+    return _link_out(links.add(TENANT, memory_id, body.target, body.kind, body.weight))
+
+
+@memory.delete("/{memory_id}/links", response={200: dict, **ERRORS}, summary="Remove a link")
+def remove_link(request: HttpRequest, memory_id: str, target: str, kind: str) -> dict[str, Any]:
+    links.remove(TENANT, memory_id, target, kind)
+    return {"source": memory_id, "target": target, "kind": kind, "deleted": True}
+
+
+@graph_router.get("/{memory_id}", response={200: GraphOut, **ERRORS}, summary="Neighbourhood")
+def graph(
+    request: HttpRequest,
+    memory_id: str,
+    depth: int = Query(1, ge=0, le=links.MAX_DEPTH),
+    kinds: list[str] = Query([]),  # noqa: B008
+) -> GraphOut:
+    found = links.graph(TENANT, memory_id, depth=depth, kinds=kinds)
+    return GraphOut(
+        nodes=[MemoryOut.from_orm(m) for m in found.nodes],
+        edges=[_link_out(e) for e in found.edges],
+        truncated=found.truncated,
+    )
+
+
+@job_router.get("/{job_id}", response={200: JobOut, **ERRORS}, summary="A job's status")
+def job_status(request: HttpRequest, job_id: str) -> JobOut:
+    return JobOut.from_orm(jobs.get(job_id, tenant=TENANT))
+
+
 api.add_router("/memory", memory)
+api.add_router("/graph", graph_router)
+api.add_router("/jobs", job_router)
 
 
 # -- probes and fallbacks (plain Django views, outside /api/v2) ---------------------------

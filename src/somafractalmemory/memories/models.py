@@ -44,11 +44,24 @@ class Memory(models.Model):
     last_accessed_at = models.DateTimeField(null=True, blank=True)
     strength = models.FloatField(default=1.0, help_text="Grows when recalled, fades with time.")
     content_hash = models.CharField(max_length=64, db_index=True, default="")
+    level = models.PositiveSmallIntegerField(
+        default=0, help_text="0 episodes, 1 semantic memories, 2 and up summaries."
+    )
+    span_end = models.DateTimeField(
+        null=True, blank=True, help_text="Consolidated: event time of the latest child."
+    )
+    sources_hash = models.CharField(
+        max_length=64, blank=True, default="", help_text="Consolidated: children it summarizes."
+    )
+    archived_at = models.DateTimeField(
+        null=True, blank=True, help_text="Archived by forgetting: out of search, restorable."
+    )
 
     class Meta:
         indexes = [
             models.Index(fields=["tenant", "namespace", "-created_at", "-id"], name="mem_list"),
             models.Index(fields=["tenant", "type", "-created_at", "-id"], name="mem_type"),
+            models.Index(fields=["tenant", "namespace", "level", "created_at"], name="mem_level"),
         ]
 
     def __str__(self) -> str:
@@ -75,3 +88,60 @@ class VectorTask(models.Model):
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+
+class Link(models.Model):
+    """A typed, directed edge between two memories of one tenant.
+
+    Kinds the service makes: `derived_from` (parent -> child, by consolidation), `similar`
+    (a new memory -> its close neighbours), `follows` (an episode -> the one before it).
+    Clients add their own kinds. Deleting either end deletes the link.
+    """
+
+    DERIVED_FROM = "derived_from"
+    SIMILAR = "similar"
+    FOLLOWS = "follows"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="links")
+    source = models.ForeignKey(Memory, on_delete=models.CASCADE, related_name="links_out")
+    target = models.ForeignKey(Memory, on_delete=models.CASCADE, related_name="links_in")
+    kind = models.CharField(max_length=64)
+    weight = models.FloatField(default=1.0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "target", "kind"], name="link_once"),
+        ]
+        indexes = [models.Index(fields=["target", "kind"], name="link_in")]
+
+
+class Job(models.Model):
+    """Background work (consolidation, forgetting): status, progress and result."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    id = models.CharField(primary_key=True, max_length=40)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=32)
+    params = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.JSONField(default=dict)
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+
+class Lease(models.Model):
+    """A named lock with an expiry, held in SQL so that every worker process sees it."""
+
+    name = models.CharField(primary_key=True, max_length=200)
+    holder = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()

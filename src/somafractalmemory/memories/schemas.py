@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
 from pydantic import ConfigDict, Field
@@ -95,16 +95,39 @@ class SearchIn(Strict):
     explain: bool = Field(default=False, description="Return each part of the score.")
     weights: WeightsIn | None = None
     half_lives: HalfLivesIn | None = None
+    levels: list[Annotated[int, Field(ge=0, le=6)]] = Field(
+        default_factory=list,
+        description="Only these hierarchy levels: 0 episodes, 1 semantic, 2 and up summaries.",
+    )
+    expand: Literal["children", "parents"] | None = Field(
+        default=None, description="Return each hit with its children or parents in the tree."
+    )
+    zoom: bool = Field(
+        default=False,
+        description="Find the best semantic memories and summaries first, then answer with "
+        "the best episodes under them.",
+    )
 
 
 class ExplainOut(Schema):
     relevance: float
     recency: float
     importance: float
+    retention: float = Field(
+        description="Ebbinghaus retention (what forgetting compares with `forget_threshold`)."
+    )
     weights: dict[str, float]
     legs: dict[str, dict[str, float]] = Field(
         description="Per retrieval leg: `rank` (1 = first) and its raw `score`."
     )
+
+
+class RelatedOut(Schema):
+    id: str
+    content: str
+    type: str
+    level: int
+    created_at: datetime
 
 
 class SearchHitOut(Schema):
@@ -112,11 +135,14 @@ class SearchHitOut(Schema):
     content: str
     score: float
     type: str
+    level: int
     namespace: str
     importance: float
     metadata: dict[str, Any]
     created_at: datetime
     explain: ExplainOut | None = None
+    children: list[RelatedOut] | None = None
+    parents: list[RelatedOut] | None = None
 
 
 class SearchOut(Schema):
@@ -139,6 +165,9 @@ class MemoryOut(Schema):
     access_count: int
     last_accessed_at: datetime | None
     strength: float
+    level: int
+    span_end: datetime | None
+    archived_at: datetime | None
 
 
 class PatchIn(Strict):
@@ -161,3 +190,58 @@ class ErrorBody(Schema):
 
 class ErrorOut(Schema):
     error: ErrorBody
+
+
+class MemoriesOut(Schema):
+    memories: list[MemoryOut]
+
+
+class LinkIn(Strict):
+    target: str = Field(min_length=1, max_length=40)
+    kind: str = Field(min_length=1, max_length=64, description="e.g. `related`, `contradicts`.")
+    weight: float = Field(default=1.0, ge=0.0, le=1000.0)
+
+
+class LinkOut(Schema):
+    source: str
+    target: str
+    kind: str
+    weight: float
+
+
+class LinksOut(Schema):
+    links: list[LinkOut]
+
+
+class GraphOut(Schema):
+    nodes: list[MemoryOut]
+    edges: list[LinkOut]
+    truncated: bool = Field(description="True when the walk stopped at the node limit.")
+
+
+class ConsolidateIn(Strict):
+    namespace: str | None = Namespace
+    since: datetime | None = Field(default=None, description="Only episodes from this time.")
+    until: datetime | None = Field(default=None, description="Only episodes before this time.")
+    wait: bool = Field(default=False, description="Run to the end and answer with the result.")
+
+
+class ForgetIn(Strict):
+    namespace: str | None = Field(default=None, min_length=1, max_length=128)
+    dry_run: bool = Field(
+        default=False, description="Count what would be archived, change nothing."
+    )
+    wait: bool = Field(default=False, description="Run to the end and answer with the result.")
+
+
+class JobOut(Schema):
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    params: dict[str, Any]
+    progress: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -22,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from itertools import pairwise
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, transaction
@@ -39,7 +41,8 @@ from somafractalmemory.errors import (
     MetadataTooLarge,
     ValidationFailed,
 )
-from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, Tenant, VectorTask
+from somafractalmemory.memories import links
+from somafractalmemory.memories.models import DEFAULT_TENANT, Link, Memory, Tenant, VectorTask
 from somafractalmemory.retrieval import filters, lexical, ranking
 from somafractalmemory.vectors.base import VectorHit, VectorRecord
 
@@ -248,17 +251,17 @@ def _contexts(
     return out
 
 
-def _index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[VectorTask]) -> None:
+def index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[VectorTask]) -> None:
     """Write vectors now; on failure the outbox tasks stay for the outbox worker."""
     try:
         write_vectors(memories, vectors)
     except Exception as exc:  # committed and acknowledged: whatever failed, the task stays
         log.warning("vector write owed for %d memories: %s", len(memories), exc)
         return
-    _settle(tasks)
+    settle(tasks)
 
 
-def _settle(tasks: Sequence[VectorTask]) -> None:
+def settle(tasks: Sequence[VectorTask]) -> None:
     """Remove paid outbox tasks. The change is already committed and acknowledged, so a
     database failure here is only logged: the worker pays the task again (idempotently)."""
     try:
@@ -267,7 +270,7 @@ def _settle(tasks: Sequence[VectorTask]) -> None:
         log.warning("paid outbox tasks not removed (they will be paid again): %s", exc)
 
 
-def _grace() -> datetime:
+def grace() -> datetime:
     """When an outbox task written by a request becomes due: after the request itself has
     had its chance to pay it, so the worker does not race requests in flight."""
     config = get_config()
@@ -344,8 +347,9 @@ def store_many(
         for position, i in enumerate(fresh)
     }
     near: dict[int, list[tuple[str, float]]] = {}
-    if report_near:
-        near = _near_duplicates(
+    similar: dict[int, list[tuple[str, float]]] = {}
+    if report_near or config.auto_link:
+        near, similar = _neighbours(
             tenant, [(i, keys[i][0], v) for i, v in zip(fresh, vectors, strict=True)]
         )
     # A repeat raises the stored memory's importance to the larger of the two.
@@ -362,13 +366,15 @@ def store_many(
             memory.save(update_fields=["importance", "updated_at"])
         changed = [*created.values(), *raised.values()]
         tasks = VectorTask.objects.bulk_create(
-            VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT, next_attempt_at=_grace())
+            VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT, next_attempt_at=grace())
             for m in changed
         )
     if created:
-        _index_or_owe(list(created.values()), vectors, tasks[: len(created)])
+        index_or_owe(list(created.values()), vectors, tasks[: len(created)])
+        if config.auto_link:
+            _auto_link(tenant, created, similar, vectors, fresh)
     if raised:
-        _index_or_owe(list(raised.values()), None, tasks[len(created) :])
+        index_or_owe(list(raised.values()), None, tasks[len(created) :])
     results = []
     for i, (item, key) in enumerate(zip(items, keys, strict=True)):
         if i in created:
@@ -380,19 +386,79 @@ def store_many(
     return results
 
 
-def _near_duplicates(
+Neighbours = dict[int, list[tuple[str, float]]]
+
+
+def _neighbours(
     tenant: str, candidates: list[tuple[int, str, Any]]
-) -> dict[int, list[tuple[str, float]]]:
-    threshold = get_config().near_duplicate_threshold
-    found: dict[int, list[tuple[str, float]]] = {}
+) -> tuple[Neighbours, Neighbours]:
+    """(near duplicates, similar) already in the index for each new memory: (id, cosine)."""
+    config = get_config()
+    top_k = max(3, config.link_max)
+    near: Neighbours = {}
+    similar: Neighbours = {}
     try:
         index = backends.vector_index()
         for i, namespace, vector in candidates:
-            hits = index.search(vector, tenant=tenant, namespace=namespace, where=None, top_k=3)
-            found[i] = [(h.id, round(h.score, 4)) for h in hits if h.score >= threshold]
+            hits = index.search(vector, tenant=tenant, namespace=namespace, where=None, top_k=top_k)
+            near[i] = [(h.id, round(h.score, 4)) for h in hits[:3]
+                       if h.score >= config.near_duplicate_threshold]  # fmt: skip
+            similar[i] = [(h.id, h.score) for h in hits if h.score >= config.link_similarity]
     except IndexUnavailable as exc:
-        log.warning("near-duplicate check skipped: %s", exc.message)
-    return found
+        log.warning("neighbour search skipped (no near duplicates, no similar links): %s", exc)
+    return near, similar
+
+
+def _auto_link(
+    tenant: str, created: dict[int, Memory], similar: Neighbours, vectors: Any, order: list[int]
+) -> None:
+    """`similar` links to the closest memories (in the index or in this batch) and `follows`
+    links from each new episode to the episode before it. Best effort: links are derived,
+    the memories are stored whatever happens here."""
+    import numpy as np
+
+    config = get_config()
+    edges: list[links.Edge] = []
+    try:
+        # Within the batch: the index did not hold these memories when it was searched.
+        matrix = np.asarray(vectors)
+        cosine = matrix @ matrix.T if len(order) > 1 else np.zeros((1, 1))
+        for a, i in enumerate(order):
+            found = dict(similar.get(i, []))
+            for b, j in enumerate(order):
+                same = created[j].namespace == created[i].namespace
+                if b != a and same and cosine[a, b] >= config.link_similarity:
+                    found[created[j].id] = max(found.get(created[j].id, 0.0), float(cosine[a, b]))
+            best = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[: config.link_max]
+            edges += [links.Edge(created[i].id, t, Link.SIMILAR, round(w, 4)) for t, w in best]
+        edges += _follows([m for m in created.values() if m.type == "episodic"])
+        links.add_many(tenant, edges)
+    except (DatabaseError, IndexUnavailable) as exc:
+        log.warning("auto-linking skipped for %d memories: %s", len(created), exc)
+
+
+def _follows(episodes: list[Memory]) -> list[links.Edge]:
+    """Each new episode -> the episode just before it in its namespace (event time, then
+    arrival). One range query per namespace."""
+    groups: dict[tuple[str, str], list[Memory]] = {}
+    for m in episodes:
+        groups.setdefault((m.tenant_id, m.namespace), []).append(m)
+    edges = []
+    for (tenant, namespace), group in groups.items():
+        low, high = min(m.created_at for m in group), max(m.created_at for m in group)
+        scope = Memory.objects.filter(tenant_id=tenant, namespace=namespace, type="episodic")
+        before = scope.filter(created_at__lt=low).order_by("-created_at", "-stored_at", "-id")
+        around = scope.filter(created_at__range=(low, high)).order_by(
+            "created_at", "stored_at", "id"
+        )
+        sequence = [*before.values_list("id", flat=True)[:1], *around.values_list("id", flat=True)]
+        new = {m.id for m in group}
+        edges += [
+            links.Edge(current, previous, Link.FOLLOWS, 1.0)
+            for previous, current in pairwise(sequence)
+            if current in new
+        ]
+    return edges
 
 
 def remember_many(items: Sequence[NewMemory], *, tenant: str = DEFAULT_TENANT) -> list[Memory]:
@@ -433,9 +499,9 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
     with transaction.atomic():
         memory.save()
         task = VectorTask.objects.create(
-            memory_id=memory.id, action=VectorTask.Action.UPSERT, next_attempt_at=_grace()
+            memory_id=memory.id, action=VectorTask.Action.UPSERT, next_attempt_at=grace()
         )
-    _index_or_owe([memory], vectors, [task])
+    index_or_owe([memory], vectors, [task])
     return memory
 
 
@@ -446,17 +512,130 @@ def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         gone = Memory.objects.filter(tenant_id=tenant, id=memory_id).first()
         if gone is None:
             raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id})
-        Memory.objects.filter(pk=gone.pk).delete()  # keeps `gone` whole for below
+        parents = links.parent_ids([memory_id]).get(memory_id, [])
+        Memory.objects.filter(pk=gone.pk).delete()  # keeps `gone` whole for below; links go
         task = VectorTask.objects.create(
-            memory_id=memory_id, action=VectorTask.Action.DELETE, next_attempt_at=_grace()
+            memory_id=memory_id, action=VectorTask.Action.DELETE, next_attempt_at=grace()
         )
     try:
         backends.vector_index().delete([memory_id])
-        _settle([task])
+        settle([task])
         if gone.type == "episodic":
             write_vectors(_neighbours_of(gone))
     except Exception as exc:  # committed and acknowledged: the task stays
         log.warning("vector delete owed for %s: %s", memory_id, exc)
+    refresh_parents(tenant, parents)
+
+
+# -- the hierarchy: consolidated parents -----------------------------------------------------
+
+
+def parent_type(level: int) -> str:
+    return "semantic" if level == 1 else "summary"
+
+
+def sources_hash(children: Sequence[Memory]) -> str:
+    """Identity of what a parent summarizes: its children's ids and contents."""
+    return sources_hash_of([(c.id, c.content_hash) for c in children])
+
+
+def sources_hash_of(children: Iterable[tuple[str, str]]) -> str:
+    """`sources_hash` from (id, content hash) pairs."""
+    parts = sorted(f"{i}:{h}" for i, h in children)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _common_metadata(children: Sequence[Memory]) -> dict[str, Any]:
+    """The metadata every child shares (same key, same value): filters keep finding parents."""
+    first, *rest = [c.metadata for c in children]
+    return {k: v for k, v in first.items() if all(k in m and m[k] == v for m in rest)}
+
+
+def _summarized(parent: Memory, children: Sequence[Memory]) -> None:
+    """Set a parent's content and derived fields from its children (time-ordered)."""
+    children = sorted(children, key=lambda c: (c.created_at, c.stored_at, c.id))
+    text = backends.summarizer().summarize(
+        [c.content for c in children], max_bytes=get_config().max_content_bytes
+    )
+    if not text.strip():
+        text = children[0].content
+    if text != parent.content:
+        parent.content = text
+        parent.content_hash = content_hash(text)
+        parent.embedding_id = new_id("vec")
+    parent.importance = max(c.importance for c in children)
+    parent.created_at = min(c.created_at for c in children)
+    parent.span_end = max(c.span_end or c.created_at for c in children)
+    parent.metadata = _common_metadata(children)
+    parent.sources_hash = sources_hash(children)
+
+
+def save_parents(
+    tenant: str, made: Sequence[tuple[Memory | None, str, int, Sequence[Memory]]]
+) -> list[Memory]:
+    """Create or refresh consolidated parents: (existing parent or None, namespace, level,
+    children). One transaction with their links and outbox rows, then the index."""
+    now = datetime.now(UTC)
+    parents: list[Memory] = []
+    for held, namespace, level, children in made:
+        parent = held or Memory(
+            id=new_id("mem"),
+            tenant_id=tenant,
+            namespace=namespace,
+            type=parent_type(level),
+            level=level,
+            content="",
+            embedding_id=new_id("vec"),
+            stored_at=now,
+        )
+        _summarized(parent, children)
+        parents.append(parent)
+    if not parents:
+        return []
+    vectors = embed_texts([p.content for p in parents])
+    with transaction.atomic():
+        for parent in parents:
+            parent.save()
+        links.add_many(
+            tenant,
+            (
+                links.Edge(parent.id, child.id, Link.DERIVED_FROM, 1.0)
+                for parent, (_, _, _, children) in zip(parents, made, strict=True)
+                for child in children
+            ),
+        )
+        tasks = VectorTask.objects.bulk_create(
+            VectorTask(memory_id=p.id, action=VectorTask.Action.UPSERT, next_attempt_at=grace())
+            for p in parents
+        )
+    index_or_owe(parents, vectors, tasks)
+    return parents
+
+
+def refresh_parents(tenant: str, parent_ids: Iterable[str]) -> None:
+    """After children changed or went: re-summarize each parent from the children it has
+    left, or delete it when none is left; then the same one level up."""
+    ids = list(dict.fromkeys(parent_ids))
+    if not ids:
+        return
+    rows = Memory.objects.in_bulk(ids)
+    kids = links.child_ids(ids)
+    empty = [i for i in ids if i in rows and not kids.get(i)]
+    for parent_id in empty:
+        with contextlib.suppress(MemoryNotFound):  # deleted meanwhile
+            forget(parent_id, tenant=tenant)  # refreshes its own parents
+    alive = [rows[i] for i in ids if i in rows and kids.get(i)]
+    children = Memory.objects.in_bulk([c for p in alive for c in kids[p.id]])
+    stale = [
+        (p, [children[c] for c in kids[p.id] if c in children])
+        for p in alive
+        if p.sources_hash != sources_hash([children[c] for c in kids[p.id] if c in children])
+    ]
+    if not stale:
+        return
+    save_parents(tenant, [(p, p.namespace, p.level, c) for p, c in stale])
+    above = links.parent_ids([p.id for p, _ in stale])
+    refresh_parents(tenant, [g for gs in above.values() for g in gs])
 
 
 def _neighbours_of(gone: Memory) -> list[Memory]:
@@ -494,6 +673,8 @@ class Query:
     created_after: datetime | None = None
     created_before: datetime | None = None
     min_score: float | None = None
+    levels: tuple[int, ...] = ()
+    """Hierarchy levels (0 episodes, 1 semantic, 2+ summaries); empty: all."""
     scoring: ranking.Scoring = field(default_factory=ranking.Scoring)
 
 
@@ -501,6 +682,9 @@ def _where(query: Query) -> filters.Node | None:
     parts: list[dict[str, Any]] = [query.filters] if query.filters else []
     if query.types:
         parts.append({"type": {"$in": list(query.types)}})
+    if query.levels:  # the index knows types; _score checks levels above 2 on the rows
+        types = sorted({"episodic" if v == 0 else parent_type(v) for v in query.levels})
+        parts.append({"type": {"$in": types}})
     if query.created_after:
         parts.append({"created_at": {"$gte": _utc(query.created_after).isoformat()}})
     if query.created_before:
@@ -590,8 +774,15 @@ def _relevance(legs: dict[str, list[VectorHit]], fusion: ranking.Fusion) -> dict
 def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[Hit]:
     relevance = _relevance(legs, query.scoring.fusion)
     rows = Memory.objects.in_bulk(list(relevance))
-    # A hit without its row was deleted after the index answered: the row decides.
-    rows = {i: m for i, m in rows.items() if m.tenant_id == tenant}
+    # A hit without its row was deleted (or archived) after the index answered: the row
+    # decides.
+    rows = {
+        i: m
+        for i, m in rows.items()
+        if m.tenant_id == tenant
+        and m.archived_at is None
+        and (not query.levels or m.level in query.levels)
+    }
     relevance = {i: r for i, r in relevance.items() if i in rows}
     now = datetime.now(UTC)
     ranked = ranking.rank(
@@ -617,7 +808,7 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
 
 def _scope(tenant: str, namespace: str | None, where: filters.Node | None) -> QuerySet[Memory]:
     """The tenant's memories (in `namespace`) that match `where`, as SQL."""
-    query = Memory.objects.filter(tenant_id=tenant)
+    query = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=True)
     if namespace is not None:
         query = query.filter(namespace=namespace)
     return query.filter(filters.to_q(where)) if where is not None else query
@@ -644,9 +835,13 @@ def list_memories(
     types: Iterable[str] = (),
     limit: int = 50,
     cursor: str | None = None,
+    archived: bool = False,
 ) -> Page:
-    """Memories newest first (by event time), a page at a time."""
-    query = _scope(tenant, namespace, None)
+    """Memories newest first (by event time), a page at a time; `archived`: only those
+    that forgetting archived (else only the others)."""
+    query = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=not archived)
+    if namespace is not None:
+        query = query.filter(namespace=namespace)
     types = list(types)
     if types:
         query = query.filter(type__in=types)
@@ -678,7 +873,8 @@ def drain_outbox(*, limit: int = 1000, due_only: bool = True) -> int:
     tasks = list(owed.order_by("id")[:limit])
     if not tasks:
         return 0
-    rows = Memory.objects.in_bulk({t.memory_id for t in tasks})
+    # Archived memories are out of the index like deleted ones.
+    rows = Memory.objects.filter(archived_at__isnull=True).in_bulk({t.memory_id for t in tasks})
     present = [rows[mid] for mid in dict.fromkeys(t.memory_id for t in tasks) if mid in rows]
     gone = sorted({t.memory_id for t in tasks} - set(rows))
     failed: dict[str, str] = {}

@@ -3,7 +3,7 @@
 Language (docs/api.md#filters): ``{"k": v}`` is equality on metadata key ``k`` (dots walk
 into nested objects; ``metadata.k`` names a key that collides with a field); operators
 ``$eq $ne $in $nin $gt $gte $lt $lte $exists``; combinators ``$and $or $not``; the fields
-``type``, ``importance`` and ``created_at`` filter the same way.
+``id``, ``type``, ``importance`` and ``created_at`` filter the same way.
 
 Milvus Lite 2.5.1 evaluates no ``not``, so parsing pushes every negation down to the leaves
 (negation normal form). Semantics follow MongoDB: ``$ne``/``$nin`` match memories that lack
@@ -24,7 +24,7 @@ from django.db.models import Q
 
 from somafractalmemory.errors import InvalidFilter
 
-COLUMNS = ("type", "importance", "created_at")
+COLUMNS = ("id", "type", "importance", "created_at")
 MEMORY_TYPES = ("episodic", "semantic", "summary")
 MAX_NODES = 256
 MAX_IN_VALUES = 1000
@@ -224,6 +224,8 @@ def _scalar(field: Field, op: str, value: Any) -> Scalar:
         if op in _RANGE or value not in MEMORY_TYPES:
             raise InvalidFilter(f"type compares with one of {list(MEMORY_TYPES)}")
         return str(value)
+    if name == "id" and (op in _RANGE or not isinstance(value, str)):
+        raise InvalidFilter("id compares with memory ids (strings), by equality or $in")
     if name == "importance" and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise InvalidFilter("importance compares with numbers")
     if isinstance(value, bool | str):

@@ -124,3 +124,28 @@ def rank(
     ]
     scored.sort(key=lambda pair: (-pair[1].score, -pair[1].relevance, pair[0]))
     return scored
+
+
+# -- forgetting ---------------------------------------------------------------------------
+
+IMPORTANCE_STABILITY = 4.0
+"""An importance of 1 makes a memory last five times as long as one of importance 0."""
+
+
+def stability_seconds(half_life_seconds: float, importance: float, strength: float) -> float:
+    """How slowly a memory fades (its retention half-life): the type's half-life, stretched
+    by importance (x1 to x5) and by recall (`strength` grows by 0.5 at every recall)."""
+    return half_life_seconds * (1.0 + IMPORTANCE_STABILITY * importance) * max(strength, 1.0)
+
+
+def retention(
+    age_seconds: float, half_life_seconds: float, importance: float, strength: float
+) -> float:
+    """Ebbinghaus-style retention in [0, 1]: 0.5 ** (age / stability), age since the memory
+    last mattered (its event or its last recall)."""
+    return decay(age_seconds, stability_seconds(half_life_seconds, importance, strength))
+
+
+def forgettable(retained: float, importance: float, *, threshold: float, floor: float) -> bool:
+    """Archive a memory when it has faded below `threshold` and matters less than `floor`."""
+    return retained < threshold and importance < floor

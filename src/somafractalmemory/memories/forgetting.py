@@ -1,0 +1,166 @@
+"""Decay and forgetting: archive what has faded and does not matter; restore on demand.
+
+Retention is computed, not stored: `ranking.retention` of the time since a memory last
+mattered (its event or its last recall), with the type's half-life stretched by importance
+and by recalls (`strength`). Forgetting archives memories whose retention is below
+`forget_threshold` and whose importance is below `forget_floor`: they leave the index (so
+search no longer finds them) but stay in SQL, fetchable and restorable. Nothing is deleted
+unless `archive_retention_days` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+
+from somafractalmemory import backends
+from somafractalmemory.conf import get_config
+from somafractalmemory.errors import MemoryNotFound
+from somafractalmemory.memories import jobs, services
+from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, VectorTask
+from somafractalmemory.retrieval import ranking
+
+log = logging.getLogger(__name__)
+CHUNK = 1000
+SAMPLE = 20
+
+
+def retention(memory: Memory, now: datetime, half_lives: ranking.HalfLives | None = None) -> float:
+    half_lives = half_lives or ranking.HalfLives()
+    return ranking.retention(
+        (now - memory.last_seen).total_seconds(),
+        half_lives.seconds(memory.type),
+        memory.importance,
+        memory.strength,
+    )
+
+
+@dataclass
+class Forgetting:
+    considered: int = 0
+    archived: int = 0
+    deleted: int = 0
+    dry_run: bool = False
+    sample: list[dict[str, Any]] = field(default_factory=list)
+    """Some of the archived memories: id and retention."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
+def forget(
+    *,
+    tenant: str = DEFAULT_TENANT,
+    namespace: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    report: Callable[[int, int, str], None] | None = None,
+) -> Forgetting:
+    """Archive faded, unimportant memories (and delete archived ones past retention)."""
+    config = get_config()
+    now = now or datetime.now(UTC)
+    report = report or (lambda done, total, stage: None)
+    outcome = Forgetting(dry_run=dry_run)
+    scope = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=True)
+    if namespace is not None:
+        scope = scope.filter(namespace=namespace)
+    candidates = scope.filter(importance__lt=config.forget_floor)
+    total = candidates.count()
+    faded: list[str] = []
+    for n, memory in enumerate(candidates.order_by("id").iterator(chunk_size=CHUNK), 1):
+        kept = retention(memory, now)
+        if ranking.forgettable(
+            kept, memory.importance, threshold=config.forget_threshold, floor=config.forget_floor
+        ):
+            faded.append(memory.id)
+            if len(outcome.sample) < SAMPLE:
+                outcome.sample.append({"id": memory.id, "retention": round(kept, 6)})
+        if n % CHUNK == 0:
+            report(n, total, "scoring")
+    outcome.considered = total
+    outcome.archived = len(faded)
+    if not dry_run:
+        for start in range(0, len(faded), CHUNK):
+            archive(faded[start : start + CHUNK], tenant=tenant, now=now)
+            report(start, len(faded), "archiving")
+        outcome.deleted = _expire(tenant, namespace, now)
+    report(total, total, "done")
+    return outcome
+
+
+def _expire(tenant: str, namespace: str | None, now: datetime) -> int:
+    days = get_config().archive_retention_days
+    if days <= 0:
+        return 0
+    old = Memory.objects.filter(tenant_id=tenant, archived_at__lt=now - timedelta(days=days))
+    if namespace is not None:
+        old = old.filter(namespace=namespace)
+    deleted = 0
+    for memory_id in list(old.values_list("id", flat=True)):
+        try:
+            services.forget(memory_id, tenant=tenant)
+            deleted += 1
+        except MemoryNotFound:
+            pass  # deleted meanwhile
+    return deleted
+
+
+def archive(
+    ids: Sequence[str], *, tenant: str = DEFAULT_TENANT, now: datetime | None = None
+) -> int:
+    """Take memories out of search (SQL first, then the index; the outbox covers failures)."""
+    with transaction.atomic():
+        changed = Memory.objects.filter(
+            tenant_id=tenant, id__in=list(ids), archived_at__isnull=True
+        ).update(archived_at=now or datetime.now(UTC))
+        tasks = VectorTask.objects.bulk_create(
+            VectorTask(
+                memory_id=i, action=VectorTask.Action.DELETE, next_attempt_at=services.grace()
+            )
+            for i in ids
+        )
+    try:
+        backends.vector_index().delete(list(ids))
+        services.settle(tasks)
+    except Exception as exc:  # committed: the outbox worker removes them later
+        log.warning("archived memories stay in the index until the outbox is paid: %s", exc)
+    return changed
+
+
+def restore(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
+    """Bring an archived memory back into search, as if just recalled."""
+    memory = services.get(memory_id, tenant=tenant)
+    if memory.archived_at is None:
+        return memory
+    memory.archived_at = None
+    memory.last_accessed_at = datetime.now(UTC)
+    with transaction.atomic():
+        memory.save(update_fields=["archived_at", "last_accessed_at", "updated_at"])
+        task = VectorTask.objects.create(
+            memory_id=memory.id, action=VectorTask.Action.UPSERT, next_attempt_at=services.grace()
+        )
+    services.index_or_owe([memory], None, [task])
+    return memory
+
+
+def start(
+    *,
+    tenant: str = DEFAULT_TENANT,
+    namespace: str | None = None,
+    dry_run: bool = False,
+    wait: bool = False,
+) -> Any:
+    """Forgetting as a job: queued on the job thread, or run to the end with `wait`."""
+    job = jobs.create(tenant, "forget", {"namespace": namespace, "dry_run": dry_run})
+
+    def work(progress: jobs.Progress) -> dict[str, Any]:
+        return forget(
+            tenant=tenant, namespace=namespace, dry_run=dry_run, report=progress
+        ).as_dict()
+
+    return jobs.run(job, work) if wait else jobs.submit(job, work)

@@ -1,0 +1,306 @@
+"""The fractal memory: consolidation level by level, and searches that use the tree.
+
+Consolidation folds the memories of one level that have no parent yet into parents one level
+up (episodes -> semantic memories -> summaries -> summaries of summaries), grouping them by
+time and meaning (`retrieval.grouping`). Existing parents are seeds: a new episode close to
+one joins it (the parent is re-summarized) instead of starting a new parent. Parents whose
+children changed are re-summarized first. A level stops the climb when it ends with at most
+one parent or made nothing new. Re-running with nothing new changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from somafractalmemory import backends
+from somafractalmemory.conf import get_config
+from somafractalmemory.errors import ConsolidationBusy, IndexUnavailable
+from somafractalmemory.memories import jobs, links, services
+from somafractalmemory.memories.models import DEFAULT_TENANT, Link, Memory
+from somafractalmemory.retrieval import grouping
+
+MAX_LEVEL = 6
+WINDOW_GROWTH = 7
+SIMILARITY_STEP = 0.1
+MIN_SIMILARITY = 0.2
+CHUNK = 200
+Report = Callable[[int, int, str], None]
+
+
+@dataclass
+class LevelResult:
+    level: int
+    """The level of the children (0: episodes folded into semantic memories)."""
+    considered: int = 0
+    created: int = 0
+    updated: int = 0
+    folded: int = 0
+
+
+@dataclass
+class Consolidation:
+    namespace: str
+    refreshed: int = 0
+    """Parents re-summarized because their children changed."""
+    levels: list[LevelResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "refreshed": self.refreshed,
+            "created": sum(r.created for r in self.levels),
+            "updated": sum(r.updated for r in self.levels),
+            "levels": [vars(r) for r in self.levels],
+        }
+
+
+def window_seconds(level: int) -> float:
+    return float(get_config().consolidation_window_seconds) * WINDOW_GROWTH**level
+
+
+def similarity(level: int) -> float:
+    return max(MIN_SIMILARITY, get_config().consolidation_similarity - SIMILARITY_STEP * level)
+
+
+def _vectors(memories: Sequence[Memory]) -> dict[str, Any]:
+    """Index vectors of these memories; the ones the index lacks are embedded now."""
+    found: dict[str, Any] = {}
+    ids = [m.id for m in memories]
+    try:
+        for start in range(0, len(ids), 1000):
+            found.update(backends.vector_index().vectors(ids[start : start + 1000]))
+    except IndexUnavailable:
+        found = {}
+    missing = [m for m in memories if m.id not in found]
+    if missing:
+        found.update(
+            zip(
+                [m.id for m in missing],
+                services.embed_texts([m.content for m in missing]),
+                strict=True,
+            )
+        )
+    return found
+
+
+def _refresh_changed(tenant: str, namespace: str) -> int:
+    """Re-summarize the namespace's parents whose children changed (content or membership)."""
+    parents = list(
+        Memory.objects.filter(tenant_id=tenant, namespace=namespace, level__gte=1).only(
+            "id", "sources_hash", "level"
+        )
+    )
+    kids = links.child_ids([p.id for p in parents])
+    hashes = dict(
+        Memory.objects.filter(id__in=[c for cs in kids.values() for c in cs]).values_list(
+            "id", "content_hash"
+        )
+    )
+    stale = []
+    for p in sorted(parents, key=lambda p: p.level):  # lowest first: refresh climbs
+        children = [c for c in kids.get(p.id, []) if c in hashes]
+        key = services.sources_hash_of([(c, hashes[c]) for c in children])
+        if key != p.sources_hash:
+            stale.append(p.id)
+    services.refresh_parents(tenant, stale)
+    return len(stale)
+
+
+def _unfolded(tenant: str, namespace: str, level: int, since: Any, until: Any) -> list[Memory]:
+    query = Memory.objects.filter(
+        tenant_id=tenant, namespace=namespace, level=level, archived_at__isnull=True
+    ).exclude(links_in__kind=Link.DERIVED_FROM)
+    if since is not None:
+        query = query.filter(created_at__gte=since)
+    if until is not None:
+        query = query.filter(created_at__lt=until)
+    return list(query.order_by("created_at", "stored_at", "id"))
+
+
+def _consolidate_level(
+    tenant: str, namespace: str, level: int, since: Any, until: Any, report: Report
+) -> LevelResult:
+    result = LevelResult(level)
+    span = (since, until) if level == 0 else (None, None)
+    items = _unfolded(tenant, namespace, level, *span)
+    result.considered = len(items)
+    if not items:
+        return result
+    window = window_seconds(level)
+    low, high = items[0].created_at.timestamp(), items[-1].created_at.timestamp()
+    seeds_rows = [
+        p
+        for p in Memory.objects.filter(
+            tenant_id=tenant, namespace=namespace, level=level + 1, archived_at__isnull=True
+        )
+        if (p.span_end or p.created_at).timestamp() >= low - window
+        and p.created_at.timestamp() <= high + window
+    ]
+    vectors = _vectors([*items, *seeds_rows])
+    sizes = {k: len(v) for k, v in links.child_ids([p.id for p in seeds_rows]).items()}
+    seeds = [
+        grouping.seed(
+            p.id,
+            p.created_at.timestamp(),
+            (p.span_end or p.created_at).timestamp(),
+            vectors[p.id] * max(1, sizes.get(p.id, 1)),
+        )
+        for p in seeds_rows
+    ]
+    groups = grouping.group(
+        [grouping.Item(m.id, m.created_at.timestamp(), vectors[m.id]) for m in items],
+        window=window,
+        threshold=similarity(level),
+        seeds=seeds,
+    )
+    rows = {m.id: m for m in items}
+    seed_rows = {p.id: p for p in seeds_rows}
+    made: list[tuple[Memory | None, str, int, Sequence[Memory]]] = []
+    for g in groups:
+        new = [rows[i] for i in g.members]
+        if g.key is not None:
+            parent = seed_rows[g.key]
+            held = links.children(tenant, parent.id)
+            made.append((parent, namespace, level + 1, [*held, *new]))
+            result.updated += 1
+        elif len(new) >= 2:
+            made.append((None, namespace, level + 1, new))
+            result.created += 1
+        else:
+            continue
+        result.folded += len(new)
+    for start in range(0, len(made), CHUNK):
+        report(start, len(made), f"level {level}: saving parents")
+        services.save_parents(tenant, made[start : start + CHUNK])
+    updated = [p.id for p, *_ in made if p is not None]
+    above = links.parent_ids(updated)
+    services.refresh_parents(tenant, [g for gs in above.values() for g in gs])
+    report(len(made), len(made), f"level {level}: done")
+    return result
+
+
+def consolidate(
+    namespace: str,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    report: Report | None = None,
+) -> Consolidation:
+    """Consolidate one namespace (episodes in [since, until) when given)."""
+    report = report or (lambda done, total, stage: None)
+    outcome = Consolidation(namespace)
+    with jobs.lease(f"consolidate:{tenant}:{namespace}", 3600) as acquired:
+        if not acquired:
+            raise ConsolidationBusy(
+                f"namespace {namespace!r} is being consolidated already; try again when done",
+                details={"namespace": namespace},
+            )
+        outcome.refreshed = _refresh_changed(tenant, namespace)
+        for level in range(MAX_LEVEL):
+            result = _consolidate_level(tenant, namespace, level, since, until, report)
+            outcome.levels.append(result)
+            parents = Memory.objects.filter(
+                tenant_id=tenant, namespace=namespace, level=level + 1
+            ).count()
+            if parents <= 1 or not (result.created or result.updated):
+                break
+    return outcome
+
+
+def start(
+    namespace: str,
+    *,
+    tenant: str = DEFAULT_TENANT,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    wait: bool = False,
+) -> Any:
+    """Consolidation as a job: queued on the job thread, or run to the end with `wait`."""
+    params = {
+        "namespace": namespace,
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+    }
+    job = jobs.create(tenant, "consolidate", params)
+
+    def work(progress: jobs.Progress) -> dict[str, Any]:
+        done = consolidate(namespace, tenant=tenant, since=since, until=until, report=progress)
+        return done.as_dict()
+
+    return jobs.run(job, work) if wait else jobs.submit(job, work)
+
+
+def namespaces_to_consolidate(tenant: str | None = None) -> list[tuple[str, str]]:
+    """(tenant, namespace) pairs holding episodes without a parent."""
+    query = Memory.objects.filter(level=0, archived_at__isnull=True).exclude(
+        links_in__kind=Link.DERIVED_FROM
+    )
+    if tenant is not None:
+        query = query.filter(tenant_id=tenant)
+    return sorted(set(query.values_list("tenant_id", "namespace")))
+
+
+# -- searches over the tree -------------------------------------------------------------------
+
+
+def expand(hits: Sequence[Memory], direction: str, *, tenant: str) -> dict[str, list[Memory]]:
+    """Each hit's children or parents (one level)."""
+    ids = [m.id for m in hits]
+    related = links.child_ids(ids) if direction == "children" else links.parent_ids(ids)
+    rows = Memory.objects.in_bulk([r for rs in related.values() for r in rs])
+    out: dict[str, list[Memory]] = {}
+    for memory_id, others in related.items():
+        found = [rows[o] for o in others if o in rows and rows[o].tenant_id == tenant]
+        out[memory_id] = sorted(found, key=lambda m: (m.created_at, m.id))
+    return out
+
+
+ZOOM_PARENTS = 3
+
+
+def zoom(text: str, query: services.Query, *, tenant: str = DEFAULT_TENANT) -> services.Recall:
+    """Best consolidated memories first, then the best episodes under them. Falls back to a
+    plain search of episodes when nothing is consolidated yet."""
+    top = services.recall(
+        text,
+        services.Query(
+            namespace=query.namespace,
+            top_k=ZOOM_PARENTS,
+            mode=query.mode,
+            filters=query.filters,
+            types=("semantic", "summary"),
+            scoring=query.scoring,
+        ),
+        tenant=tenant,
+    )
+    under = sorted(links.descendants([h.memory.id for h in top.hits], max_nodes=1000))
+    parts = [f for f in (query.filters, {"id": {"$in": under[:1000]}} if under else None) if f]
+    episodes = services.recall(
+        text,
+        services.Query(
+            namespace=query.namespace,
+            top_k=query.top_k,
+            mode=query.mode,
+            filters={"$and": parts} if parts else None,
+            types=("episodic",),
+            created_after=query.created_after,
+            created_before=query.created_before,
+            min_score=query.min_score,
+            scoring=query.scoring,
+        ),
+        tenant=tenant,
+    )
+    return services.Recall(
+        hits=episodes.hits,
+        latency_ms=top.latency_ms + episodes.latency_ms,
+        embedding_ms=top.embedding_ms + episodes.embedding_ms,
+        index_ms=top.index_ms + episodes.index_ms,
+        mode=episodes.mode,
+        warnings=top.warnings
+        + episodes.warnings
+        + ([] if under else ["zoom: nothing consolidated matched; episodes searched directly"]),
+    )

@@ -1,0 +1,130 @@
+"""Background jobs (consolidation, forgetting) and SQL leases that keep them single.
+
+A job is a row: queued -> running -> succeeded | failed, with progress and a heartbeat. Jobs
+run on one thread per process; `run` executes inline instead (`"wait": true`). A job whose
+process died stops beating; reading it then reports it failed (`job_interrupted`), and since
+the work is idempotent, running it again finishes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, close_old_connections, transaction
+
+from somafractalmemory.errors import JobNotFound, SFMError
+from somafractalmemory.memories.models import Job, Lease
+from somafractalmemory.memories.services import ensure_tenant, new_id
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER = timedelta(seconds=120)
+HEARTBEAT_SECONDS = 1.0
+HOLDER = f"{socket.gethostname()}:{os.getpid()}"
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfm-job")
+
+
+class Progress:
+    """Called by the work as it goes: `progress(done, total, stage)`; written at most once
+    a second (and at the end), which is also the job's heartbeat."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int, stage: str = "") -> None:
+        now = time.monotonic()
+        if now - self._last < HEARTBEAT_SECONDS and done < total:
+            return
+        self._last = now
+        self.job.progress = {"done": done, "total": total, "stage": stage}
+        self.job.heartbeat_at = datetime.now(UTC)
+        self.job.save(update_fields=["progress", "heartbeat_at"])
+
+
+Work = Callable[[Progress], dict[str, Any]]
+
+
+def create(tenant: str, kind: str, params: dict[str, Any]) -> Job:
+    ensure_tenant(tenant)
+    return Job.objects.create(id=new_id("job"), tenant_id=tenant, kind=kind, params=params)
+
+
+def run(job: Job, work: Work) -> Job:
+    """Run the job here and now; returns it finished (succeeded or failed)."""
+    job.status, job.started_at = Job.Status.RUNNING, datetime.now(UTC)
+    job.heartbeat_at = job.started_at
+    job.save(update_fields=["status", "started_at", "heartbeat_at"])
+    try:
+        job.result = work(Progress(job))
+        job.status = Job.Status.SUCCEEDED
+    except SFMError as exc:
+        job.status, job.error = Job.Status.FAILED, exc.to_dict()["error"]
+    except Exception as exc:  # a job reports its failure; the log has the trace
+        log.exception("job %s (%s) failed", job.id, job.kind)
+        job.status = Job.Status.FAILED
+        job.error = {"code": "internal_error", "message": str(exc)[:500], "details": None}
+    job.finished_at = datetime.now(UTC)
+    job.save(update_fields=["status", "result", "error", "finished_at"])
+    return job
+
+
+def submit(job: Job, work: Work) -> Job:
+    """Queue the job on this process's job thread; returns at once."""
+
+    def execute() -> None:
+        try:
+            run(job, work)
+        finally:
+            close_old_connections()
+
+    _POOL.submit(execute)
+    return job
+
+
+def get(job_id: str, *, tenant: str) -> Job:
+    job = Job.objects.filter(tenant_id=tenant, id=job_id).first()
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}", details={"id": job_id})
+    beat = job.heartbeat_at or job.created_at
+    if job.status in (Job.Status.QUEUED, Job.Status.RUNNING) and (
+        datetime.now(UTC) - beat > STALE_AFTER
+    ):
+        job.status, job.finished_at = Job.Status.FAILED, datetime.now(UTC)
+        job.error = {
+            "code": "job_interrupted",
+            "message": "the process running this job stopped; start it again (it is idempotent)",
+            "details": None,
+        }
+        job.save(update_fields=["status", "error", "finished_at"])
+    return job
+
+
+@contextmanager
+def lease(name: str, seconds: float) -> Iterator[bool]:
+    """Hold the named lease while the block runs, if nobody else holds it: yields whether
+    it was acquired. Expired leases (a crashed holder) are taken over."""
+    now = datetime.now(UTC)
+    expires = now + timedelta(seconds=seconds)
+    try:
+        with transaction.atomic():
+            Lease.objects.create(name=name, holder=HOLDER, expires_at=expires)
+        acquired = True
+    except IntegrityError:
+        taken = Lease.objects.filter(name=name, expires_at__lt=now).update(
+            holder=HOLDER, expires_at=expires
+        )
+        acquired = taken == 1
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            Lease.objects.filter(name=name, holder=HOLDER).delete()

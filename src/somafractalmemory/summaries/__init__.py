@@ -1,0 +1,1 @@
+"""Summarizers: turn a group of memories into the text of their parent."""

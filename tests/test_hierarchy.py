@@ -1,0 +1,221 @@
+"""The fractal memory through HTTP: consolidation, the tree, links, graph, zoom."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import Api
+from tests.test_search import ids, search, store
+
+DAY1 = "2024-03-04T09:00:00Z"
+DAY3 = "2024-03-06T09:00:00Z"
+TRAVEL = [
+    "I booked a flight to Paris for the design conference in May.",
+    "The Paris hotel for the conference is two streets from the Louvre.",
+    "Our Paris trip includes a day visiting the Louvre and Montmartre.",
+]
+BAKING = [
+    "I baked sourdough bread with a new rye starter this morning.",
+    "The rye sourdough loaf needed two more hours to rise in the cold kitchen.",
+    "Next time the sourdough starter gets more flour and a warmer spot.",
+]
+
+
+def at(day: str, minute: int) -> str:
+    return day.replace("09:00", f"09:{minute:02d}")
+
+
+def store_day(api: Api, namespace: str, day: str = DAY1, tag: str = "") -> dict[str, list[str]]:
+    stored: dict[str, list[str]] = {"travel": [], "baking": []}
+    # Interleaved in time, as a day goes: grouping must separate them by meaning.
+    for n, (trip, bread) in enumerate(zip(TRAVEL, BAKING, strict=True)):
+        stored["travel"].append(store(api, namespace, trip + tag, created_at=at(day, 2 * n)))
+        importance = 0.2 + n / 10
+        stored["baking"].append(
+            store(api, namespace, bread + tag, created_at=at(day, 2 * n + 1), importance=importance)
+        )
+    return stored
+
+
+def consolidate(api: Api, namespace: str, **fields: Any) -> dict[str, Any]:
+    job = api.ok("POST", "/memory/consolidate", {"namespace": namespace, "wait": True, **fields})
+    assert job["status"] == "succeeded", job
+    result: dict[str, Any] = job["result"]
+    return result
+
+
+def parents_of(api: Api, memory_id: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = api.ok("GET", f"/memory/{memory_id}/parents")["memories"]
+    return found
+
+
+def children_of(api: Api, memory_id: str) -> list[str]:
+    return [m["id"] for m in api.ok("GET", f"/memory/{memory_id}/children")["memories"]]
+
+
+def listed(api: Api, namespace: str, kind: str) -> list[dict[str, Any]]:
+    page: list[dict[str, Any]] = api.ok("GET", "/memory", namespace=namespace, type=kind)[
+        "memories"
+    ]
+    return page
+
+
+def test_consolidation_builds_the_tree_and_reruns_change_nothing(api: Api, namespace: str) -> None:
+    monday = store_day(api, namespace)
+    wednesday = store_day(api, namespace, DAY3, " (Wednesday)")
+    result = consolidate(api, namespace)
+    # Two days (more than the one-day window apart), two topics: four semantic memories.
+    assert result["levels"][0]["created"] == 4
+    semantic = listed(api, namespace, "semantic")
+    assert len(semantic) == 4
+    tops = {}
+    for topic in ("travel", "baking"):
+        days = []
+        for stored in (monday, wednesday):
+            (parent,) = {p["id"] for e in stored[topic] for p in parents_of(api, e)}
+            assert sorted(children_of(api, parent)) == sorted(stored[topic])
+            days.append(parent)
+        # The same topic on both days (within a week): one summary above them.
+        (top,) = {p["id"] for d in days for p in parents_of(api, d)}
+        assert sorted(children_of(api, top)) == sorted(days)
+        tops[topic] = top
+    bread = api.ok("GET", f"/memory/{parents_of(api, monday['baking'][0])[0]['id']}")
+    assert bread["type"] == "semantic" and bread["level"] == 1
+    # Extractive: its sentences are the children's; time span and importance derive.
+    assert all(s.strip(" .") in " ".join(BAKING) for s in bread["content"].split(". "))
+    assert bread["importance"] == pytest.approx(0.4)
+    assert bread["created_at"].startswith("2024-03-04T09:01")
+    assert bread["span_end"].startswith("2024-03-04T09:05")
+    summaries = listed(api, namespace, "summary")
+    assert {s["id"] for s in summaries} == set(tops.values())
+    assert {s["level"] for s in summaries} == {2}
+    # Travel and baking are unrelated: nothing merges at level 2, the climb ends.
+    assert [r["level"] for r in result["levels"]] == [0, 1, 2]
+    assert result["levels"][2]["created"] == 0
+
+    again = consolidate(api, namespace)
+    assert again["created"] == 0 and again["updated"] == 0 and again["refreshed"] == 0
+    assert {p["id"] for p in listed(api, namespace, "semantic")} == {p["id"] for p in semantic}
+    assert api.ok("GET", f"/memory/{bread['id']}")["content"] == bread["content"]
+
+
+def test_new_and_changed_episodes_fold_in_incrementally(api: Api, namespace: str) -> None:
+    stored = store_day(api, namespace)
+    consolidate(api, namespace)
+    (trip,) = parents_of(api, stored["travel"][0])
+    late = store(api, namespace, "We land in Paris the evening before the conference starts.",
+                 created_at=at(DAY1, 30))  # fmt: skip
+    result = consolidate(api, namespace)
+    assert result["levels"][0] == {"level": 0, "considered": 1, "created": 0, "updated": 1,
+                                   "folded": 1}  # fmt: skip
+    assert late in children_of(api, trip["id"])
+    assert len(listed(api, namespace, "semantic")) == 2
+
+    moved = "The Paris hotel moved: we now stay in Montmartre near the Louvre."
+    api.ok("PATCH", f"/memory/{stored['travel'][1]}", {"content": moved})
+    changed = consolidate(api, namespace)
+    assert changed["refreshed"] >= 1 and changed["created"] == 0
+
+
+def test_deleting_children_resummarizes_then_removes_the_parent(api: Api, namespace: str) -> None:
+    monday = store_day(api, namespace)
+    wednesday = store_day(api, namespace, DAY3, " (Wednesday)")
+    consolidate(api, namespace)
+    (bread,) = parents_of(api, monday["baking"][0])
+    (top,) = parents_of(api, bread["id"])
+    first, *rest = monday["baking"]
+    api.ok("DELETE", f"/memory/{first}")
+    after = api.ok("GET", f"/memory/{bread['id']}")
+    assert sorted(children_of(api, bread["id"])) == sorted(rest)
+    assert "baked sourdough bread with a new rye starter" not in after["content"]
+    for episode in rest:
+        api.ok("DELETE", f"/memory/{episode}")
+    assert api.error(404, "GET", f"/memory/{bread['id']}") == "memory_not_found"
+    # The summary lost a child: it now stands for Wednesday's baking alone.
+    (left,) = children_of(api, top["id"])
+    assert left == parents_of(api, wednesday["baking"][0])[0]["id"]
+    assert "(Wednesday)" in api.ok("GET", f"/memory/{top['id']}")["content"]
+    for episode in wednesday["baking"]:
+        api.ok("DELETE", f"/memory/{episode}")
+    assert api.error(404, "GET", f"/memory/{top['id']}") == "memory_not_found"
+    assert len(listed(api, namespace, "semantic")) == 2  # both travel days remain
+
+
+@pytest.mark.django_db(transaction=True)
+def test_consolidation_runs_as_a_job() -> None:
+    api = Api()
+    namespace = f"job-{time.monotonic_ns()}"
+    store_day(api, namespace)
+    response = api.call("POST", "/memory/consolidate", {"namespace": namespace})
+    assert response.status_code == 202
+    job = response.json()
+    assert job["status"] in ("queued", "running", "succeeded") and job["kind"] == "consolidate"
+    deadline = time.monotonic() + 60
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = api.ok("GET", f"/jobs/{job['id']}")
+    assert job["status"] == "succeeded" and job["result"]["created"] == 2
+    assert job["progress"]["stage"].endswith("done")
+    assert api.error(404, "GET", "/jobs/job_missing") == "job_not_found"
+
+
+def test_search_expands_hits_and_zooms_from_summaries_to_episodes(api: Api, namespace: str) -> None:
+    stored = store_day(api, namespace)
+    consolidate(api, namespace)
+    expanded = search(api, namespace, "sourdough rye starter", types=["semantic"],
+                      expand="children")  # fmt: skip
+    top = expanded["memories"][0]
+    assert top["level"] == 1
+    assert sorted(c["id"] for c in top["children"]) == sorted(stored["baking"])
+    up = search(api, namespace, "flight to Paris", types=["episodic"], expand="parents")
+    assert up["memories"][0]["parents"][0]["type"] == "semantic"
+
+    zoomed = search(api, namespace, "Louvre visit", zoom=True, top_k=5)
+    assert set(ids(zoomed)) <= set(stored["travel"]) | set(stored["baking"])
+    assert ids(zoomed)[0] in stored["travel"]
+    store_day(api, namespace, DAY3, " (Wednesday)")
+    consolidate(api, namespace)
+    levels = search(api, namespace, "Paris", levels=[2])
+    assert {m["type"] for m in levels["memories"]} == {"summary"}
+
+
+def test_links_made_on_store_and_by_clients(api: Api, namespace: str) -> None:
+    first = store(api, namespace, "The staging database password rotates every Monday.",
+                  created_at=at(DAY1, 0))  # fmt: skip
+    second = store(api, namespace, "The staging database password is rotated each Monday.",
+                   created_at=at(DAY1, 1))  # fmt: skip
+    other = store(api, namespace, "Lunch with Maria on Thursday at noon.", created_at=at(DAY1, 2))
+    edges = {(e["source"], e["target"], e["kind"])
+             for e in api.ok("GET", f"/memory/{second}/links")["links"]}  # fmt: skip
+    assert (second, first, "similar") in edges and (second, first, "follows") in edges
+    assert (other, second, "follows") in edges
+    assert not any(e[2] == "similar" and other in e[:2] for e in edges)
+
+    made = api.ok("POST", f"/memory/{other}/links", {"target": first, "kind": "mentions"})
+    assert made == {"source": other, "target": first, "kind": "mentions", "weight": 1.0}
+    graph = api.ok("GET", f"/graph/{first}", depth=1)
+    assert {n["id"] for n in graph["nodes"]} == {first, second, other}
+    assert graph["nodes"][0]["id"] == first and not graph["truncated"]
+    only = api.ok("GET", f"/graph/{first}", depth=2, kinds="mentions")
+    assert {n["id"] for n in only["nodes"]} == {first, other}
+    assert [e["kind"] for e in only["edges"]] == ["mentions"]
+
+    api.ok("DELETE", f"/memory/{other}/links?target={first}&kind=mentions")
+    gone = api.error(404, "DELETE", f"/memory/{other}/links?target={first}&kind=mentions")
+    assert gone == "link_not_found"
+    assert api.error(422, "POST", f"/memory/{other}/links", {"target": other, "kind": "x"}) == (
+        "validation_error"
+    )
+    assert api.error(422, "POST", f"/memory/{other}/links",
+                     {"target": first, "kind": "Bad Kind"}) == "validation_error"  # fmt: skip
+    assert api.error(404, "POST", f"/memory/{other}/links",
+                     {"target": "mem_nope", "kind": "x"}) == "memory_not_found"  # fmt: skip
+    assert api.error(422, "GET", f"/graph/{first}", depth=9) == "validation_error"
+    # Deleting a memory deletes its links in both directions.
+    api.ok("DELETE", f"/memory/{second}")
+    left = api.ok("GET", f"/memory/{first}/links")["links"]
+    assert all(second not in (e["source"], e["target"]) for e in left)
