@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from somafractalmemory import backends
 from somafractalmemory.conf import Config
 from somafractalmemory.embedding.http import HttpEmbedder
 from somafractalmemory.errors import EmbeddingUnavailable, VectorDimMismatch
+from tests.servers import local_http
 
 FAKE_DIM = 8
 
@@ -54,12 +54,8 @@ class FakeEmbeddings(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEmbeddings)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with local_http(FakeEmbeddings) as base:
+        yield f"{base}/v1"
 
 
 def test_http_embedder_batches_orders_and_normalises(fake_url: str) -> None:

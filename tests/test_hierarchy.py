@@ -219,3 +219,16 @@ def test_links_made_on_store_and_by_clients(api: Api, namespace: str) -> None:
     api.ok("DELETE", f"/memory/{second}")
     left = api.ok("GET", f"/memory/{first}/links")["links"]
     assert all(second not in (e["source"], e["target"]) for e in left)
+
+
+def test_scheduled_consolidation_covers_namespaces_with_new_episodes(
+    api: Api, namespace: str
+) -> None:
+    from somafractalmemory.memories import hierarchy, maintenance
+
+    store_day(api, namespace)
+    assert ("default", namespace) in hierarchy.namespaces_to_consolidate()
+    assert maintenance.consolidate_due() >= 1
+    assert len(listed(api, namespace, "semantic")) == 2
+    # What remains unfolded (here: nothing) is all a later run looks at.
+    assert consolidate(api, namespace)["created"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -152,3 +153,42 @@ def test_cli_maintenance_on_a_healthy_store(server_env: dict[str, str]) -> None:
     assert "indexed 0 memories, removed 0 orphaned vectors" in rebuilt.stdout
     pending = run_sfm("reindex", "--pending", env=server_env)
     assert pending.returncode == 0 and "0 still owed" in pending.stdout
+
+
+def test_cli_consolidate_and_forget(server_env: dict[str, str]) -> None:
+    assert run_sfm("migrate", env=server_env).returncode == 0
+    done = run_sfm("consolidate", "--namespace", "notes", env=server_env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["namespace"] == "notes"
+    assert json.loads(done.stdout)["created"] == 0
+    assert "level 0" not in done.stderr  # nothing to fold: no level ran past its query
+    forgot = run_sfm("forget", "--dry-run", env=server_env)
+    assert forgot.returncode == 0, forgot.stderr
+    assert json.loads(forgot.stdout) == {
+        "tenant": "default", "considered": 0, "archived": 0, "deleted": 0, "dry_run": True,
+        "sample": [],
+    }  # fmt: skip
+
+
+def test_doctor_keeps_archived_memories_out_of_the_index(
+    api: Api, namespace: str, fresh_index: MilvusIndex
+) -> None:
+    from somafractalmemory.memories import forgetting
+
+    kept = api.ok("POST", "/memory/store", {"content": "Kept note", "namespace": namespace})["id"]
+    gone = api.ok("POST", "/memory/store", {"content": "Old note", "namespace": namespace})["id"]
+    forgetting.archive([gone])
+    assert set(fresh_index.embedding_ids([kept, gone])) == {kept}
+    fresh_index.upsert([services.vector_record(Memory.objects.get(id=gone), unit_vector())])
+    drift = maintenance.doctor(repair=True)
+    assert drift.orphaned == [gone] and not drift.missing
+    assert maintenance.doctor().clean
+    assert maintenance.reindex().indexed == 1
+    assert set(fresh_index.embedding_ids([kept, gone])) == {kept}
+
+
+def unit_vector() -> Any:
+    import numpy as np
+
+    vector = np.ones(backends.embedder().dim, dtype=np.float32)
+    return vector / np.linalg.norm(vector)

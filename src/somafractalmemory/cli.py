@@ -95,17 +95,24 @@ def serve(
 def _warm_up(worker: Any) -> None:
     """Load the model and open the index before the first request, in the worker process."""
     from somafractalmemory import backends
-    from somafractalmemory.memories import services
 
     try:
         backends.vector_index()
     except SFMError as exc:
         worker.log.error("error [%s]: %s", exc.code, exc.message)
         sys.exit(4)  # gunicorn stops when a worker fails to boot
-    stop = threading.Event()
-    threading.Thread(
-        target=services.run_outbox_worker, args=(stop,), name="sfm-outbox", daemon=True
-    ).start()
+    _background(threading.Event())
+
+
+def _background(stop: threading.Event) -> None:
+    """The outbox worker and the scheduled jobs, on daemon threads of this process."""
+    from somafractalmemory.memories import maintenance, services
+
+    for target, name in (
+        (services.run_outbox_worker, "sfm-outbox"),
+        (maintenance.run_schedules, "sfm-schedule"),
+    ):
+        threading.Thread(target=target, args=(stop,), name=name, daemon=True).start()
 
 
 @app.command()
@@ -123,22 +130,29 @@ def worker(
         _fail(exc)
     typer.echo(f"outbox worker running; {services.outbox_depth()} writes owed", err=True)
     stop = threading.Event()
+    from somafractalmemory.memories import maintenance
+
+    threading.Thread(
+        target=maintenance.run_schedules, args=(stop,), name="sfm-schedule", daemon=True
+    ).start()
     try:
         services.run_outbox_worker(stop, interval=interval)
     except KeyboardInterrupt:
         stop.set()
 
 
-def _progress(label: str) -> Any:
+def _progress(label: str = "") -> Any:
+    """A progress callback `(done, total, stage="")` printing at most once a second."""
     started = time.monotonic()
-    last = [0.0]
+    last: dict[str, Any] = {"at": 0.0, "stage": None}
 
-    def report(done: int, total: int) -> None:
+    def report(done: int, total: int, stage: str = "") -> None:
         now = time.monotonic()
-        if now - last[0] >= 1.0 or done == total:
-            last[0] = now
+        if now - last["at"] >= 1.0 or done == total or stage != last["stage"]:
+            last.update(at=now, stage=stage)
             rate = done / max(now - started, 1e-9)
-            typer.echo(f"{label}: {done}/{total} ({rate:.0f}/s)", err=True)
+            what = ": ".join(p for p in (label, stage) if p)
+            typer.echo(f"{what}: {done}/{total} ({rate:.0f}/s, {now - started:.1f} s)", err=True)
 
     return report
 
@@ -190,6 +204,53 @@ def doctor(
         typer.echo("index matches SQL")
     else:
         raise typer.Exit(1)
+
+
+@app.command()
+def consolidate(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all", help="Every namespace with new episodes.")
+    ] = False,
+) -> None:
+    """Fold episodes into semantic memories and summaries (idempotent, incremental)."""
+    _django()
+    from somafractalmemory.conf import get_config
+    from somafractalmemory.memories import hierarchy
+    from somafractalmemory.memories.models import DEFAULT_TENANT
+
+    try:
+        if all_namespaces:
+            targets = hierarchy.namespaces_to_consolidate()
+        else:
+            targets = [(DEFAULT_TENANT, n) for n in namespace or [get_config().namespace]]
+        for tenant, name in targets:
+            done = hierarchy.consolidate(name, tenant=tenant, report=_progress())
+            typer.echo(json.dumps({"tenant": tenant, **done.as_dict()}))
+    except SFMError as exc:
+        _fail(exc)
+
+
+@app.command()
+def forget(
+    namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Count, change nothing.")] = False,
+) -> None:
+    """Archive faded, unimportant memories (restorable; see forget_threshold/forget_floor)."""
+    _django()
+    from somafractalmemory.memories import forgetting
+    from somafractalmemory.memories.models import Tenant
+
+    try:
+        for tenant in Tenant.objects.values_list("id", flat=True):
+            done = forgetting.forget(
+                tenant=tenant, namespace=namespace, dry_run=dry_run, report=_progress()
+            )
+            typer.echo(json.dumps({"tenant": tenant, **done.as_dict()}))
+    except SFMError as exc:
+        _fail(exc)
 
 
 @app.command("milvus-lite")

@@ -19,9 +19,9 @@ from django.db import (
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from ninja import NinjaAPI, Query, Router
-from ninja.responses import Status
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.responses import Status
 
 from somafractalmemory import __version__, backends
 from somafractalmemory.conf import get_config

@@ -1,13 +1,28 @@
-"""Keeping the vector index true to SQL: rebuild it (`reindex`) and find drift (`doctor`)."""
+"""Keeping the vector index true to SQL (`reindex`, `doctor`), and the scheduled jobs.
+
+The index holds every memory that is not archived; archived memories are out of it on
+purpose (forgetting), so for `doctor` an archived memory in the index is orphaned.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from django.db import close_old_connections
+from django.db.models import QuerySet
+
 from somafractalmemory import backends
-from somafractalmemory.memories.models import Memory, VectorTask
+from somafractalmemory.conf import get_config
+from somafractalmemory.errors import ConsolidationBusy
+from somafractalmemory.memories import forgetting, hierarchy
+from somafractalmemory.memories.models import Memory, Tenant, VectorTask
 from somafractalmemory.memories.services import write_vectors
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called with (done, total) as work advances."""
@@ -15,9 +30,14 @@ Progress = Callable[[int, int], None]
 CHUNK = 1000
 
 
+def _indexed() -> QuerySet[Memory]:
+    """The memories the index should hold: all but the archived."""
+    return Memory.objects.filter(archived_at__isnull=True)
+
+
 def _chunks(ids: list[str] | None = None) -> Iterator[list[Memory]]:
     """Every memory (or those of `ids`), a chunk at a time, by keyset paging on id."""
-    query = Memory.objects.order_by("id")
+    query = _indexed().order_by("id")
     if ids is not None:
         for start in range(0, len(ids), CHUNK):
             yield list(query.filter(id__in=ids[start : start + CHUNK]))
@@ -44,14 +64,14 @@ def reindex(*, drop: bool = False, progress: Progress | None = None) -> ReindexR
     if drop:
         index.reset()
     report = ReindexReport()
-    total = Memory.objects.count()
+    total = _indexed().count()
     tasks_before = VectorTask.objects.order_by("-id").values_list("id", flat=True).first() or 0
     for chunk in _chunks():
         write_vectors(chunk)
         report.indexed += len(chunk)
         if progress:
             progress(report.indexed, total)
-    known = set(Memory.objects.values_list("id", flat=True))
+    known = set(_indexed().values_list("id", flat=True))
     orphans = [mid for mid, _ in index.entries() if mid not in known]
     index.delete(orphans)
     report.removed = len(orphans)
@@ -79,7 +99,7 @@ def doctor(*, repair: bool = False, progress: Progress | None = None) -> Drift:
     index = backends.vector_index()
     indexed = dict(index.entries())
     drift = Drift()
-    for memory_id, embedding_id in Memory.objects.values_list("id", "embedding_id").iterator():
+    for memory_id, embedding_id in _indexed().values_list("id", "embedding_id").iterator():
         held = indexed.pop(memory_id, None)
         if held is None:
             drift.missing.append(memory_id)
@@ -96,3 +116,51 @@ def doctor(*, repair: bool = False, progress: Progress | None = None) -> Drift:
                 progress(done, len(todo))
         index.delete(drift.orphaned)
     return drift
+
+
+# -- scheduled jobs ------------------------------------------------------------------------
+
+
+def consolidate_due() -> int:
+    """Consolidate every namespace that has episodes without a parent; returns how many."""
+    done = 0
+    for tenant, namespace in hierarchy.namespaces_to_consolidate():
+        try:
+            hierarchy.consolidate(namespace, tenant=tenant)
+            done += 1
+        except ConsolidationBusy:
+            continue  # another process is on it
+    return done
+
+
+def forget_due() -> int:
+    """Run forgetting for every tenant; returns how many memories it archived."""
+    return sum(
+        forgetting.forget(tenant=t).archived for t in Tenant.objects.values_list("id", flat=True)
+    )
+
+
+def run_schedules(stop: threading.Event) -> None:
+    """Consolidation and forgetting every `consolidate_every_seconds` /
+    `forget_every_seconds` (0: never) until `stop` is set."""
+    config = get_config()
+    plan = [
+        (every, job)
+        for every, job in (
+            (config.consolidate_every_seconds, consolidate_due),
+            (config.forget_every_seconds, forget_due),
+        )
+        if every > 0
+    ]
+    due = [time.monotonic() + every for every, _ in plan]
+    while plan and not stop.wait(1.0):
+        for n, (every, job) in enumerate(plan):
+            if time.monotonic() < due[n]:
+                continue
+            try:
+                job()
+            except Exception as exc:  # the schedule must outlive any one failure
+                log.warning("scheduled %s failed: %s", job.__name__, exc)
+            finally:
+                close_old_connections()
+            due[n] = time.monotonic() + every
