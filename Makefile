@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench eval docs clean
+.PHONY: install serve test lint typecheck pytest bench bench-fractal eval docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ test: lint typecheck pytest
 
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
+
+bench-fractal: install
+	$(BIN)/python bench/fractal.py $(ARGS)
 
 # Retrieval quality on LoCoMo (CC BY-NC data, read in place, never copied here).
 LOCOMO ?= ../shared/datasets/locomo-dev.json

@@ -1,10 +1,16 @@
 """Retrieval evaluation on LoCoMo-format conversations, through the service layer.
 
 Each conversation's turns are stored as episodic memories in a namespace of their own, with
-the session's date as `created_at` and `speaker`, `dia_id` and `session` in metadata. Each
+the session's date as `created_at` and `speaker`, `dia_id` and `session` in metadata, then
+the namespace is consolidated (semantic memories and summaries above the turns). Each
 question with evidence (category 5, adversarial, has none) is searched in every mode; we
 report recall@5 and recall@10 of the evidence turns and the reciprocal rank of the first
 evidence turn in the top 10 (MRR@10), overall and per category, and the time per query.
+
+Modes: `hybrid`, `vector`, `lexical` search the turns (`types: ["episodic"]`, flat);
+`tree` searches every level and replaces each consolidated hit by the turns under it
+(those the flat hybrid search ranks first, then in time order); `zoom` is the service's zoom
+search (best semantic memories and summaries, then the best turns under them).
 
     python bench/locomo_eval.py --data FILE [--json OUT] [--out docs/benchmarks.md]
 
@@ -28,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODES = ("hybrid", "vector", "lexical")
+MODES = ("hybrid", "vector", "lexical", "tree", "zoom")
+FLAT = ("hybrid", "vector", "lexical")
 TOP_K = 10
 START, END = "<!-- locomo:start -->", "<!-- locomo:end -->"
 
@@ -156,8 +163,34 @@ def store(conversation: Conversation, namespace: str) -> dict[str, str]:
     return ids
 
 
-def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
+def search(text: str, namespace: str, mode: str) -> list[str]:
+    from somafractalmemory.memories import hierarchy, links
+    from somafractalmemory.memories.models import Memory
     from somafractalmemory.memories.services import Query, recall
+
+    if mode in FLAT:
+        query = Query(namespace=namespace, top_k=TOP_K, mode=mode, types=("episodic",))
+        return [h.memory.id for h in recall(text, query).hits]
+    if mode == "zoom":
+        zoomed = hierarchy.zoom(text, Query(namespace=namespace, top_k=TOP_K))
+        return [h.memory.id for h in zoomed.hits]
+    hits = recall(text, Query(namespace=namespace, top_k=TOP_K)).hits
+    order = {m: n for n, m in enumerate(search(text, namespace, "hybrid"))}
+    ranked: list[str] = []
+    for hit in hits:
+        if hit.memory.level == 0:
+            ranked.append(hit.memory.id)
+            continue
+        below = Memory.objects.filter(id__in=links.descendants([hit.memory.id]), level=0)
+        turns = sorted(
+            below.values_list("id", "created_at"), key=lambda t: (order.get(t[0], TOP_K), t[1])
+        )
+        ranked.extend(m for m, _ in turns if m not in ranked)
+    return list(dict.fromkeys(ranked))
+
+
+def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
+    from somafractalmemory.memories import hierarchy
 
     scores = {mode: Score() for mode in MODES}
     by_category: dict[str, defaultdict[str, Score]] = {mode: defaultdict(Score) for mode in MODES}
@@ -167,9 +200,12 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
         namespace = f"locomo-{conversation.sample_id}-{run}"
         started = time.perf_counter()
         ids = store(conversation, namespace)
+        stored_s = time.perf_counter() - started
+        tree = hierarchy.consolidate(namespace).as_dict()
         print(
             f"[{number}/{len(conversations)}] {conversation.sample_id}: {len(ids)} turns stored "
-            f"in {time.perf_counter() - started:.1f} s; {len(conversation.questions)} questions",
+            f"in {stored_s:.1f} s, consolidated in {time.perf_counter() - started - stored_s:.1f}"
+            f" s ({tree['created']} parents); {len(conversation.questions)} questions",
             file=sys.stderr,
         )
         for question in conversation.questions:
@@ -178,9 +214,8 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
                 continue
             for mode in MODES:
                 began = time.perf_counter()
-                result = recall(question.text, Query(namespace=namespace, top_k=TOP_K, mode=mode))
+                ranked = search(question.text, namespace, mode)
                 times[mode].append((time.perf_counter() - began) * 1000)
-                ranked = [h.memory.id for h in result.hits]
                 scores[mode].add(ranked, evidence)
                 by_category[mode][question.category].add(ranked, evidence)
     return {

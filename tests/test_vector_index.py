@@ -72,6 +72,22 @@ def test_nearest_first_and_exact_match_scores_one(index: VectorIndex) -> None:
     assert len(hits) == 5
 
 
+def test_nearest_answers_many_vectors_like_search(index: VectorIndex) -> None:
+    tenant = uuid.uuid4().hex
+    index.upsert([record(i, tenant) for i in range(30)])
+    index.upsert([record(100, uuid.uuid4().hex), record(101, tenant, namespace="other")])
+    probes = np.stack([unit(3), unit(100), unit(101)])
+    many = index.nearest(probes, tenant=tenant, namespace="ns", top_k=4)
+    one_by_one = [
+        index.search(p, tenant=tenant, namespace="ns", where=None, top_k=4) for p in probes
+    ]
+    assert [[h.id for h in hits] for hits in many] == [[h.id for h in hits] for hits in one_by_one]
+    assert many[0][0].id == f"mem_{tenant}_3"
+    assert all(h.id.startswith(f"mem_{tenant}_") and h.id != f"mem_{tenant}_101"
+               for hits in many for h in hits)  # fmt: skip
+    assert index.nearest(probes[:0], tenant=tenant, namespace="ns", top_k=4) == []
+
+
 def test_tenant_and_namespace_scope(index: VectorIndex) -> None:
     a, b = uuid.uuid4().hex, uuid.uuid4().hex
     index.upsert([record(1, a), record(2, b), record(3, a, namespace="other")])

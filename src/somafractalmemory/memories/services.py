@@ -397,13 +397,21 @@ def _neighbours(
     top_k = max(3, config.link_max)
     near: Neighbours = {}
     similar: Neighbours = {}
+    import numpy as np
+
+    by_namespace: dict[str, list[tuple[int, Any]]] = {}
+    for i, namespace, vector in candidates:
+        by_namespace.setdefault(namespace, []).append((i, vector))
     try:
         index = backends.vector_index()
-        for i, namespace, vector in candidates:
-            hits = index.search(vector, tenant=tenant, namespace=namespace, where=None, top_k=top_k)
-            near[i] = [(h.id, round(h.score, 4)) for h in hits[:3]
-                       if h.score >= config.near_duplicate_threshold]  # fmt: skip
-            similar[i] = [(h.id, h.score) for h in hits if h.score >= config.link_similarity]
+        for namespace, rows in by_namespace.items():
+            found = index.nearest(
+                np.asarray([v for _, v in rows]), tenant=tenant, namespace=namespace, top_k=top_k
+            )
+            for (i, _), hits in zip(rows, found, strict=True):
+                near[i] = [(h.id, round(h.score, 4)) for h in hits[:3]
+                           if h.score >= config.near_duplicate_threshold]  # fmt: skip
+                similar[i] = [(h.id, h.score) for h in hits if h.score >= config.link_similarity]
     except IndexUnavailable as exc:
         log.warning("neighbour search skipped (no near duplicates, no similar links): %s", exc)
     return near, similar

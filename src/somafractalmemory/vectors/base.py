@@ -59,6 +59,13 @@ class VectorIndex(Protocol):
         `context` searches the memories-with-neighbours vectors instead."""
         ...
 
+    def nearest(
+        self, vectors: npt.NDArray[np.float32], *, tenant: str, namespace: str, top_k: int
+    ) -> list[list[VectorHit]]:
+        """`search` for many vectors at once (one call), without a filter: one hit list
+        per row of `vectors`."""
+        ...
+
     def search_lexical(
         self,
         tokens: str,

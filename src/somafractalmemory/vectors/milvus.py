@@ -204,6 +204,26 @@ class MilvusIndex:
             tenant=tenant, namespace=namespace, where=where, top_k=top_k,
         )  # fmt: skip
 
+    def nearest(
+        self, vectors: npt.NDArray[np.float32], *, tenant: str, namespace: str, top_k: int
+    ) -> list[list[VectorHit]]:
+        if len(vectors) == 0:
+            return []
+        result = self._call(
+            "search",
+            self._client.search,
+            data=np.asarray(vectors, dtype=np.float32).tolist(),
+            anns_field="vector",
+            filter=f"tenant == {milvus_literal(tenant)} and "
+            f"namespace == {milvus_literal(namespace)}",
+            limit=top_k,
+            output_fields=["id"],
+            search_params={"metric_type": "COSINE"},
+        )
+        return [
+            [VectorHit(id=str(h["id"]), score=float(h["distance"])) for h in row] for row in result
+        ]
+
     def search_lexical(
         self,
         tokens: str,
