@@ -1232,6 +1232,12 @@ def render_section(
     startup, stores, search = results
     lines = [
         f"## Backend `{args.backend}`, {args.n:,} memories"
+        + (
+            f", index behind `sfm milvus-lite`, {args.workers} worker process"
+            + ("es" if args.workers > 1 else "")
+            if args.milvus_server
+            else ""
+        )
         + (", in process only" if http is None else ""),
         "",
         *render_warning(info),
