@@ -232,3 +232,20 @@ def test_scheduled_consolidation_covers_namespaces_with_new_episodes(
     assert len(listed(api, namespace, "semantic")) == 2
     # What remains unfolded (here: nothing) is all a later run looks at.
     assert consolidate(api, namespace)["created"] == 0
+
+
+def test_memories_left_alone_are_looked_at_again_only_when_something_new_arrives(
+    api: Api, namespace: str
+) -> None:
+    store_day(api, namespace)
+    lone = store(api, namespace, "The boiler was serviced by a plumber.", created_at=at(DAY1, 7))
+    first = consolidate(api, namespace)
+    assert first["levels"][0]["considered"] == 7 and parents_of(api, lone) == []
+    again = consolidate(api, namespace)
+    assert [level["considered"] for level in again["levels"]] == [0] * len(again["levels"])
+    store(api, namespace, "The plumber will service the boiler again next year.",
+          created_at=at(DAY1, 8))  # fmt: skip
+    later = consolidate(api, namespace)
+    assert later["levels"][0]["considered"] == 2  # the new one and the one left alone
+    (pair,) = parents_of(api, lone)
+    assert len(children_of(api, pair["id"])) == 2

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
+
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import ConsolidationBusy, IndexUnavailable
@@ -126,9 +128,9 @@ def _consolidate_level(
     result = LevelResult(level)
     span = (since, until) if level == 0 else (None, None)
     items = _unfolded(tenant, namespace, level, *span)
+    if not any(m.considered_at is None for m in items):
+        return result  # nothing new at this level: re-running changes nothing
     result.considered = len(items)
-    if not items:
-        return result
     window = window_seconds(level)
     low, high = items[0].created_at.timestamp(), items[-1].created_at.timestamp()
     seeds_rows = [
@@ -175,6 +177,8 @@ def _consolidate_level(
     for start in range(0, len(made), CHUNK):
         report(start, len(made), f"level {level}: saving parents")
         services.save_parents(tenant, made[start : start + CHUNK])
+    # Left alone (too far from anything) until something new arrives at this level.
+    Memory.objects.filter(id__in=[m.id for m in items]).update(considered_at=timezone.now())
     updated = [p.id for p, *_ in made if p is not None]
     above = links.parent_ids(updated)
     services.refresh_parents(tenant, [g for gs in above.values() for g in gs])
@@ -206,8 +210,8 @@ def consolidate(
             parents = Memory.objects.filter(
                 tenant_id=tenant, namespace=namespace, level=level + 1
             ).count()
-            if parents <= 1 or not (result.created or result.updated):
-                break
+            if parents <= 1:
+                break  # a single group (or none) at the top: the climb ends
     return outcome
 
 

@@ -17,10 +17,14 @@ class MemoryType(models.TextChoices):
 
 
 class Tenant(models.Model):
-    """Owner of namespaces and memories; one built-in `default` tenant until auth lands."""
+    """Owner of namespaces, memories and API keys. The built-in `default` tenant serves
+    requests without a key when authentication is optional (the embedded default)."""
 
     id = models.CharField(primary_key=True, max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
+    max_memories = models.PositiveIntegerField(null=True, blank=True)
+    max_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.id
@@ -55,6 +59,9 @@ class Memory(models.Model):
     )
     archived_at = models.DateTimeField(
         null=True, blank=True, help_text="Archived by forgetting: out of search, restorable."
+    )
+    considered_at = models.DateTimeField(
+        null=True, blank=True, help_text="When consolidation last grouped this memory's level."
     )
 
     class Meta:
@@ -145,3 +152,32 @@ class Lease(models.Model):
     name = models.CharField(primary_key=True, max_length=200)
     holder = models.CharField(max_length=64)
     expires_at = models.DateTimeField()
+
+
+class ApiKey(models.Model):
+    """A tenant's key: only its SHA-256 is stored; the key itself is shown once."""
+
+    id = models.CharField(primary_key=True, max_length=40)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="keys")
+    name = models.CharField(max_length=128, blank=True, default="")
+    prefix = models.CharField(
+        max_length=16, help_text="The key's first characters, to tell keys apart."
+    )
+    digest = models.CharField(max_length=64, unique=True)
+    scopes = models.JSONField(default=list)
+    namespaces = models.JSONField(default=list, help_text="Allowed namespaces; empty: all.")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+
+class AuditEntry(models.Model):
+    """Who did what: admin actions, denials and deletions (never content)."""
+
+    tenant = models.CharField(max_length=64, db_index=True)
+    actor = models.CharField(max_length=64)
+    action = models.CharField(max_length=64)
+    resource = models.CharField(max_length=200, blank=True, default="")
+    outcome = models.CharField(max_length=16, default="ok")
+    details = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)

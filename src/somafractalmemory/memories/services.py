@@ -502,6 +502,7 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
     if new_content:
         memory.embedding_id = new_id("vec")
         memory.content_hash = content_hash(memory.content)
+        memory.considered_at = None  # consolidation looks at it again
     # The index row carries type, importance and metadata too, so any change rewrites it.
     vectors = embed_texts([memory.content])
     with transaction.atomic():
@@ -571,6 +572,7 @@ def _summarized(parent: Memory, children: Sequence[Memory]) -> None:
         parent.content = text
         parent.content_hash = content_hash(text)
         parent.embedding_id = new_id("vec")
+        parent.considered_at = None  # a changed parent is grouped again one level up
     parent.importance = max(c.importance for c in children)
     parent.created_at = min(c.created_at for c in children)
     parent.span_end = max(c.span_end or c.created_at for c in children)
