@@ -5,7 +5,7 @@ auto-linking on store.
         [--out docs/benchmarks.md]
 
 Embedded default settings in a fresh temporary data directory. For each size n, n synthetic
-memories (bench/corpus.py, stored as episodes over four years of event time) go into a
+memories (bench/corpus.py, stored as episodes, as many per day at every size) go into a
 namespace of their own; then `hierarchy.consolidate` runs on it three times: from scratch,
 again with nothing new (idempotent), and after 1% more episodes (incremental). Then single
 stores (as `POST /memory/store` does them) and batches of 200 into the largest namespace,
@@ -66,6 +66,13 @@ def store_all(items: Sequence[Any], namespace: str) -> float:
     for start in range(0, len(items), 1000):
         remember_many([replace(i, namespace=namespace) for i in items[start : start + 1000]])
     return clock.seconds
+
+
+def at_density(items: Sequence[Any], factor: float) -> list[Any]:
+    """The items with their event times squeezed by `factor` towards the earliest one, so
+    that every size has as many episodes per day as the largest."""
+    start = min(i.created_at for i in items)
+    return [replace(i, created_at=start + (i.created_at - start) * factor) for i in items]
 
 
 def consolidation(n: int, items: Sequence[Any], extra: Sequence[Any]) -> Scaling:
@@ -130,8 +137,9 @@ def render(scaling: list[Scaling], costs: dict[str, run.Stats], info: dict[str, 
         f"`make bench-fractal` (`bench/fractal.py`), {info['when']}, code {info['code']}, "
         f"{info['cpu']}; other processes during the run: {info['others']}.",
         "",
-        "Consolidation of one namespace of n episodes (synthetic, four years of event time, "
-        "extractive summarizer), from scratch, re-run with nothing new, and after 1% more "
+        "Consolidation of one namespace of n episodes (synthetic, extractive summarizer; the "
+        "same number of episodes per day at every size: the largest spans four years), from "
+        "scratch, re-run with nothing new, and after 1% more "
         "episodes. *vs n log n* is (time / n log n) divided by the same for the smallest n: "
         "1.00 means n log n scaling, below 1 better.",
         "",
@@ -196,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scaling, offset = [], 0
         for n in sizes:
             extra = max(1, n // 100)
-            chunk = all_items[offset : offset + n + extra]
+            chunk = at_density(all_items[offset : offset + n + extra], n / sizes[-1])
             offset += n + extra
             scaling.append(consolidation(n, chunk[:n], chunk[n:]))
         costs = store_costs(all_items[offset:], f"fractal-{sizes[-1]}", args.singles)

@@ -197,6 +197,32 @@ class Config:
         ),
     )
     debug: bool = field(default=False, metadata=_doc("Django DEBUG."))
+    auth: str = field(
+        default="optional",
+        metadata=_doc(
+            "`required`: every API call needs `Authorization: Bearer sfm_...` (set it in "
+            "production). `optional`: calls without a key act as the `default` tenant; "
+            "`sfm serve` then refuses a non-loopback address unless given `--insecure`."
+        ),
+    )
+    policy_path: str | None = field(
+        default=None,
+        metadata=_doc(
+            "A Rego file, or a directory of them, replacing the shipped access policy "
+            "(`policies/authz.rego`); it must define `data.sfm.authz.allow` and `reason`."
+        ),
+    )
+    opa_url: str | None = field(
+        default=None,
+        metadata=_doc("An OPA server to ask instead of evaluating the policy in process."),
+    )
+    opa_timeout: float = field(
+        default=2.0, metadata=_doc("Seconds before an OPA call is abandoned (then: deny).")
+    )
+    auth_failures_per_minute: int = field(
+        default=30,
+        metadata=_doc("Wrong or revoked keys accepted per client address per minute (429 above)."),
+    )
 
     @property
     def effective_database_url(self) -> str | None:
@@ -282,6 +308,8 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
         )
     if config.embedder == "http" and not config.embedding_url:
         raise ConfigError("setting 'embedding_url' is required when embedder is 'http'")
+    if config.auth not in {"optional", "required"}:
+        raise ConfigError(f"setting 'auth': expected 'optional' or 'required', got {config.auth!r}")
     if config.summarizer not in {"extractive", "llm"}:
         raise ConfigError(
             f"setting 'summarizer': expected 'extractive' or 'llm', got {config.summarizer!r}"

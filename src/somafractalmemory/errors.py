@@ -51,6 +51,36 @@ class InvalidCursor(BadRequest):
     code = "invalid_cursor"
 
 
+class Unauthorized(SFMError):
+    """No key, or a key that is unknown or revoked."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(SFMError):
+    """The access policy denies the request; the message is the policy's reason."""
+
+    status = 403
+    code = "forbidden"
+
+
+class QuotaExceeded(SFMError):
+    status = 403
+    code = "quota_exceeded"
+
+
+class RateLimited(SFMError):
+    """Too many requests; `retry_after` seconds until the next one is accepted."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, details: object = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
 class ValidationFailed(SFMError):
     status = 422
     code = "validation_error"

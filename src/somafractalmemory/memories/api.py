@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 from django.conf import settings
@@ -23,22 +24,26 @@ from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.responses import Status
 
-from somafractalmemory import __version__, backends
+from somafractalmemory import __version__, backends, policy
 from somafractalmemory.conf import get_config
 from somafractalmemory.embedding.cache import cache_health
 from somafractalmemory.errors import (
     BadRequest,
     DatabaseUnavailable,
+    Forbidden,
     MalformedJSON,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     SFMError,
     ValidationFailed,
 )
-from somafractalmemory.memories import forgetting, hierarchy, jobs, links, services
-from somafractalmemory.memories.models import DEFAULT_TENANT, Job, Memory
+from somafractalmemory.memories import forgetting, hierarchy, jobs, links, services, tenancy
+from somafractalmemory.memories.models import DEFAULT_TENANT, Job, Memory, Tenant
 from somafractalmemory.memories.schemas import (
+    AuditEntryOut,
+    AuditOut,
     BatchIn,
     BatchOut,
     ConsolidateIn,
@@ -48,6 +53,9 @@ from somafractalmemory.memories.schemas import (
     GraphOut,
     HalfLivesIn,
     JobOut,
+    KeyIn,
+    KeyOut,
+    KeysOut,
     LinkIn,
     LinkOut,
     LinksOut,
@@ -55,6 +63,7 @@ from somafractalmemory.memories.schemas import (
     MemoryOut,
     MemoryTypeName,
     NearDuplicateOut,
+    NewKeyOut,
     PageOut,
     PatchIn,
     RelatedOut,
@@ -63,6 +72,10 @@ from somafractalmemory.memories.schemas import (
     SearchOut,
     StoreIn,
     StoreOut,
+    TenantIn,
+    TenantOut,
+    TenantsOut,
+    UsageOut,
     WeightsIn,
 )
 from somafractalmemory.retrieval import ranking
@@ -76,16 +89,60 @@ api = NinjaAPI(
     openapi_url="/openapi.json",
     docs_url="/docs",
 )
+READ, WRITE, ADMIN = "memory.read", "memory.write", "admin"
 memory = Router(tags=["memory"])
 graph_router = Router(tags=["links"])
+usage_router = Router(tags=["tenancy"])
+admin = Router(tags=["admin"])
 job_router = Router(tags=["jobs"])
 ERRORS: dict[int | frozenset[int], Any] = {
-    frozenset({400, 404, 409, 413, 422, 503}): ErrorOut,
+    frozenset({400, 401, 403, 404, 409, 413, 422, 429, 503}): ErrorOut,
 }
 
 
 def error_response(error: SFMError) -> JsonResponse:
-    return JsonResponse(error.to_dict(), status=error.status)
+    response = JsonResponse(error.to_dict(), status=error.status)
+    if isinstance(error, RateLimited):
+        response["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    return response
+
+
+# -- who is calling, and may they ---------------------------------------------------------
+
+
+def principal(request: HttpRequest) -> tenancy.Principal:
+    found = getattr(request, "principal", None)
+    return found if isinstance(found, tenancy.Principal) else tenancy.ANONYMOUS
+
+
+def allow(
+    request: HttpRequest, action: str, *, namespace: str | None = None, resource: str = ""
+) -> str:
+    """Ask the access policy; returns the caller's tenant, or raises 403 with its reason."""
+    caller = principal(request)
+    decision = policy.decide(
+        {
+            "tenant": caller.tenant,
+            "key_id": caller.key_id,
+            "scopes": list(caller.scopes),
+            "allowed_namespaces": list(caller.namespaces),
+            "action": action,
+            "namespace": namespace,
+            "resource": resource,
+        }
+    )
+    if not decision.allow:
+        tenancy.audit(caller.tenant, caller.actor, action, resource=resource, outcome="denied",
+                      details={"namespace": namespace, "reason": decision.reason})  # fmt: skip
+        raise Forbidden(decision.reason)
+    return caller.tenant
+
+
+def _owned(request: HttpRequest, action: str, memory_id: str) -> tuple[str, Memory]:
+    """The caller's memory (404 for another tenant's), once the policy allows `action` on
+    its namespace."""
+    row = services.get(memory_id, tenant=principal(request).tenant)
+    return allow(request, action, namespace=row.namespace, resource=memory_id), row
 
 
 @api.exception_handler(SFMError)
@@ -148,19 +205,28 @@ def _new(item: StoreIn) -> services.NewMemory:
     return services.NewMemory(**item.model_dump())
 
 
+def _namespace(name: str | None) -> str:
+    return name or get_config().namespace
+
+
 @memory.post("/store", response={200: StoreOut, **ERRORS}, summary="Store a memory")
 def store(request: HttpRequest, body: StoreIn) -> StoreOut:
-    return _store_out(services.store_many([_new(body)], report_near=True)[0])
+    tenant = allow(request, WRITE, namespace=_namespace(body.namespace))
+    return _store_out(services.store_many([_new(body)], tenant=tenant, report_near=True)[0])
 
 
 @memory.post("/batch", response={200: BatchOut, **ERRORS}, summary="Store up to 1,000 memories")
 def store_batch(request: HttpRequest, body: BatchIn) -> BatchOut:
-    stored = services.store_many([_new(item) for item in body.memories])
+    tenant = principal(request).tenant
+    for name in sorted({_namespace(item.namespace) for item in body.memories}):
+        allow(request, WRITE, namespace=name)
+    stored = services.store_many([_new(item) for item in body.memories], tenant=tenant)
     return BatchOut(memories=[_store_out(s) for s in stored])
 
 
 @memory.post("/search", response={200: SearchOut, **ERRORS}, summary="Search memories")
 def search(request: HttpRequest, body: SearchIn) -> SearchOut:
+    tenant = allow(request, READ, namespace=body.namespace)
     scoring = ranking.Scoring(
         weights=ranking.Weights(**(body.weights or WeightsIn()).model_dump()),
         half_lives=ranking.HalfLives(**(body.half_lives or HalfLivesIn()).model_dump()),
@@ -178,10 +244,10 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
         scoring=scoring,
     )
     recall = hierarchy.zoom if body.zoom else services.recall
-    result = recall(body.query, query)
+    result = recall(body.query, query, tenant=tenant)
     related: dict[str, list[Memory]] = {}
     if body.expand:
-        related = hierarchy.expand([h.memory for h in result.hits], body.expand, tenant=TENANT)
+        related = hierarchy.expand([h.memory for h in result.hits], body.expand, tenant=tenant)
     hits = []
     for hit in result.hits:
         out = _hit_out(hit, scoring if body.explain else None)
@@ -194,9 +260,6 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
         mode=result.mode,
         warnings=result.warnings,
     )
-
-
-TENANT = DEFAULT_TENANT  # until tenancy lands, every request is the default tenant's
 
 
 def _related(m: Memory) -> RelatedOut:
@@ -240,9 +303,11 @@ def list_memories(
     cursor: str | None = None,
     archived: bool = Query(False, description="List only archived memories."),
 ) -> PageOut:
+    tenant = allow(request, READ, namespace=namespace)
     page = services.list_memories(
-        namespace=namespace, types=type, limit=limit, cursor=cursor, archived=archived
-    )
+        tenant=tenant, namespace=namespace, types=type, limit=limit, cursor=cursor,
+        archived=archived,
+    )  # fmt: skip
     return PageOut(
         memories=[MemoryOut.from_orm(m) for m in page.memories], next_cursor=page.next_cursor
     )
@@ -259,9 +324,10 @@ def _job_response(job: Job) -> Status[JobOut]:
     summary="Consolidate episodes into semantic memories and summaries (a job)",
 )
 def consolidate(request: HttpRequest, body: ConsolidateIn) -> Status[JobOut]:
-    namespace = body.namespace or get_config().namespace
+    namespace = _namespace(body.namespace)
+    tenant = allow(request, WRITE, namespace=namespace)
     job = hierarchy.start(
-        namespace, tenant=TENANT, since=body.since, until=body.until, wait=body.wait
+        namespace, tenant=tenant, since=body.since, until=body.until, wait=body.wait
     )
     return _job_response(job)
 
@@ -272,15 +338,18 @@ def consolidate(request: HttpRequest, body: ConsolidateIn) -> Status[JobOut]:
     summary="Archive faded, unimportant memories (a job)",
 )
 def forget_faded(request: HttpRequest, body: ForgetIn) -> Status[JobOut]:
+    tenant = allow(request, WRITE, namespace=body.namespace)
     job = forgetting.start(
-        tenant=TENANT, namespace=body.namespace, dry_run=body.dry_run, wait=body.wait
+        tenant=tenant, namespace=body.namespace, dry_run=body.dry_run, wait=body.wait
     )
     return _job_response(job)
 
 
 @memory.get("/{memory_id}", response={200: MemoryOut, **ERRORS}, summary="Get one memory")
 def get_memory(request: HttpRequest, memory_id: str) -> MemoryOut:
-    return MemoryOut.from_orm(services.get(memory_id, recall=True))
+    _, row = _owned(request, READ, memory_id)
+    services.reinforce([row.id])
+    return MemoryOut.from_orm(row)
 
 
 @memory.patch("/{memory_id}", response={200: MemoryOut, **ERRORS}, summary="Change a memory")
@@ -291,29 +360,36 @@ def patch_memory(request: HttpRequest, memory_id: str, body: PatchIn) -> MemoryO
         raise ValidationFailed(f"{nulls[0]}: may not be null", details={"fields": nulls})
     if not changes:
         raise ValidationFailed("nothing to change: give content, type, importance or metadata")
-    return MemoryOut.from_orm(services.update(memory_id, changes))
+    tenant, _ = _owned(request, WRITE, memory_id)
+    return MemoryOut.from_orm(services.update(memory_id, changes, tenant=tenant))
 
 
 @memory.delete("/{memory_id}", response={200: dict, **ERRORS}, summary="Delete a memory")
 def delete_memory(request: HttpRequest, memory_id: str) -> dict[str, Any]:
-    services.forget(memory_id)
+    tenant, row = _owned(request, WRITE, memory_id)
+    services.forget(memory_id, tenant=tenant)
+    tenancy.audit(tenant, principal(request).actor, "memory.delete", resource=memory_id,
+                  details={"namespace": row.namespace})  # fmt: skip
     return {"id": memory_id, "deleted": True}
 
 
 @memory.post("/{memory_id}/restore", response={200: MemoryOut, **ERRORS}, summary="Un-archive")
 def restore(request: HttpRequest, memory_id: str) -> MemoryOut:
-    return MemoryOut.from_orm(forgetting.restore(memory_id, tenant=TENANT))
+    tenant, _ = _owned(request, WRITE, memory_id)
+    return MemoryOut.from_orm(forgetting.restore(memory_id, tenant=tenant))
 
 
 @memory.get("/{memory_id}/children", response={200: MemoriesOut, **ERRORS}, summary="Children")
 def children(request: HttpRequest, memory_id: str) -> MemoriesOut:
-    found = links.children(TENANT, memory_id)
+    tenant, _ = _owned(request, READ, memory_id)
+    found = links.children(tenant, memory_id)
     return MemoriesOut(memories=[MemoryOut.from_orm(m) for m in found])
 
 
 @memory.get("/{memory_id}/parents", response={200: MemoriesOut, **ERRORS}, summary="Parents")
 def parents(request: HttpRequest, memory_id: str) -> MemoriesOut:
-    found = links.parents(TENANT, memory_id)
+    tenant, _ = _owned(request, READ, memory_id)
+    found = links.parents(tenant, memory_id)
     return MemoriesOut(memories=[MemoryOut.from_orm(m) for m in found])
 
 
@@ -327,17 +403,20 @@ def list_links(
     memory_id: str,
     kinds: list[str] = Query([]),  # noqa: B008
 ) -> LinksOut:
-    return LinksOut(links=[_link_out(e) for e in links.of(TENANT, memory_id, kinds)])
+    tenant, _ = _owned(request, READ, memory_id)
+    return LinksOut(links=[_link_out(e) for e in links.of(tenant, memory_id, kinds)])
 
 
 @memory.post("/{memory_id}/links", response={200: LinkOut, **ERRORS}, summary="Add a link")
 def add_link(request: HttpRequest, memory_id: str, body: LinkIn) -> LinkOut:
-    return _link_out(links.add(TENANT, memory_id, body.target, body.kind, body.weight))
+    tenant, _ = _owned(request, WRITE, memory_id)
+    return _link_out(links.add(tenant, memory_id, body.target, body.kind, body.weight))
 
 
 @memory.delete("/{memory_id}/links", response={200: dict, **ERRORS}, summary="Remove a link")
 def remove_link(request: HttpRequest, memory_id: str, target: str, kind: str) -> dict[str, Any]:
-    links.remove(TENANT, memory_id, target, kind)
+    tenant, _ = _owned(request, WRITE, memory_id)
+    links.remove(tenant, memory_id, target, kind)
     return {"source": memory_id, "target": target, "kind": kind, "deleted": True}
 
 
@@ -348,7 +427,8 @@ def graph(
     depth: int = Query(1, ge=0, le=links.MAX_DEPTH),
     kinds: list[str] = Query([]),  # noqa: B008
 ) -> GraphOut:
-    found = links.graph(TENANT, memory_id, depth=depth, kinds=kinds)
+    tenant, _ = _owned(request, READ, memory_id)
+    found = links.graph(tenant, memory_id, depth=depth, kinds=kinds)
     return GraphOut(
         nodes=[MemoryOut.from_orm(m) for m in found.nodes],
         edges=[_link_out(e) for e in found.edges],
@@ -358,10 +438,100 @@ def graph(
 
 @job_router.get("/{job_id}", response={200: JobOut, **ERRORS}, summary="A job's status")
 def job_status(request: HttpRequest, job_id: str) -> JobOut:
-    return JobOut.from_orm(jobs.get(job_id, tenant=TENANT))
+    tenant = allow(request, READ, resource=job_id)
+    return JobOut.from_orm(jobs.get(job_id, tenant=tenant))
+
+
+@usage_router.get("", response={200: UsageOut, **ERRORS}, summary="The tenant's usage and limits")
+def usage(request: HttpRequest) -> UsageOut:
+    return UsageOut(**tenancy.usage(allow(request, READ)))
+
+
+# -- admin: tenants, keys, audit ------------------------------------------------------------
+
+
+def _operator(request: HttpRequest, what: str) -> str:
+    """Tenants are managed by admin keys of the `default` tenant (the operator's)."""
+    tenant = allow(request, ADMIN, resource=what)
+    if tenant != DEFAULT_TENANT:
+        raise Forbidden("only the operator (an admin key of the `default` tenant) manages tenants")
+    return tenant
+
+
+def _audited(request: HttpRequest, action: str, resource: str, **details: Any) -> None:
+    caller = principal(request)
+    tenancy.audit(caller.tenant, caller.actor, action, resource=resource, details=details)
+
+
+@admin.get("/tenants", response={200: TenantsOut, **ERRORS}, summary="List tenants")
+def list_tenants(request: HttpRequest) -> TenantsOut:
+    _operator(request, "tenants")
+    rows = Tenant.objects.order_by("id")
+    return TenantsOut(tenants=[TenantOut.from_orm(t) for t in rows])
+
+
+@admin.post("/tenants", response={200: TenantOut, **ERRORS}, summary="Create or update a tenant")
+def create_tenant(request: HttpRequest, body: TenantIn) -> TenantOut:
+    _operator(request, "tenants")
+    tenant = tenancy.create_tenant(body.id, **body.model_dump(exclude={"id"}))
+    _audited(request, "tenant.create", body.id, **body.model_dump(exclude={"id"}))
+    return TenantOut.from_orm(tenant)
+
+
+@admin.delete("/tenants/{name}", response={200: dict, **ERRORS}, summary="Delete a tenant")
+def delete_tenant(request: HttpRequest, name: str) -> dict[str, Any]:
+    _operator(request, f"tenant:{name}")
+    if name == DEFAULT_TENANT:
+        raise Forbidden("the default tenant cannot be deleted")
+    counts = tenancy.delete_tenant(name)
+    _audited(request, "tenant.delete", name, **counts)
+    return {"tenant": name, "deleted": True, **counts}
+
+
+@admin.get("/keys", response={200: KeysOut, **ERRORS}, summary="List API keys")
+def list_keys(request: HttpRequest, tenant: str | None = None) -> KeysOut:
+    caller = allow(request, ADMIN, resource="keys")
+    if caller != DEFAULT_TENANT:
+        tenant = caller  # a tenant's admin sees its own keys only
+    return KeysOut(keys=[KeyOut.from_orm(k) for k in tenancy.list_keys(tenant)])
+
+
+@admin.post("/keys", response={200: NewKeyOut, **ERRORS}, summary="Create an API key")
+def create_key(request: HttpRequest, body: KeyIn) -> NewKeyOut:
+    caller = allow(request, ADMIN, resource="keys")
+    tenant = body.tenant or caller
+    if caller != DEFAULT_TENANT and tenant != caller:
+        raise Forbidden("a tenant's admin key creates keys of its own tenant only")
+    made = tenancy.create_key(tenant, body.scopes, namespaces=body.namespaces, name=body.name)
+    _audited(request, "key.create", made.key.id, tenant=tenant, scopes=made.key.scopes)
+    return NewKeyOut(key=made.secret, **KeyOut.from_orm(made.key).model_dump())
+
+
+@admin.delete("/keys/{key_id}", response={200: KeyOut, **ERRORS}, summary="Revoke an API key")
+def revoke_key(request: HttpRequest, key_id: str) -> KeyOut:
+    caller = allow(request, ADMIN, resource=key_id)
+    key = tenancy.revoke_key(key_id, tenant=None if caller == DEFAULT_TENANT else caller)
+    _audited(request, "key.revoke", key_id, tenant=key.tenant_id)
+    return KeyOut.from_orm(key)
+
+
+@admin.get("/audit", response={200: AuditOut, **ERRORS}, summary="The audit log, newest first")
+def audit_log(
+    request: HttpRequest,
+    tenant: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    before: int | None = None,
+) -> AuditOut:
+    caller = allow(request, ADMIN, resource="audit")
+    if caller != DEFAULT_TENANT:
+        tenant = caller
+    rows = tenancy.audit_log(tenant, limit=limit, before=before)
+    return AuditOut(entries=[AuditEntryOut.from_orm(e) for e in rows])
 
 
 api.add_router("/memory", memory)
+api.add_router("/usage", usage_router)
+api.add_router("/admin", admin)
 api.add_router("/graph", graph_router)
 api.add_router("/jobs", job_router)
 
@@ -417,6 +587,32 @@ def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonRe
 def json_500(request: HttpRequest) -> JsonResponse:
     error = SFMError("internal error; the server log has the details")
     return error_response(error)
+
+
+PUBLIC = ("/api/v2/openapi.json", "/api/v2/docs")
+
+
+class AuthMiddleware:
+    """Authenticate every API request (Bearer key), then count it against the tenant's
+    rate limit. Sets `request.principal`; answers 401/429 in the API's error envelope."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith("/api/v2/") and not request.path.startswith(PUBLIC):
+            client = request.META.get("REMOTE_ADDR", "")
+            try:
+                caller = tenancy.authenticate(request.headers.get("Authorization"), client)
+                tenancy.check_rate(caller)
+            except SFMError as exc:
+                return error_response(exc)
+            except DatabaseError as exc:
+                log.warning("database unavailable during authentication: %s", exc)
+                connection.close_if_unusable_or_obsolete()
+                return error_response(DatabaseUnavailable("the database is unavailable; retry"))
+            request.principal = caller  # type: ignore[attr-defined]
+        return self.get_response(request)
 
 
 class JsonErrorsMiddleware:

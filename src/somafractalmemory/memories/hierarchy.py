@@ -10,6 +10,7 @@ one parent or made nothing new. Re-running with nothing new changes nothing.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -122,16 +123,31 @@ def _unfolded(tenant: str, namespace: str, level: int, since: Any, until: Any) -
     return list(query.order_by("created_at", "stored_at", "id"))
 
 
+def _near_new(items: list[Memory], window: float) -> list[Memory]:
+    """The items a run must group: the new ones (never considered) and the older unfolded
+    ones within `window` of a new one (the only ones a new item can change)."""
+    fresh = sorted(m.created_at.timestamp() for m in items if m.considered_at is None)
+    if not fresh:
+        return []
+
+    def near(t: float) -> bool:
+        at = bisect.bisect_left(fresh, t)
+        return any(abs(fresh[j] - t) <= window for j in (at - 1, at) if 0 <= j < len(fresh))
+
+    return [m for m in items if m.considered_at is None or near(m.created_at.timestamp())]
+
+
 def _consolidate_level(
     tenant: str, namespace: str, level: int, since: Any, until: Any, report: Report
 ) -> LevelResult:
     result = LevelResult(level)
     span = (since, until) if level == 0 else (None, None)
     items = _unfolded(tenant, namespace, level, *span)
-    if not any(m.considered_at is None for m in items):
+    window = window_seconds(level)
+    items = _near_new(items, window)
+    if not items:
         return result  # nothing new at this level: re-running changes nothing
     result.considered = len(items)
-    window = window_seconds(level)
     low, high = items[0].created_at.timestamp(), items[-1].created_at.timestamp()
     seeds_rows = [
         p

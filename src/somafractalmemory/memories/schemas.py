@@ -245,3 +245,71 @@ class JobOut(Schema):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class UsageOut(Schema):
+    tenant: str
+    memories: int
+    bytes: int = Field(description="UTF-8 bytes of content stored.")
+    limits: dict[str, int | None]
+
+
+class TenantIn(Strict):
+    id: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    max_memories: int | None = Field(default=None, ge=1)
+    max_bytes: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+
+
+class TenantOut(Schema):
+    id: str
+    created_at: datetime
+    max_memories: int | None
+    max_bytes: int | None
+    requests_per_minute: int | None
+
+
+class TenantsOut(Schema):
+    tenants: list[TenantOut]
+
+
+class KeyIn(Strict):
+    tenant: str | None = Field(default=None, description="Default: the caller's tenant.")
+    scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1)
+    namespaces: list[str] = Field(default_factory=list, description="Allowed; empty: all.")
+    name: str = Field(default="", max_length=128)
+
+
+class KeyOut(Schema):
+    id: str
+    tenant_id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    namespaces: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The key itself: shown this once, stored only as a hash.")
+
+
+class KeysOut(Schema):
+    keys: list[KeyOut]
+
+
+class AuditEntryOut(Schema):
+    id: int
+    tenant: str
+    actor: str
+    action: str
+    resource: str
+    outcome: str
+    details: dict[str, Any]
+    created_at: datetime
+
+
+class AuditOut(Schema):
+    entries: list[AuditEntryOut]

@@ -29,6 +29,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "somafractalmemory.memories.api.JsonErrorsMiddleware",
+    "somafractalmemory.memories.api.AuthMiddleware",
 ]
 TEMPLATES = [
     {

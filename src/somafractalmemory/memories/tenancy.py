@@ -1,0 +1,297 @@
+"""Tenants, API keys, who is calling, rate limits and the audit log.
+
+A key is `sfm_` + 32 random bytes (base32); only its SHA-256 is stored, so a leaked
+database does not leak keys, and lookup by digest compares no secret byte by byte. Keys
+carry scopes (`read`, `write`, `admin`) and an optional namespace allow-list.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import Sum
+from django.db.models.functions import Length
+
+from somafractalmemory import backends
+from somafractalmemory.conf import get_config
+from somafractalmemory.errors import (
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    ValidationFailed,
+)
+from somafractalmemory.memories.models import (
+    DEFAULT_TENANT,
+    ApiKey,
+    AuditEntry,
+    Memory,
+    Tenant,
+)
+from somafractalmemory.memories.services import new_id
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("read", "write", "admin")
+KEY_PREFIX = "sfm_"
+TENANT_NAME = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant and, with a key, the key's id, scopes and namespaces."""
+
+    tenant: str
+    key_id: str | None = None
+    scopes: tuple[str, ...] = ("read", "write", "admin")
+    namespaces: tuple[str, ...] = ()
+
+    @property
+    def actor(self) -> str:
+        return self.key_id or "anonymous"
+
+
+ANONYMOUS = Principal(DEFAULT_TENANT)
+CLI = Principal(DEFAULT_TENANT, key_id="cli")
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def authenticate(header: str | None, client: str) -> Principal:
+    """The caller of a request with this `Authorization` header, from this address."""
+    config = get_config()
+    if not header:
+        if config.auth == "required":
+            raise Unauthorized("this service needs an API key: `Authorization: Bearer sfm_...`")
+        return ANONYMOUS
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    _limit_failures(client, peek=True)
+    found = None
+    if scheme.lower() == "bearer" and key.startswith(KEY_PREFIX) and len(key) < 200:
+        found = ApiKey.objects.filter(digest=digest(key)).select_related("tenant").first()
+    if (
+        found is None
+        or found.revoked_at is not None
+        or not hmac.compare_digest(found.digest, digest(key))
+    ):
+        _limit_failures(client, peek=False)
+        audit(DEFAULT_TENANT if found is None else found.tenant_id, "anonymous", "auth.denied",
+              resource=found.id if found else "", outcome="denied",
+              details={"client": client, "revoked": bool(found)})  # fmt: skip
+        raise Unauthorized("unknown or revoked API key")
+    now = datetime.now(UTC)
+    if found.last_used_at is None or (now - found.last_used_at).total_seconds() > 60:
+        ApiKey.objects.filter(pk=found.pk).update(last_used_at=now)  # at most once a minute
+    return Principal(found.tenant_id, found.id, tuple(found.scopes), tuple(found.namespaces))
+
+
+def _limit_failures(client: str, *, peek: bool) -> None:
+    """Count failed keys per client address; past the limit, refuse for the minute."""
+    limit = get_config().auth_failures_per_minute
+    window = int(time.time() // 60)
+    name = f"sfm:authfail:{client}:{window}"
+    try:
+        if peek:
+            count = int(cache.get(name, 0))
+        else:
+            cache.add(name, 0, timeout=120)
+            count = int(cache.incr(name))
+    except Exception as exc:  # the cache is optional: without it, no brute-force counter
+        log.warning("auth failure counter unavailable: %s", exc)
+        return
+    if count > limit:
+        raise RateLimited(
+            "too many failed API keys from this address; wait a minute",
+            retry_after=60 - time.time() % 60,
+        )
+
+
+def check_rate(principal: Principal) -> None:
+    """The tenant's requests per minute (`Tenant.requests_per_minute`), counted in the
+    cache (Redis in production, so every worker shares the count) per one-minute window."""
+    limit = _limits(principal.tenant).get("requests_per_minute")
+    if not limit:
+        return
+    window = int(time.time() // 60)
+    name = f"sfm:rate:{principal.tenant}:{window}"
+    try:
+        cache.add(name, 0, timeout=120)
+        count = int(cache.incr(name))
+    except Exception as exc:  # without the cache, requests are not counted
+        log.warning("rate counter unavailable: %s", exc)
+        return
+    if count > limit:
+        raise RateLimited(
+            f"tenant {principal.tenant!r} is limited to {limit} requests per minute",
+            retry_after=60 - time.time() % 60,
+            details={"limit": limit},
+        )
+
+
+def _limits(tenant: str) -> dict[str, Any]:
+    name = f"sfm:limits:{tenant}"
+    try:
+        held = cache.get(name)
+    except Exception:
+        held = None
+    if held is None:
+        row = (
+            Tenant.objects.filter(id=tenant)
+            .values("max_memories", "max_bytes", "requests_per_minute")
+            .first()
+        )
+        held = row or {}
+        with contextlib.suppress(Exception):
+            cache.set(name, held, timeout=10)
+    return dict(held)
+
+
+def usage(tenant: str) -> dict[str, Any]:
+    rows = Memory.objects.filter(tenant_id=tenant)
+    stored = rows.aggregate(n=Sum(Length("content")))["n"] or 0
+    return {
+        "tenant": tenant,
+        "memories": rows.count(),
+        "bytes": int(stored),
+        "limits": _limits(tenant),
+    }
+
+
+# -- tenants and keys (admin) ------------------------------------------------------------
+
+
+def create_tenant(name: str, **limits: int | None) -> Tenant:
+    import re
+
+    if not re.match(TENANT_NAME, name):
+        raise ValidationFailed(
+            "tenant names are lower-case letters, digits, `_` and `-` (at most 63)",
+            details={"tenant": name},
+        )
+    tenant, _ = Tenant.objects.update_or_create(
+        id=name, defaults={k: v for k, v in limits.items() if k in _LIMIT_FIELDS}
+    )
+    cache_forget(name)
+    return tenant
+
+
+_LIMIT_FIELDS = ("max_memories", "max_bytes", "requests_per_minute")
+
+
+def cache_forget(tenant: str) -> None:
+    with contextlib.suppress(Exception):
+        cache.delete(f"sfm:limits:{tenant}")
+
+
+def get_tenant(name: str) -> Tenant:
+    found = Tenant.objects.filter(id=name).first()
+    if found is None:
+        raise NotFound(f"no tenant {name!r}", details={"tenant": name})
+    return found
+
+
+def delete_tenant(name: str) -> dict[str, int]:
+    """Delete a tenant: its vectors, then its rows (memories, links, keys, jobs)."""
+    tenant = get_tenant(name)
+    ids = list(Memory.objects.filter(tenant=tenant).values_list("id", flat=True))
+    index = backends.vector_index()
+    for start in range(0, len(ids), 1000):
+        index.delete(ids[start : start + 1000])
+    with transaction.atomic():
+        keys = ApiKey.objects.filter(tenant=tenant).count()
+        tenant.delete()
+    cache_forget(name)
+    return {"memories": len(ids), "keys": keys}
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: ApiKey
+    secret: str = field(repr=False)
+
+
+def create_key(
+    tenant: str, scopes: Sequence[str], *, namespaces: Sequence[str] = (), name: str = ""
+) -> NewKey:
+    bad = sorted(set(scopes) - set(SCOPES))
+    if bad or not scopes:
+        raise ValidationFailed(
+            f"scopes must be some of {list(SCOPES)}", details={"scopes": list(scopes)}
+        )
+    get_tenant(tenant)
+    secret = KEY_PREFIX + base64.b32encode(secrets.token_bytes(32)).decode().rstrip("=").lower()
+    key = ApiKey.objects.create(
+        id=new_id("key"),
+        tenant_id=tenant,
+        name=name,
+        prefix=secret[:12],
+        digest=digest(secret),
+        scopes=sorted(set(scopes), key=SCOPES.index),
+        namespaces=sorted(set(namespaces)),
+    )
+    return NewKey(key, secret)
+
+
+def list_keys(tenant: str | None = None) -> list[ApiKey]:
+    query = ApiKey.objects.order_by("tenant_id", "created_at", "id")
+    return list(query.filter(tenant_id=tenant) if tenant else query)
+
+
+def revoke_key(key_id: str, *, tenant: str | None = None) -> ApiKey:
+    query = ApiKey.objects.filter(id=key_id)
+    if tenant is not None:
+        query = query.filter(tenant_id=tenant)
+    key = query.first()
+    if key is None:
+        raise NotFound(f"no key {key_id!r}", details={"id": key_id})
+    if key.revoked_at is None:
+        key.revoked_at = datetime.now(UTC)
+        key.save(update_fields=["revoked_at"])
+    return key
+
+
+# -- audit -------------------------------------------------------------------------------
+
+
+def audit(
+    tenant: str,
+    actor: str,
+    action: str,
+    *,
+    resource: str = "",
+    outcome: str = "ok",
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record an admin action, a denial or a deletion (counts and ids, never content)."""
+    try:
+        AuditEntry.objects.create(
+            tenant=tenant, actor=actor, action=action, resource=resource[:200],
+            outcome=outcome, details=details or {},
+        )  # fmt: skip
+    except Exception as exc:  # an audit failure must not turn a denial into a 500
+        log.error("audit entry lost (%s %s %s): %s", tenant, action, resource, exc)
+
+
+def audit_log(
+    tenant: str | None, *, limit: int = 100, before: int | None = None
+) -> list[AuditEntry]:
+    query = AuditEntry.objects.order_by("-id")
+    if tenant is not None:
+        query = query.filter(tenant=tenant)
+    if before is not None:
+        query = query.filter(id__lt=before)
+    return list(query[:limit])
