@@ -7,7 +7,8 @@ question with evidence (category 5, adversarial, has none) is searched in every 
 report recall@5 and recall@10 of the evidence turns and the reciprocal rank of the first
 evidence turn in the top 10 (MRR@10), overall and per category, and the time per query.
 
-Modes: `hybrid`, `vector`, `lexical` search the turns (`types: ["episodic"]`, flat);
+Modes: `hybrid`, `vector`, `lexical` are the default search, which leaves out what
+consolidation made (level 0 only: the turns);
 `tree` searches every level and replaces each consolidated hit by the turns under it
 (those the flat hybrid search ranks first, then in time order); `zoom` is the service's zoom
 search (best semantic memories and summaries, then the best turns under them).
@@ -169,12 +170,13 @@ def search(text: str, namespace: str, mode: str) -> list[str]:
     from somafractalmemory.memories.services import Query, recall
 
     if mode in FLAT:
-        query = Query(namespace=namespace, top_k=TOP_K, mode=mode, types=("episodic",))
+        query = Query(namespace=namespace, top_k=TOP_K, mode=mode)  # default: level 0
         return [h.memory.id for h in recall(text, query).hits]
     if mode == "zoom":
         zoomed = hierarchy.zoom(text, Query(namespace=namespace, top_k=TOP_K))
         return [h.memory.id for h in zoomed.hits]
-    hits = recall(text, Query(namespace=namespace, top_k=TOP_K)).hits
+    every = tuple(range(hierarchy.MAX_LEVEL + 1))
+    hits = recall(text, Query(namespace=namespace, top_k=TOP_K, levels=every)).hits
     order = {m: n for n, m in enumerate(search(text, namespace, "hybrid"))}
     ranked: list[str] = []
     for hit in hits:

@@ -77,15 +77,15 @@ def run_dir() -> Path:
 class Api:
     """Django test client speaking JSON to /api/v2."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str | None = None) -> None:
         from django.test import Client
 
-        self.client = Client()
+        self.client = Client(headers={"Authorization": f"Bearer {key}"} if key else None)
 
     def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         import json
 
-        api_paths = ("/memory", "/graph", "/jobs")
+        api_paths = ("/memory", "/graph", "/jobs", "/usage", "/admin")
         url = f"/api/v2{path}" if path.startswith(api_paths) else path
         kwargs: dict[str, Any] = {}
         if body is not None:

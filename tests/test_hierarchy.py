@@ -174,6 +174,11 @@ def test_search_expands_hits_and_zooms_from_summaries_to_episodes(api: Api, name
     up = search(api, namespace, "flight to Paris", types=["episodic"], expand="parents")
     assert up["memories"][0]["parents"][0]["type"] == "semantic"
 
+    # By default search leaves out what consolidation made (LoCoMo: flat search finds more
+    # evidence turns); `levels` or `types` bring it in.
+    plain = search(api, namespace, "sourdough rye starter", top_k=20)
+    assert {m["level"] for m in plain["memories"]} == {0}
+    assert {m["level"] for m in search(api, namespace, "sourdough", levels=[1])["memories"]} == {1}
     zoomed = search(api, namespace, "Louvre visit", zoom=True, top_k=5)
     assert set(ids(zoomed)) <= set(stored["travel"]) | set(stored["baking"])
     assert ids(zoomed)[0] in stored["travel"]

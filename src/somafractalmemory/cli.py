@@ -62,6 +62,9 @@ def serve(
         int | None, typer.Option(help="Request threads per worker [threads].")
     ] = None,
     workers: Annotated[int, typer.Option(help="Worker processes (needs a Milvus server).")] = 1,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow a non-loopback address without required API keys.")
+    ] = False,
 ) -> None:
     """Migrate, then serve the API with gunicorn (worker processes x request threads)."""
     from somafractalmemory.conf import get_config
@@ -73,12 +76,18 @@ def serve(
                 "--workers > 1 needs a Milvus server: the Milvus Lite file can be opened by one "
                 "process only. Use --threads to scale the embedded default, or set milvus_uri."
             )
+        bind = host or conf.api_host
+        if conf.auth != "required" and not insecure and not _loopback(bind):
+            raise ConfigError(
+                f"refusing to serve {bind} without API keys: set auth=required "
+                "(SFM_AUTH=required) and create keys with `sfm key create`, or pass --insecure"
+            )
     except SFMError as exc:
         _fail(exc)
         return
     migrate()
     options: dict[str, Any] = {
-        "bind": f"{host or conf.api_host}:{port or conf.api_port}",
+        "bind": f"{bind}:{port or conf.api_port}",
         "workers": workers,
         "worker_class": "gthread",
         "threads": threads or conf.threads,
@@ -90,6 +99,17 @@ def serve(
         "control_socket_disable": True,
     }
     _Server(options).run()
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _warm_up(worker: Any) -> None:
@@ -251,6 +271,123 @@ def forget(
             typer.echo(json.dumps({"tenant": tenant, **done.as_dict()}))
     except SFMError as exc:
         _fail(exc)
+
+
+tenant_app = typer.Typer(help="Tenants: create, list, delete.", no_args_is_help=True)
+key_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(key_app, name="key")
+
+
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: str,
+    max_memories: Annotated[int | None, typer.Option(help="Most memories it may hold.")] = None,
+    max_bytes: Annotated[int | None, typer.Option(help="Most content it may store.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+) -> None:
+    """Create a tenant (or change its limits)."""
+    _django()
+    from somafractalmemory.memories import tenancy
+
+    try:
+        tenant = tenancy.create_tenant(
+            name, max_memories=max_memories, max_bytes=max_bytes, requests_per_minute=rpm
+        )
+        tenancy.audit(tenant.id, "cli", "tenant.create", resource=tenant.id)
+    except SFMError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"tenant {tenant.id}")
+
+
+@tenant_app.command("list")
+def tenant_list() -> None:
+    """Tenants with their memory counts and limits."""
+    _django()
+    from django.db.models import Count
+
+    from somafractalmemory.memories.models import Tenant
+
+    for t in Tenant.objects.annotate(n=Count("memories")).order_by("id"):
+        limits = (
+            f"max_memories={t.max_memories} max_bytes={t.max_bytes} rpm={t.requests_per_minute}"
+        )
+        typer.echo(f"{t.id}\t{t.n} memories\t{limits}")
+
+
+@tenant_app.command("delete")
+def tenant_delete(
+    name: str, yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False
+) -> None:
+    """Delete a tenant with all its memories, vectors, links, keys and jobs."""
+    _django()
+    from somafractalmemory.memories import tenancy
+    from somafractalmemory.memories.models import DEFAULT_TENANT
+
+    if name == DEFAULT_TENANT:
+        _fail(ConfigError("the default tenant cannot be deleted"))
+    if not yes:
+        typer.confirm(f"Delete tenant {name} and everything it holds?", abort=True)
+    try:
+        counts = tenancy.delete_tenant(name)
+        tenancy.audit(name, "cli", "tenant.delete", resource=name, details=counts)
+    except SFMError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"deleted tenant {name}: {counts['memories']} memories, {counts['keys']} keys")
+
+
+@key_app.command("create")
+def key_create(
+    tenant: Annotated[str, typer.Option(help="The key's tenant.")] = "default",
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read,write,admin.")] = "read,write",
+    namespaces: Annotated[str | None, typer.Option(help="Comma-separated allow-list.")] = None,
+    name: Annotated[str, typer.Option(help="A label for people.")] = "",
+) -> None:
+    """Create an API key. The key is printed once, alone on the last line."""
+    _django()
+    from somafractalmemory.memories import tenancy
+
+    try:
+        made = tenancy.create_key(tenant, _split(scopes), namespaces=_split(namespaces), name=name)
+        tenancy.audit(tenant, "cli", "key.create", resource=made.key.id)
+    except SFMError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"key {made.key.id} for tenant {tenant}, scopes {','.join(made.key.scopes)}")
+    typer.echo(made.secret)
+
+
+@key_app.command("list")
+def key_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None) -> None:
+    """Keys (never the keys themselves): id, tenant, prefix, scopes, namespaces, state."""
+    _django()
+    from somafractalmemory.memories import tenancy
+
+    for k in tenancy.list_keys(tenant):
+        state = "revoked" if k.revoked_at else f"last used {k.last_used_at or 'never'}"
+        spaces = ",".join(k.namespaces) or "*"
+        typer.echo(f"{k.id}\t{k.tenant_id}\t{k.prefix}…\t{','.join(k.scopes)}\t{spaces}\t{state}")
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str) -> None:
+    """Revoke a key; requests with it fail from now on."""
+    _django()
+    from somafractalmemory.memories import tenancy
+
+    try:
+        key = tenancy.revoke_key(key_id)
+        tenancy.audit(key.tenant_id, "cli", "key.revoke", resource=key.id)
+    except SFMError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"revoked {key.id}")
 
 
 @app.command("milvus-lite")

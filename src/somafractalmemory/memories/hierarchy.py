@@ -293,6 +293,7 @@ def zoom(text: str, query: services.Query, *, tenant: str = DEFAULT_TENANT) -> s
             mode=query.mode,
             filters=query.filters,
             types=("semantic", "summary"),
+            levels=tuple(range(1, MAX_LEVEL + 1)),
             scoring=query.scoring,
         ),
         tenant=tenant,

@@ -27,7 +27,8 @@ from itertools import pairwise
 from typing import Any
 
 from django.db import DatabaseError, close_old_connections, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, Q, QuerySet, Sum
+from django.db.models.functions import Length
 
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
@@ -39,6 +40,7 @@ from somafractalmemory.errors import (
     InvalidCursor,
     MemoryNotFound,
     MetadataTooLarge,
+    QuotaExceeded,
     ValidationFailed,
 )
 from somafractalmemory.memories import links
@@ -326,6 +328,7 @@ def store_many(
     for i in fresh:
         first.setdefault(keys[i], i)
     fresh = [i for i in fresh if not items[i].dedupe or first[keys[i]] == i]
+    _check_quota(tenant, [items[i].content for i in fresh])
     # Embed before writing, so a failing model leaves nothing half-stored.
     vectors = embed_texts([items[i].content for i in fresh]) if fresh else []
     now = datetime.now(UTC)
@@ -387,6 +390,30 @@ def store_many(
 
 
 Neighbours = dict[int, list[tuple[str, float]]]
+
+
+def _check_quota(tenant: str, contents: Sequence[str]) -> None:
+    """Refuse (403 quota_exceeded) a store that would take the tenant past its limits."""
+    limits = Tenant.objects.filter(id=tenant).values("max_memories", "max_bytes").first()
+    if not limits or not contents:
+        return
+    rows = Memory.objects.filter(tenant_id=tenant)
+    if limits["max_memories"] is not None:
+        held = rows.count()
+        if held + len(contents) > limits["max_memories"]:
+            raise QuotaExceeded(
+                f"tenant {tenant!r} may hold {limits['max_memories']} memories; it holds {held}",
+                details={"limit": limits["max_memories"], "used": held, "adding": len(contents)},
+            )
+    if limits["max_bytes"] is not None:
+        used = int(rows.aggregate(n=Sum(Length("content")))["n"] or 0)
+        adding = sum(len(c) for c in contents)
+        if used + adding > limits["max_bytes"]:
+            raise QuotaExceeded(
+                f"tenant {tenant!r} may store {limits['max_bytes']} bytes of content; "
+                f"it stores {used}",
+                details={"limit": limits["max_bytes"], "used": used, "adding": adding},
+            )
 
 
 def _neighbours(
@@ -684,7 +711,13 @@ class Query:
     created_before: datetime | None = None
     min_score: float | None = None
     levels: tuple[int, ...] = ()
-    """Hierarchy levels (0 episodes, 1 semantic, 2+ summaries); empty: all."""
+    """Hierarchy levels (0: stored by clients, 1 and up: made by consolidation). Empty: level
+    0 only, unless `types` is given (then every level of those types)."""
+
+    @property
+    def allowed_levels(self) -> tuple[int, ...]:
+        """Levels a hit may have; empty: any."""
+        return self.levels or (() if self.types else (0,))
     scoring: ranking.Scoring = field(default_factory=ranking.Scoring)
 
 
@@ -791,7 +824,7 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
         for i, m in rows.items()
         if m.tenant_id == tenant
         and m.archived_at is None
-        and (not query.levels or m.level in query.levels)
+        and (not query.allowed_levels or m.level in query.allowed_levels)
     }
     relevance = {i: r for i, r in relevance.items() if i in rows}
     now = datetime.now(UTC)

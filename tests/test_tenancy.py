@@ -1,0 +1,286 @@
+"""Tenants that cannot see each other: keys, scopes, policies, rate limits, audit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from somafractalmemory.conf import get_config
+from somafractalmemory.memories import tenancy
+from somafractalmemory.memories.models import ApiKey, AuditEntry
+from tests.conftest import Api
+from tests.servers import local_http
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Change SFM_* settings for one test (the process-wide config is re-read)."""
+
+    def put(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"SFM_{name.upper()}", value)
+        get_config.cache_clear()
+
+    yield put
+    monkeypatch.undo()
+    get_config.cache_clear()
+
+
+def tenant_with_key(name: str | None = None, scopes: tuple[str, ...] = ("read", "write"),
+                    **limits: int) -> tuple[str, Api]:  # fmt: skip
+    name = name or f"t{uuid.uuid4().hex[:10]}"
+    tenancy.create_tenant(name, **limits)
+    made = tenancy.create_key(name, scopes)
+    return name, Api(made.secret)
+
+
+def seed(api: Api, namespace: str) -> dict[str, str]:
+    """Memories, a tree, links and a job in `namespace` of the caller's tenant."""
+    ids = {}
+    for n, text in enumerate(["The vault code is 4412 and changes monthly.",
+                              "The vault code 4412 is shared with Ana only.",
+                              "Ana keeps the vault key in the blue drawer."]):  # fmt: skip
+        body = {"content": text, "namespace": namespace,
+                "created_at": f"2024-05-01T10:0{n}:00Z"}  # fmt: skip
+        ids[f"m{n}"] = api.ok("POST", "/memory/store", body)["id"]
+    job = api.ok("POST", "/memory/consolidate", {"namespace": namespace, "wait": True})
+    ids["job"] = job["id"]
+    (parent,) = api.ok("GET", "/memory", namespace=namespace, type="semantic")["memories"]
+    ids["parent"] = parent["id"]
+    api.ok("POST", f"/memory/{ids['m0']}/links", {"target": ids["m2"], "kind": "about"})
+    return ids
+
+
+def test_another_tenant_sees_nothing_of_mine(api: Api, namespace: str) -> None:
+    _, alice = tenant_with_key()
+    _, bob = tenant_with_key(scopes=("read", "write", "admin"))
+    mine = seed(alice, namespace)
+    missing = "mem_" + "0" * 20
+
+    def same_as_missing(method: str, path: str, body: Any = None, **params: Any) -> None:
+        """Bob's answer about Alice's memory is the answer about no memory at all."""
+        theirs = bob.call(method, path.format(id=mine["m0"]), body, **params)
+        nobody = bob.call(method, path.format(id=missing), body, **params)
+        assert theirs.status_code == nobody.status_code == 404, (path, theirs.content)
+        def strip(r):
+            return json.dumps(r.json()).replace(mine["m0"], "X").replace(missing, "X")
+        assert strip(theirs) == strip(nobody)
+
+    for method, path, body in [
+        ("GET", "/memory/{id}", None),
+        ("PATCH", "/memory/{id}", {"importance": 0.1}),
+        ("DELETE", "/memory/{id}", None),
+        ("GET", "/memory/{id}/children", None),
+        ("GET", "/memory/{id}/parents", None),
+        ("GET", "/memory/{id}/links", None),
+        ("POST", "/memory/{id}/links", {"target": mine["m1"], "kind": "steal"}),
+        ("POST", "/memory/{id}/restore", None),
+        ("GET", "/graph/{id}", None),
+    ]:
+        same_as_missing(method, path, body)
+    same_as_missing("DELETE", "/memory/{id}/links?target=" + mine["m2"] + "&kind=about")
+    assert bob.error(404, "GET", f"/memory/{mine['parent']}/children") == "memory_not_found"
+    assert bob.error(404, "GET", f"/jobs/{mine['job']}") == "job_not_found"
+    # Linking from Bob's memory to Alice's: her memory does not exist for him.
+    own = bob.ok("POST", "/memory/store", {"content": "Bob's note", "namespace": namespace})
+    assert bob.error(404, "POST", f"/memory/{own['id']}/links",
+                     {"target": mine["m0"], "kind": "x"}) == "memory_not_found"  # fmt: skip
+    # Same namespace name, other tenant: search, list, consolidate and usage see only Bob's.
+    found = bob.ok("POST", "/memory/search", {"query": "vault code 4412", "namespace": namespace})
+    assert [m["id"] for m in found["memories"]] == [own["id"]]
+    everywhere = bob.ok("POST", "/memory/search", {"query": "vault code 4412", "mode": "lexical"})
+    assert {m["id"] for m in everywhere["memories"]} <= {own["id"]}
+    listed = bob.ok("GET", "/memory", namespace=namespace)["memories"]
+    assert [m["id"] for m in listed] == [own["id"]]
+    tree = bob.ok("POST", "/memory/consolidate", {"namespace": namespace, "wait": True})
+    assert tree["result"]["created"] == 0
+    assert bob.ok("GET", "/usage")["memories"] == 1
+    assert bob.error(403, "GET", "/admin/tenants") == "forbidden"
+    assert {k["tenant_id"] for k in bob.ok("GET", "/admin/keys")["keys"]} == {own_tenant(bob)}
+    # And Alice still has everything.
+    assert alice.ok("GET", f"/memory/{mine['m0']}")["importance"] == 0.5
+    assert len(alice.ok("GET", f"/memory/{mine['parent']}/children")["memories"]) == 3
+
+
+def own_tenant(api: Api) -> str:
+    return str(api.ok("GET", "/usage")["tenant"])
+
+
+def test_keys_scopes_and_namespace_allow_lists(api: Api, namespace: str) -> None:
+    name, writer = tenant_with_key()
+    reader = Api(tenancy.create_key(name, ["read"]).secret)
+    scoped = Api(tenancy.create_key(name, ["read", "write"], namespaces=[namespace]).secret)
+    stored = writer.ok(
+        "POST", "/memory/store", {"content": "Quarterly goals", "namespace": namespace}
+    )
+    assert reader.ok("GET", f"/memory/{stored['id']}")["content"] == "Quarterly goals"
+    denied = reader.call("POST", "/memory/store", {"content": "x", "namespace": namespace})
+    assert denied.status_code == 403
+    assert denied.json()["error"] == {"code": "forbidden", "details": None,
+                                      "message": 'this key lacks the "write" scope'}  # fmt: skip
+    assert scoped.ok("POST", "/memory/search", {"query": "goals", "namespace": namespace})
+    assert scoped.error(403, "POST", "/memory/search", {"query": "goals"}) == "forbidden"
+    other = scoped.call("POST", "/memory/store", {"content": "x", "namespace": "elsewhere"})
+    assert other.status_code == 403 and "namespaces" in other.json()["error"]["message"]
+    assert reader.error(403, "GET", "/admin/keys") == "forbidden"
+    denials = AuditEntry.objects.filter(tenant=name, outcome="denied")
+    assert denials.count() == 4 and not any("Quarterly" in json.dumps(e.details) for e in denials)
+
+
+def test_unknown_revoked_and_missing_keys(api: Api, settings_env: Any, namespace: str) -> None:
+    name, caller = tenant_with_key()
+    assert caller.ok("GET", "/usage")["tenant"] == name
+    assert Api("sfm_nope").error(401, "GET", "/usage") == "unauthorized"
+    assert Api("Basic abc").error(401, "GET", "/usage") == "unauthorized"
+    (key,) = ApiKey.objects.filter(tenant_id=name)
+    assert key.last_used_at is not None and len(key.digest) == 64 and key.prefix.startswith("sfm_")
+    tenancy.revoke_key(key.id)
+    assert caller.error(401, "GET", "/usage") == "unauthorized"
+    assert Api().ok("GET", "/usage")["tenant"] == "default"  # auth optional: the default tenant
+    settings_env(auth="required")
+    assert Api().error(401, "GET", "/usage") == "unauthorized"
+    assert Api().call("GET", "/api/v2/openapi.json").status_code == 200  # the spec stays public
+    assert Api().call("GET", "/healthz").status_code == 200
+
+
+def test_guessing_keys_is_rate_limited(api: Api, settings_env: Any) -> None:
+    settings_env(auth_failures_per_minute="3")
+    client = Api(f"sfm_guess{uuid.uuid4().hex}")
+    client.client.defaults["REMOTE_ADDR"] = f"10.9.{uuid.uuid4().int % 250}.7"
+    codes = [client.call("GET", "/usage").status_code for _ in range(5)]
+    assert codes == [401, 401, 401, 429, 429]
+    limited = client.call("GET", "/usage")
+    assert limited.json()["error"]["code"] == "rate_limited" and int(limited["Retry-After"]) >= 1
+
+
+def test_requests_per_minute_and_quotas(api: Api, namespace: str) -> None:
+    _, limited = tenant_with_key(requests_per_minute=3)
+    codes = [limited.call("GET", "/usage").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    _, small = tenant_with_key(max_memories=2)
+    for text in ("one", "two"):
+        small.ok("POST", "/memory/store", {"content": text, "namespace": namespace})
+    over = small.call("POST", "/memory/store", {"content": "three", "namespace": namespace})
+    assert over.status_code == 403 and over.json()["error"]["code"] == "quota_exceeded"
+    assert small.ok("GET", "/usage")["memories"] == 2
+    _, tiny = tenant_with_key(max_bytes=10)
+    assert tiny.error(403, "POST", "/memory/batch",
+                      {"memories": [{"content": "0123456789A"}]}) == "quota_exceeded"  # fmt: skip
+
+
+READ_ONLY = """package sfm.authz
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	input.scopes[_] == "admin"
+}
+
+allow if {
+	input.action == "memory.read"
+}
+
+allow if {
+	input.action == "memory.write"
+	input.namespace != "archive"
+}
+
+reason := "the archive namespace is read-only" if input.namespace == "archive"
+"""
+
+
+def test_custom_policy_makes_a_namespace_read_only(
+    api: Api, settings_env: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "authz.rego").write_text(READ_ONLY)
+    settings_env(policy_path=str(tmp_path))
+    _, caller = tenant_with_key()
+    caller.ok("POST", "/memory/store", {"content": "fine", "namespace": "notes"})
+    denied = caller.call("POST", "/memory/store", {"content": "no", "namespace": "archive"})
+    assert denied.status_code == 403
+    assert denied.json()["error"]["message"] == "the archive namespace is read-only"
+    caller.ok("POST", "/memory/search", {"query": "anything", "namespace": "archive"})
+
+
+class FakeOpa(BaseHTTPRequestHandler):
+    """OPA's data API, deciding with the shipped policy file (as an OPA server loaded with
+    it would)."""
+
+    calls: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        from somafractalmemory import policy
+
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOpa.calls.append({"path": self.path, **body})
+        import regorus
+
+        engine = regorus.Engine()
+        for name, text in policy.policy_files(None):
+            engine.add_policy(name, text)
+        engine.set_input_json(json.dumps(body["input"]))
+        allow = engine.eval_rule("data.sfm.authz.allow") is True
+        reason = "" if allow else policy._reason(engine.eval_query("data.sfm.authz.reason"))
+        payload = json.dumps({"result": {"allow": allow, "reason": reason}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_opa_server_decides_and_its_failure_denies(api: Api, settings_env: Any) -> None:
+    name, reader = tenant_with_key(scopes=("read",))
+    with local_http(FakeOpa) as opa:
+        settings_env(opa_url=opa)
+        FakeOpa.calls.clear()
+        assert reader.ok("GET", "/usage")["tenant"] == name
+        denied = reader.call("POST", "/memory/store", {"content": "x"})
+        assert denied.status_code == 403 and "write" in denied.json()["error"]["message"]
+        assert FakeOpa.calls[0]["path"] == "/v1/data/sfm/authz"
+        assert FakeOpa.calls[0]["input"]["tenant"] == name
+    settings_env(opa_url="http://127.0.0.1:9", opa_timeout="1")  # nothing listens: fail closed
+    assert reader.error(403, "GET", "/usage") == "forbidden"
+
+
+def run_sfm(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "somafractalmemory.cli", *args],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_tenants_and_keys(server_env: dict[str, str]) -> None:
+    assert run_sfm("migrate", env=server_env).returncode == 0
+    made = run_sfm("tenant", "create", "acme", "--rpm", "100", env=server_env)
+    assert made.returncode == 0, made.stderr
+    key = run_sfm("key", "create", "--tenant", "acme", "--scopes", "read", env=server_env)
+    assert key.returncode == 0, key.stderr
+    secret = key.stdout.strip().splitlines()[-1]
+    assert secret.startswith("sfm_") and len(secret) > 40
+    listed = run_sfm("key", "list", env=server_env).stdout
+    assert "acme" in listed and secret not in listed and secret[:12] in listed
+    key_id = listed.split()[0]
+    assert run_sfm("key", "revoke", key_id, env=server_env).returncode == 0
+    assert "revoked" in run_sfm("key", "list", "--tenant", "acme", env=server_env).stdout
+    bad = run_sfm("key", "create", "--tenant", "acme", "--scopes", "root", env=server_env)
+    assert bad.returncode == 2 and "validation_error" in bad.stderr
+    assert "acme" in run_sfm("tenant", "list", env=server_env).stdout
+    gone = run_sfm("tenant", "delete", "acme", "--yes", env=server_env)
+    assert gone.returncode == 0 and "deleted tenant acme" in gone.stdout
+    wide = run_sfm("serve", "--host", "0.0.0.0", env={**server_env, "SFM_AUTH": "optional"})
+    assert wide.returncode == 2 and "--insecure" in wide.stderr
+    assert os.environ.get("SFM_AUTH") != "required"  # the test process itself is unchanged
