@@ -254,3 +254,27 @@ def test_memories_left_alone_are_looked_at_again_only_when_something_new_arrives
     assert later["levels"][0]["considered"] == 2  # the new one and the one left alone
     (pair,) = parents_of(api, lone)
     assert len(children_of(api, pair["id"])) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_link_within_the_batch_at_once_and_to_the_index_soon_after() -> None:
+    api = Api()
+    namespace = f"batch-{time.monotonic_ns()}"
+    old = store(api, namespace, "The staging database password rotates every Monday.")
+    body = {"memories": [
+        {"content": "The staging database password is rotated each Monday.",
+         "namespace": namespace},
+        {"content": "Staging database passwords rotate on Mondays.", "namespace": namespace},
+    ]}  # fmt: skip
+    first, second = (m["id"] for m in api.ok("POST", "/memory/batch", body)["memories"])
+
+    def similar(memory_id: str) -> set[str]:
+        found = api.ok("GET", f"/memory/{memory_id}/links", kinds="similar")["links"]
+        return {e["target"] for e in found if e["source"] == memory_id}
+
+    assert second in similar(first)  # within the batch: made with the store
+    deadline = time.monotonic() + 30
+    while old not in similar(first):  # to the index: by the link thread, shortly after
+        assert time.monotonic() < deadline, similar(first)
+        time.sleep(0.1)
+    assert old in similar(second)

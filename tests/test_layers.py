@@ -15,6 +15,7 @@ RANKS = {
     "embedding": 3,
     "vectors": 3,
     "policy": 3,
+    "crypto": 3,
     "summaries": 3,
     "backends": 4,
     "memories.models": 4,

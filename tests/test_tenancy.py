@@ -71,8 +71,10 @@ def test_another_tenant_sees_nothing_of_mine(api: Api, namespace: str) -> None:
         theirs = bob.call(method, path.format(id=mine["m0"]), body, **params)
         nobody = bob.call(method, path.format(id=missing), body, **params)
         assert theirs.status_code == nobody.status_code == 404, (path, theirs.content)
+
         def strip(r):
             return json.dumps(r.json()).replace(mine["m0"], "X").replace(missing, "X")
+
         assert strip(theirs) == strip(nobody)
 
     for method, path, body in [

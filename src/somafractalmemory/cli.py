@@ -390,6 +390,34 @@ def key_revoke(key_id: str) -> None:
     typer.echo(f"revoked {key.id}")
 
 
+master_app = typer.Typer(help="The master key that wraps tenants' data keys.")
+app.add_typer(master_app, name="master-key")
+
+
+@master_app.command("rotate")
+def master_rotate() -> None:
+    """Re-wrap every data key with master_key (old keys read with master_key_previous)."""
+    _django()
+    from somafractalmemory.memories import tenancy
+
+    try:
+        done = tenancy.rotate_master_key()
+        tenancy.audit("default", "cli", "master_key.rotate", details=done)
+    except SFMError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"re-wrapped {done['rewrapped']} data keys; {done['current']} were current")
+
+
+@master_app.command("new")
+def master_new() -> None:
+    """Print a new random master key (base64), for SFM_MASTER_KEY."""
+    import base64
+    import secrets
+
+    typer.echo(base64.b64encode(secrets.token_bytes(32)).decode())
+
+
 @app.command("milvus-lite")
 def milvus_lite(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",

@@ -21,7 +21,16 @@ import yaml
 from somafractalmemory.errors import ConfigError
 
 ENV_PREFIX = "SFM_"
-SECRET_KEYS = frozenset({"embedding_api_key", "llm_api_key", "milvus_token", "secret_key"})
+SECRET_KEYS = frozenset(
+    {
+        "embedding_api_key",
+        "llm_api_key",
+        "master_key",
+        "master_key_previous",
+        "milvus_token",
+        "secret_key",
+    }
+)
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -197,6 +206,18 @@ class Config:
         ),
     )
     debug: bool = field(default=False, metadata=_doc("Django DEBUG."))
+    master_key: str | None = field(
+        default=None,
+        metadata=_doc(
+            "Base64 of 32 random bytes: wraps each tenant's data key (AES-256-GCM). Unset: "
+            "`data_dir/master.key`, created with mode 0600. Set it (the same on every worker) "
+            "in production; losing it loses every memory."
+        ),
+    )
+    master_key_previous: str | None = field(
+        default=None,
+        metadata=_doc("The master key being replaced, while `sfm master-key rotate` runs."),
+    )
     auth: str = field(
         default="optional",
         metadata=_doc(

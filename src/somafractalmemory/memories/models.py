@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from datetime import datetime
+from typing import Any
 
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
+
+from somafractalmemory import crypto
+from somafractalmemory.conf import get_config
 
 DEFAULT_TENANT = "default"
 
@@ -22,6 +28,9 @@ class Tenant(models.Model):
 
     id = models.CharField(primary_key=True, max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
+    wrapped_key = models.TextField(
+        blank=True, default="", help_text="The tenant's data key, wrapped by the master key."
+    )
     max_memories = models.PositiveIntegerField(null=True, blank=True)
     max_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
@@ -30,13 +39,100 @@ class Tenant(models.Model):
         return self.id
 
 
+# -- encryption at rest -------------------------------------------------------------------
+
+_keys: dict[str, tuple[str, bytes]] = {}  # tenant -> (wrapped key, data key)
+_keys_lock = threading.Lock()
+
+
+def data_key(tenant: str, *, check: bool = False) -> bytes:
+    """The tenant's data key (made and wrapped on first use; cached in this process).
+
+    `check` re-reads the wrapped key from the database (one query), so that a tenant
+    deleted and created again by another process is not sealed with its old key: stores
+    check, reads of existing rows use the cache."""
+    held = _keys.get(tenant)
+    if held is not None and not check:
+        return held[1]
+    with _keys_lock:
+        wrapped = Tenant.objects.filter(id=tenant).values_list("wrapped_key", flat=True).first()
+        if held is not None and wrapped == held[0]:
+            return held[1]
+        masters = crypto.master_keys(get_config())
+        made = 0
+        if not wrapped:
+            Tenant.objects.get_or_create(id=tenant)
+            # Only the first writer's key is kept: concurrent first uses all read it back.
+            made = Tenant.objects.filter(id=tenant, wrapped_key="").update(
+                wrapped_key=crypto.wrap(crypto.new_data_key(), tenant, masters[0])
+            )
+            wrapped = Tenant.objects.values_list("wrapped_key", flat=True).get(id=tenant)
+        key = crypto.unwrap(wrapped, tenant, masters)
+        # A key made inside a transaction is not kept until it is committed: a rollback
+        # would otherwise leave this process sealing with a key the database never stored.
+        if not (made and transaction.get_connection().in_atomic_block):
+            _keys[tenant] = (wrapped, key)
+        else:
+            _keys.pop(tenant, None)
+        return key
+
+
+def forget_data_key(tenant: str) -> None:
+    with _keys_lock:
+        _keys.pop(tenant, None)
+
+
+class SealedTextField(models.TextField):
+    """Text stored sealed with its row's tenant's data key; plaintext in Python."""
+
+    def pre_save(self, model_instance: Any, add: bool) -> Any:
+        value = getattr(model_instance, self.attname)
+        if value is None:
+            return None
+        tenant = model_instance.tenant_id
+        return crypto.seal(data_key(tenant), tenant, self.name, self.to_text(value))
+
+    def to_text(self, value: Any) -> str:
+        return str(value)
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        if value is None:
+            return None
+        tenant = crypto.sealed_tenant(value)
+        text = value if tenant is None else crypto.open_sealed(data_key(tenant), self.name, value)
+        return self.from_text(text)
+
+    def from_text(self, text: str) -> Any:
+        return text
+
+
+class SealedJSONField(SealedTextField):
+    """A JSON object stored sealed (see SealedTextField); a dict in Python."""
+
+    _pyi_private_set_type: dict[str, Any]  # type: ignore[assignment]  # for django-stubs
+    _pyi_private_get_type: dict[str, Any]  # type: ignore[assignment]
+
+    def to_text(self, value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    def from_text(self, text: str) -> Any:
+        return json.loads(text)
+
+    def get_prep_value(self, value: Any) -> Any:
+        # pre_save has sealed it already; anything else is serialised as it is.
+        return value if value is None or isinstance(value, str) else self.to_text(value)
+
+
 class Memory(models.Model):
     id = models.CharField(primary_key=True, max_length=40)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memories")
     namespace = models.CharField(max_length=128)
     type = models.CharField(max_length=16, choices=MemoryType.choices, default=MemoryType.EPISODIC)
-    content = models.TextField()
-    metadata = models.JSONField(default=dict)
+    content = SealedTextField()
+    metadata = SealedJSONField(default=dict)
+    tokens = models.TextField(
+        blank=True, default="", help_text="Keyed lexical tokens (SQL full text, no plaintext)."
+    )
     importance = models.FloatField(default=0.5)
     embedding_id = models.CharField(max_length=40)
     created_at = models.DateTimeField(help_text="Event time: when the memory happened.")

@@ -26,8 +26,8 @@ from functools import partial
 from itertools import pairwise
 from typing import Any
 
-from django.db import DatabaseError, close_old_connections, transaction
-from django.db.models import F, Q, QuerySet, Sum
+from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db.models import F, Q, Sum
 from django.db.models.functions import Length
 
 from somafractalmemory import backends
@@ -44,7 +44,14 @@ from somafractalmemory.errors import (
     ValidationFailed,
 )
 from somafractalmemory.memories import links
-from somafractalmemory.memories.models import DEFAULT_TENANT, Link, Memory, Tenant, VectorTask
+from somafractalmemory.memories.models import (
+    DEFAULT_TENANT,
+    Link,
+    Memory,
+    Tenant,
+    VectorTask,
+    data_key,
+)
 from somafractalmemory.retrieval import filters, lexical, ranking
 from somafractalmemory.vectors.base import VectorHit, VectorRecord
 
@@ -161,7 +168,7 @@ def vector_record(
         importance=memory.importance,
         created_at_ms=int(memory.created_at.timestamp() * 1000),
         metadata=memory.metadata,
-        lexical=lexical.keyed_tokens(memory.content, key),
+        lexical=memory.tokens or lexical.keyed_tokens(memory.content, key),
         context_vector=context[0] if context else None,
         context_lexical=lexical.keyed_tokens(context[1], key) if context else "",
     )
@@ -292,8 +299,15 @@ class Stored:
     """(id, cosine) of other memories of the namespace almost identical in meaning."""
 
 
-def content_hash(content: str) -> str:
-    return hashlib.sha256(content.strip().encode("utf-8")).hexdigest()
+def content_hash(content: str, tenant: str) -> str:
+    """Identity of a content within a tenant (for deduplication), keyed: the database holds
+    no plain hash that would let a reader confirm a guessed content."""
+    return hmac.new(lexical_key(tenant), content.strip().encode("utf-8"), "sha256").hexdigest()
+
+
+def tokens_of(content: str, tenant: str) -> str:
+    """The keyed lexical tokens of a content (the SQL full-text index holds these)."""
+    return lexical.keyed_tokens(content, lexical_key(tenant))
 
 
 def store_many(
@@ -312,7 +326,9 @@ def store_many(
     for item in items:
         _check_content(item.content)
         _check_metadata(item.metadata)
-    keys = [(item.namespace or config.namespace, content_hash(item.content)) for item in items]
+    keys = [
+        (item.namespace or config.namespace, content_hash(item.content, tenant)) for item in items
+    ]
     existing = {
         (m.namespace, m.content_hash): m
         for m in Memory.objects.filter(
@@ -343,6 +359,7 @@ def store_many(
             importance=items[i].importance,
             embedding_id=new_id("vec"),
             content_hash=keys[i][1],
+            tokens=tokens_of(items[i].content, tenant),
             created_at=_utc(items[i].created_at or now),
             # Distinct arrival times keep the batch's order among equal event times.
             stored_at=now + timedelta(microseconds=position),
@@ -351,7 +368,7 @@ def store_many(
     }
     near: dict[int, list[tuple[str, float]]] = {}
     similar: dict[int, list[tuple[str, float]]] = {}
-    if report_near or config.auto_link:
+    if report_near:
         near, similar = _neighbours(
             tenant, [(i, keys[i][0], v) for i, v in zip(fresh, vectors, strict=True)]
         )
@@ -362,6 +379,8 @@ def store_many(
         if item.dedupe and held is not None and item.importance > held.importance:
             held.importance = item.importance
             raised[held.id] = held
+    # The tenant's current data key, committed before anything is sealed with it.
+    data_key(tenant, check=True)
     with transaction.atomic():
         ensure_tenant(tenant)
         Memory.objects.bulk_create(created.values())
@@ -376,6 +395,12 @@ def store_many(
         index_or_owe(list(created.values()), vectors, tasks[: len(created)])
         if config.auto_link:
             _auto_link(tenant, created, similar, vectors, fresh)
+            if not report_near:  # batches: the index's neighbours are linked off the request
+                rows = [
+                    (created[i].id, created[i].namespace, v)
+                    for i, v in zip(fresh, vectors, strict=True)
+                ]
+                _LINK_POOL.submit(_link_from_index, tenant, rows)
     if raised:
         index_or_owe(list(raised.values()), None, tasks[len(created) :])
     results = []
@@ -457,19 +482,43 @@ def _auto_link(
     try:
         # Within the batch: the index did not hold these memories when it was searched.
         matrix = np.asarray(vectors)
-        cosine = matrix @ matrix.T if len(order) > 1 else np.zeros((1, 1))
+        spaces = np.asarray([created[i].namespace for i in order])
+        close = (matrix @ matrix.T >= config.link_similarity) & (spaces[:, None] == spaces)
+        np.fill_diagonal(close, False)
+        cosine = matrix @ matrix.T
         for a, i in enumerate(order):
             found = dict(similar.get(i, []))
-            for b, j in enumerate(order):
-                same = created[j].namespace == created[i].namespace
-                if b != a and same and cosine[a, b] >= config.link_similarity:
-                    found[created[j].id] = max(found.get(created[j].id, 0.0), float(cosine[a, b]))
-            best = sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))[: config.link_max]
-            edges += [links.Edge(created[i].id, t, Link.SIMILAR, round(w, 4)) for t, w in best]
+            for b in np.flatnonzero(close[a]):
+                other = created[order[b]].id
+                found[other] = max(found.get(other, 0.0), float(cosine[a, b]))
+            edges += _best_similar(created[i].id, found, config.link_max)
         edges += _follows([m for m in created.values() if m.type == "episodic"])
         links.add_many(tenant, edges)
     except (DatabaseError, IndexUnavailable) as exc:
         log.warning("auto-linking skipped for %d memories: %s", len(created), exc)
+
+
+def _best_similar(source: str, found: dict[str, float], most: int) -> list[links.Edge]:
+    best = sorted(((t, w) for t, w in found.items() if t != source), key=lambda kv: (-kv[1], kv[0]))
+    return [links.Edge(source, t, Link.SIMILAR, round(w, 4)) for t, w in best[:most]]
+
+
+_LINK_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfm-link")
+
+
+def _link_from_index(tenant: str, rows: list[tuple[str, str, Any]]) -> None:
+    """`similar` links from a stored batch to its neighbours in the index (run after the
+    batch is acknowledged). Best effort, like every derived link."""
+    try:
+        _, similar = _neighbours(tenant, [(n, ns, v) for n, (_, ns, v) in enumerate(rows)])
+        most = get_config().link_max
+        edges = [e for n, (memory_id, _, _) in enumerate(rows)
+                 for e in _best_similar(memory_id, dict(similar.get(n, [])), most)]  # fmt: skip
+        links.add_many(tenant, edges)
+    except Exception as exc:  # e.g. a row deleted meanwhile; the memories are stored anyway
+        log.warning("similar links from the index skipped for %d memories: %s", len(rows), exc)
+    finally:
+        connections.close_all()
 
 
 def _follows(episodes: list[Memory]) -> list[links.Edge]:
@@ -528,7 +577,8 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
         setattr(memory, name, value)
     if new_content:
         memory.embedding_id = new_id("vec")
-        memory.content_hash = content_hash(memory.content)
+        memory.content_hash = content_hash(memory.content, memory.tenant_id)
+        memory.tokens = tokens_of(memory.content, memory.tenant_id)
         memory.considered_at = None  # consolidation looks at it again
     # The index row carries type, importance and metadata too, so any change rewrites it.
     vectors = embed_texts([memory.content])
@@ -597,7 +647,8 @@ def _summarized(parent: Memory, children: Sequence[Memory]) -> None:
         text = children[0].content
     if text != parent.content:
         parent.content = text
-        parent.content_hash = content_hash(text)
+        parent.content_hash = content_hash(text, parent.tenant_id)
+        parent.tokens = tokens_of(text, parent.tenant_id)
         parent.embedding_id = new_id("vec")
         parent.considered_at = None  # a changed parent is grouped again one level up
     parent.importance = max(c.importance for c in children)
@@ -718,6 +769,7 @@ class Query:
     def allowed_levels(self) -> tuple[int, ...]:
         """Levels a hit may have; empty: any."""
         return self.levels or (() if self.types else (0,))
+
     scoring: ranking.Scoring = field(default_factory=ranking.Scoring)
 
 
@@ -781,8 +833,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         log.warning("search falls back to SQL full text: %s", exc.message)
         mode = "lexical"
         warnings.append(f"{exc.code}: the vector index failed; results are lexical only")
-        found = lexical.search(_scope(tenant, query.namespace, where), text, pool)
-        legs = {"lexical": [VectorHit(i, s) for i, s in found]}
+        legs = {"lexical": _sql_lexical(tenant, query, where, text, pool)}
     searched = time.perf_counter()
     hits = _score(legs, query, tenant)
     reinforce(h.memory.id for h in hits)
@@ -849,12 +900,35 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
     return hits
 
 
-def _scope(tenant: str, namespace: str | None, where: filters.Node | None) -> QuerySet[Memory]:
-    """The tenant's memories (in `namespace`) that match `where`, as SQL."""
-    query = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=True)
-    if namespace is not None:
-        query = query.filter(namespace=namespace)
-    return query.filter(filters.to_q(where)) if where is not None else query
+SQL_FILTER_POOL = 2000
+
+
+def _sql_lexical(
+    tenant: str, query: Query, where: filters.Node | None, text: str, pool: int
+) -> list[VectorHit]:
+    """The fallback: full text over the keyed tokens in SQL. Metadata is sealed in SQL, so a
+    filter is checked on the decrypted rows of up to SQL_FILTER_POOL best matches."""
+    scope = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=True)
+    if query.namespace is not None:
+        scope = scope.filter(namespace=query.namespace)
+    words = list(dict.fromkeys(tokens_of(text, tenant).split()))
+    found = lexical.search(scope, words, pool if where is None else SQL_FILTER_POOL)
+    if where is not None:
+        rows = Memory.objects.in_bulk([i for i, _ in found])
+        found = [(i, s) for i, s in found if i in rows and filters.matches(where, _facts(rows[i]))]
+    return [VectorHit(i, s) for i, s in found[:pool]]
+
+
+def _facts(memory: Memory) -> filters.Facts:
+    return filters.Facts(
+        columns={
+            "id": memory.id,
+            "type": memory.type,
+            "importance": memory.importance,
+            "created_at": int(memory.created_at.timestamp() * 1000),
+        },
+        metadata=memory.metadata,
+    )
 
 
 def _encode_cursor(memory: Memory) -> str:

@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.db.models.functions import Length
 
-from somafractalmemory import backends
+from somafractalmemory import backends, crypto
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import (
     NotFound,
@@ -38,6 +38,7 @@ from somafractalmemory.memories.models import (
     AuditEntry,
     Memory,
     Tenant,
+    forget_data_key,
 )
 from somafractalmemory.memories.services import new_id
 
@@ -205,8 +206,11 @@ def get_tenant(name: str) -> Tenant:
 
 
 def delete_tenant(name: str) -> dict[str, int]:
-    """Delete a tenant: its vectors, then its rows (memories, links, keys, jobs)."""
+    """Delete a tenant: first its data key (crypto-shredding: from then on nothing sealed
+    with it can be read, wherever a copy lies), then its vectors and rows."""
     tenant = get_tenant(name)
+    Tenant.objects.filter(id=name).update(wrapped_key="")
+    forget_data_key(name)
     ids = list(Memory.objects.filter(tenant=tenant).values_list("id", flat=True))
     index = backends.vector_index()
     for start in range(0, len(ids), 1000):
@@ -295,3 +299,21 @@ def audit_log(
     if before is not None:
         query = query.filter(id__lt=before)
     return list(query[:limit])
+
+
+def rotate_master_key() -> dict[str, int]:
+    """Re-wrap every tenant's data key with the current master key (`master_key`), reading
+    keys wrapped by `master_key_previous`. Memories are not re-encrypted."""
+    masters = crypto.master_keys(get_config())
+    current = crypto.key_id(masters[0])
+    done = kept = 0
+    for tenant, wrapped in Tenant.objects.exclude(wrapped_key="").values_list("id", "wrapped_key"):
+        if wrapped.split(":", 2)[1] == current:
+            kept += 1
+            continue
+        key = crypto.unwrap(wrapped, tenant, masters)
+        Tenant.objects.filter(id=tenant, wrapped_key=wrapped).update(
+            wrapped_key=crypto.wrap(key, tenant, masters[0])
+        )
+        done += 1
+    return {"rewrapped": done, "current": kept}

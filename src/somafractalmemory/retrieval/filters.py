@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Union
 
-from django.db.models import Q
-
 from somafractalmemory.errors import InvalidFilter
 
 COLUMNS = ("id", "type", "importance", "created_at")
@@ -315,55 +313,60 @@ def presence_map(metadata: dict[str, Any], prefix: str = "", depth: int = 0) -> 
 # -- SQL (Django ORM) ---------------------------------------------------------------------
 
 
-def to_q(node: Node) -> Q:
-    """Compile a tree to a Django Q over the Memory model (SQLite and PostgreSQL JSON)."""
+@dataclass(frozen=True)
+class Facts:
+    """What a filter sees of one memory: its columns (created_at in epoch ms) and metadata."""
+
+    columns: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def matches(node: Node, facts: Facts) -> bool:
+    """Evaluate a tree on one memory in Python, with the semantics of the Milvus expression
+    (used where metadata is sealed: the SQL fallback search)."""
     if isinstance(node, All):
-        result = Q()
-        for item in node.items:
-            result &= to_q(item)
-        return result
+        return all(matches(item, facts) for item in node.items)
     if isinstance(node, AnyOf):
-        result = to_q(node.items[0])
-        for item in node.items[1:]:
-            result |= to_q(item)
-        return result
+        return any(matches(item, facts) for item in node.items)
+    present, value = _lookup(node.field, facts)
     if isinstance(node, Exists):
-        return _has_key(node.field) if node.present else ~_has_key(node.field)
-    if node.field.column:
-        return _column_q(node)
-    lookup = "metadata__" + "__".join(node.field.path)
+        return present == node.present
     if node.op in ("$eq", "$ne"):
-        equal = Q(**{lookup: node.value})
-        # A missing key is "not equal", as in MongoDB (SQL alone would say NULL).
-        return equal if node.op == "$eq" else ~equal | ~_has_key(node.field)
+        equal = present and _equal(value, node.value)
+        return equal if node.op == "$eq" else not equal
     if node.op in ("$in", "$nin"):
-        within = Q(**{f"{lookup}__in": list(node.value)})  # type: ignore[arg-type]
-        return within if node.op == "$in" else ~within | ~_has_key(node.field)
-    return Q(**{f"{lookup}__{_DJANGO_RANGE[node.op]}": node.value})
+        assert isinstance(node.value, tuple)
+        within = present and any(_equal(value, v) for v in node.value)
+        return within if node.op == "$in" else not within
+    if not present or not _number(value) or not _number(node.value):
+        return False
+    return bool(_COMPARE[node.op](value, node.value))
 
 
-_DJANGO_RANGE = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
+_COMPARE = {
+    "$gt": lambda a, b: a > b,
+    "$gte": lambda a, b: a >= b,
+    "$lt": lambda a, b: a < b,
+    "$lte": lambda a, b: a <= b,
+}
 
 
-def _has_key(field: Field) -> Q:
-    parent = "__".join(("metadata", *field.path[:-1]))
-    return Q(**{f"{parent}__has_key": field.path[-1]})
+def _lookup(field: Field, facts: Facts) -> tuple[bool, Any]:
+    if field.column:
+        return True, facts.columns[field.path[0]]
+    here: Any = facts.metadata
+    for segment in field.path:
+        if not isinstance(here, dict) or segment not in here:
+            return False, None
+        here = here[segment]
+    return True, here
 
 
-def _column_q(node: Compare) -> Q:
-    name = node.field.path[0]
-    value: Any = node.value
-    if name == "created_at":
-        value = [_from_ms(v) for v in value] if isinstance(value, tuple) else _from_ms(value)
-    if node.op in ("$in", "$nin"):
-        within = Q(**{f"{name}__in": list(value)})
-        return within if node.op == "$in" else ~within
-    if node.op == "$eq":
-        return Q(**{name: value})
-    if node.op == "$ne":
-        return ~Q(**{name: value})
-    return Q(**{f"{name}__{_DJANGO_RANGE[node.op]}": value})
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _from_ms(value: Any) -> datetime:
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+def _equal(a: Any, b: Any) -> bool:
+    if _number(a) and _number(b):
+        return bool(a == b)
+    return type(a) is type(b) and a == b

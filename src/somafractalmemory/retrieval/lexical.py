@@ -1,10 +1,10 @@
 """Lexical retrieval: the analyzer for the BM25 leg in the vector index, and full-text
 search inside the SQL database (SQLite FTS5 BM25 / PostgreSQL), used when the index is down.
 
-The BM25 leg never sees plaintext: each stemmed word is replaced by an HMAC keyed per
-tenant, so the index holds opaque tokens, and a query can only match tokens made with its
-own tenant's key. SQL full text runs where the rows already are, restricted by the
-caller's queryset (tenant, namespace, filters) inside the query, never trimmed afterwards.
+Neither sees plaintext: each stemmed word is replaced by an HMAC keyed per tenant, so both
+indexes hold opaque tokens (the SQL one indexes the `tokens` column, not the sealed content),
+and a query can only match tokens made with its own tenant's key. SQL full text runs where
+the rows are, restricted by the caller's queryset (tenant, namespace) inside the query.
 """
 
 from __future__ import annotations
@@ -55,23 +55,18 @@ def keyed_tokens(text: str, key: bytes) -> str:
     )
 
 
-def terms(text: str) -> list[str]:
-    """Lower-case word tokens, first occurrence order, at most MAX_TERMS."""
-    return list(dict.fromkeys(t.lower() for t in _TERM.findall(text)))[:MAX_TERMS]
-
-
-def search(queryset: QuerySet, query: str, limit: int) -> list[tuple[str, float]]:
-    """(memory id, score) of the best lexical matches among `queryset`, best first."""
-    words = terms(query)
-    if not words:
+def search(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+    """(memory id, score) of the best matches of keyed `tokens` among `queryset`, best first."""
+    tokens = [t for t in tokens if t.isalnum()][:MAX_TERMS]
+    if not tokens:
         return []
     if connection.vendor == "postgresql":
-        return _postgres(queryset, words, limit)
-    return _sqlite(queryset, words, limit)
+        return _postgres(queryset, tokens, limit)
+    return _sqlite(queryset, tokens, limit)
 
 
-def _sqlite(queryset: QuerySet, words: list[str], limit: int) -> list[tuple[str, float]]:
-    match = " OR ".join(f'"{w}"' for w in words)
+def _sqlite(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+    match = " OR ".join(f'"{t}"' for t in tokens)
     inner, params = queryset.values("id").query.sql_with_params()
     sql = (
         "SELECT m.id, -bm25(memories_fts) AS score FROM memories_fts "
@@ -83,19 +78,19 @@ def _sqlite(queryset: QuerySet, words: list[str], limit: int) -> list[tuple[str,
         return [(str(row[0]), float(row[1])) for row in cursor.fetchall()]
 
 
-def _postgres(queryset: QuerySet, words: list[str], limit: int) -> list[tuple[str, float]]:
-    tsquery = " | ".join(words)
-    vector = "to_tsvector('english', content)"
+def _postgres(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+    tsquery = " | ".join(tokens)
+    vector = "to_tsvector('simple', tokens)"
     rows = (
         queryset.alias(
             lexical_hit=RawSQL(
-                f"{vector} @@ to_tsquery('english', %s)", (tsquery,), output_field=BooleanField()
+                f"{vector} @@ to_tsquery('simple', %s)", (tsquery,), output_field=BooleanField()
             )
         )
         .filter(lexical_hit=True)
         .annotate(
             lexical_score=RawSQL(
-                f"ts_rank_cd({vector}, to_tsquery('english', %s))",
+                f"ts_rank_cd({vector}, to_tsquery('simple', %s))",
                 (tsquery,),
                 output_field=FloatField(),
             )

@@ -9,7 +9,7 @@ from somafractalmemory.memories import fulltext
 
 def reinstall_fulltext(apps, schema_editor):
     # SQLite rebuilds memories_memory for these changes, which drops the FTS triggers.
-    fulltext.install(schema_editor)
+    fulltext.install(schema_editor, version=1)
 
 
 class Migration(migrations.Migration):
