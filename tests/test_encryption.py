@@ -100,3 +100,18 @@ def test_deleting_a_tenant_shreds_its_key(db: None, namespace: str) -> None:
     tenancy.create_tenant("doomed")  # the same name again gets a new key
     with pytest.raises(crypto.DecryptionFailed):
         crypto.open_sealed(models.data_key("doomed"), "content", copy)
+
+
+def test_master_key_file_is_private_and_one_under_concurrent_first_use(tmp_path: Any) -> None:
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from somafractalmemory.conf import Config
+
+    config = Config(data_dir=tmp_path / "data")
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: crypto.master_keys(config)[0], range(16)))
+    assert len(set(keys)) == 1 and len(keys[0]) == 32
+    path = tmp_path / "data" / crypto.KEY_FILE
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path / "data") == [crypto.KEY_FILE]  # no drafts left behind

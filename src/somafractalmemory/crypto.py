@@ -10,6 +10,7 @@ it, so rotation re-wraps data keys without touching the data.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -55,18 +56,30 @@ def master_keys(config: Config) -> list[bytes]:
         current = _decode_key(config.master_key, "master_key")
     else:
         path = Path(config.data_dir) / KEY_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
-        except FileExistsError:
-            pass
+        if not path.exists():
+            _create_key_file(path)
         current = _decode_key(path.read_text(), str(path))
     keys = [current]
     if config.master_key_previous:
         keys.append(_decode_key(config.master_key_previous, "master_key_previous"))
     return keys
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new key to a private temporary file, then link it into place: processes
+    starting at once all end up reading the one complete file that won."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won
+            os.link(draft, path)
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 def _seal(key: bytes, plaintext: bytes, aad: bytes) -> str:
