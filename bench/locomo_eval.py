@@ -254,6 +254,12 @@ def table(results: dict[str, Any], data: Path, seconds: float) -> str:
         )
     lines += [
         "",
+        "Each conversation is consolidated after it is stored. `hybrid`, `vector`, `lexical`: "
+        "the default search, which leaves consolidated memories out (the turns only). `tree`: "
+        "every level searched, each consolidated hit replaced by the turns under it. `zoom`: "
+        "the service's zoom search (best 3 semantic memories or summaries, then the best "
+        "turns under them). Categories: 1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop.",
+        "",
         "Reference baselines on the same file (shared/datasets/README.md): BM25 R@10 0.511, "
         "MiniLM dense 0.481, naive RRF 0.551; with stemming 0.573; with a neighbour-context "
         "index 0.677. ms/query is the service-layer `recall` call, query embedding included.",
