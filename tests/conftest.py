@@ -85,7 +85,7 @@ class Api:
     def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         import json
 
-        api_paths = ("/memory", "/graph", "/jobs", "/usage", "/admin")
+        api_paths = ("/memory", "/graph", "/jobs", "/usage", "/admin", "/namespaces")
         url = f"/api/v2{path}" if path.startswith(api_paths) else path
         kwargs: dict[str, Any] = {}
         if body is not None:

@@ -106,6 +106,10 @@ def test_another_tenant_sees_nothing_of_mine(api: Api, namespace: str) -> None:
     tree = bob.ok("POST", "/memory/consolidate", {"namespace": namespace, "wait": True})
     assert tree["result"]["created"] == 0
     assert bob.ok("GET", "/usage")["memories"] == 1
+    (space,) = bob.ok("GET", "/namespaces")["namespaces"]
+    assert space["namespace"] == namespace and space["memories"] == 1
+    assert space["by_type"] == {"episodic": 1} and space["by_level"] == {"0": 1}
+    assert alice.ok("GET", f"/namespaces/{namespace}")["by_level"] == {"0": 3, "1": 1}
     assert bob.error(403, "GET", "/admin/tenants") == "forbidden"
     assert {k["tenant_id"] for k in bob.ok("GET", "/admin/keys")["keys"]} == {own_tenant(bob)}
     # And Alice still has everything.
@@ -134,8 +138,16 @@ def test_keys_scopes_and_namespace_allow_lists(api: Api, namespace: str) -> None
     other = scoped.call("POST", "/memory/store", {"content": "x", "namespace": "elsewhere"})
     assert other.status_code == 403 and "namespaces" in other.json()["error"]["message"]
     assert reader.error(403, "GET", "/admin/keys") == "forbidden"
+    writer.ok("POST", "/memory/store", {"content": "Other note", "namespace": "elsewhere"})
+    assert {n["namespace"] for n in writer.ok("GET", "/namespaces")["namespaces"]} == {
+        namespace,
+        "elsewhere",
+    }
+    assert [n["namespace"] for n in scoped.ok("GET", "/namespaces")["namespaces"]] == [namespace]
+    assert scoped.error(403, "GET", "/namespaces/elsewhere") == "forbidden"
+    assert writer.error(404, "GET", "/namespaces/nowhere") == "not_found"
     denials = AuditEntry.objects.filter(tenant=name, outcome="denied")
-    assert denials.count() == 4 and not any("Quarterly" in json.dumps(e.details) for e in denials)
+    assert denials.count() == 5 and not any("Quarterly" in json.dumps(e.details) for e in denials)
 
 
 def test_unknown_revoked_and_missing_keys(api: Api, settings_env: Any, namespace: str) -> None:

@@ -62,6 +62,8 @@ from somafractalmemory.memories.schemas import (
     MemoriesOut,
     MemoryOut,
     MemoryTypeName,
+    NamespaceOut,
+    NamespacesOut,
     NearDuplicateOut,
     NewKeyOut,
     PageOut,
@@ -93,6 +95,7 @@ READ, WRITE, ADMIN = "memory.read", "memory.write", "admin"
 memory = Router(tags=["memory"])
 graph_router = Router(tags=["links"])
 usage_router = Router(tags=["tenancy"])
+namespace_router = Router(tags=["namespaces"])
 admin = Router(tags=["admin"])
 job_router = Router(tags=["jobs"])
 ERRORS: dict[int | frozenset[int], Any] = {
@@ -442,6 +445,28 @@ def job_status(request: HttpRequest, job_id: str) -> JobOut:
     return JobOut.from_orm(jobs.get(job_id, tenant=tenant))
 
 
+@namespace_router.get("", response={200: NamespacesOut, **ERRORS}, summary="Namespaces, counted")
+def list_namespaces(request: HttpRequest) -> NamespacesOut:
+    caller = principal(request)
+    if caller.namespaces:  # a namespace-limited key lists its own namespaces only
+        for name in caller.namespaces:
+            allow(request, READ, namespace=name)
+        found = [n for n in services.namespaces(tenant=caller.tenant)
+                 if n.namespace in caller.namespaces]  # fmt: skip
+    else:
+        found = services.namespaces(tenant=allow(request, READ))
+    return NamespacesOut(namespaces=[NamespaceOut(**vars(n)) for n in found])
+
+
+@namespace_router.get("/{name}", response={200: NamespaceOut, **ERRORS}, summary="One namespace")
+def namespace_stats(request: HttpRequest, name: str) -> NamespaceOut:
+    tenant = allow(request, READ, namespace=name)
+    found = services.namespaces(tenant=tenant, only=name)
+    if not found:
+        raise NotFound(f"no namespace {name!r}", details={"namespace": name})
+    return NamespaceOut(**vars(found[0]))
+
+
 @usage_router.get("", response={200: UsageOut, **ERRORS}, summary="The tenant's usage and limits")
 def usage(request: HttpRequest) -> UsageOut:
     return UsageOut(**tenancy.usage(allow(request, READ)))
@@ -531,6 +556,7 @@ def audit_log(
 
 api.add_router("/memory", memory)
 api.add_router("/usage", usage_router)
+api.add_router("/namespaces", namespace_router)
 api.add_router("/admin", admin)
 api.add_router("/graph", graph_router)
 api.add_router("/jobs", job_router)

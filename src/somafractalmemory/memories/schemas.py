@@ -247,6 +247,20 @@ class JobOut(Schema):
     finished_at: datetime | None
 
 
+class NamespaceOut(Schema):
+    namespace: str
+    memories: int = Field(description="Not archived.")
+    archived: int
+    by_type: dict[str, int]
+    by_level: dict[int, int]
+    first: datetime | None = Field(description="Earliest event time.")
+    last: datetime | None = Field(description="Latest event time.")
+
+
+class NamespacesOut(Schema):
+    namespaces: list[NamespaceOut]
+
+
 class UsageOut(Schema):
     tenant: str
     memories: int

@@ -1090,3 +1090,53 @@ def run_outbox_worker(stop: threading.Event, *, interval: float = 1.0) -> None:
             close_old_connections()
         if not paid:
             stop.wait(interval)
+
+
+# -- namespaces --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NamespaceStats:
+    namespace: str
+    memories: int
+    archived: int
+    by_type: dict[str, int]
+    by_level: dict[int, int]
+    first: datetime | None
+    last: datetime | None
+
+
+def namespaces(*, tenant: str = DEFAULT_TENANT, only: str | None = None) -> list[NamespaceStats]:
+    """The tenant's namespaces with counts by type and level (archived counted apart)."""
+    from django.db.models import Count, Max, Min
+
+    rows = Memory.objects.filter(tenant_id=tenant)
+    if only is not None:
+        rows = rows.filter(namespace=only)
+    grouped = rows.values("namespace", "type", "level", archived=Q(archived_at__isnull=False))
+    stats: dict[str, dict[str, Any]] = {}
+    for row in grouped.annotate(n=Count("id"), first=Min("created_at"), last=Max("created_at")):
+        held = stats.setdefault(row["namespace"], {
+            "memories": 0, "archived": 0, "by_type": Counter(), "by_level": Counter(),
+            "first": row["first"], "last": row["last"],
+        })  # fmt: skip
+        if row["archived"]:
+            held["archived"] += row["n"]
+            continue
+        held["memories"] += row["n"]
+        held["by_type"][row["type"]] += row["n"]
+        held["by_level"][row["level"]] += row["n"]
+        held["first"] = min(held["first"], row["first"])
+        held["last"] = max(held["last"], row["last"])
+    return [
+        NamespaceStats(
+            name,
+            s["memories"],
+            s["archived"],
+            dict(s["by_type"]),
+            dict(s["by_level"]),
+            s["first"],
+            s["last"],
+        )
+        for name, s in sorted(stats.items())
+    ]
