@@ -39,9 +39,16 @@ def test_store_is_acknowledged_while_the_index_is_down(
     assert fallback["warnings"][0].startswith("vector_index_unavailable")
     assert [h["id"] for h in fallback["memories"]] == [stored["id"]]
 
-    # Owed tasks wait until the request that wrote them has had its chance.
+    # Owed tasks wait until the request that wrote them has had its chance...
     assert services.drain_outbox() == 0
     assert VectorTask.objects.get(memory_id=stored["id"]).attempts == 0
+    # ...except for a worker started after them (their process died): due at once, once.
+    started = datetime.now(UTC)
+    assert services.drain_outbox(owed_before=started) == 0  # the index is still down
+    assert VectorTask.objects.get(memory_id=stored["id"]).attempts == 1
+    assert services.drain_outbox(owed_before=started) == 0  # then backoff applies
+    assert VectorTask.objects.get(memory_id=stored["id"]).attempts == 1
+    VectorTask.objects.update(attempts=0)
     VectorTask.objects.update(next_attempt_at=datetime.now(UTC))
     # A drain while the index is still down backs off instead of spinning.
     assert services.drain_outbox() == 0

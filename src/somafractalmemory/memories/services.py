@@ -979,14 +979,22 @@ def backoff_seconds(attempts: int) -> float:
     return float(min(MAX_BACKOFF_SECONDS, 2 ** max(0, attempts - 1)))
 
 
-def drain_outbox(*, limit: int = 1000, due_only: bool = True) -> int:
+def drain_outbox(
+    *, limit: int = 1000, due_only: bool = True, owed_before: datetime | None = None
+) -> int:
     """Pay owed vector writes that are due; returns how many tasks were settled.
 
     Upserts re-embed the row as it is now (so the newest content wins); a task whose memory
     is gone becomes a delete. Failures push the tasks back with exponential backoff.
+    `owed_before`: tasks written before then and never tried are due at once (a worker
+    starting after a crash pays what the dead process's requests left, without the grace
+    that keeps it from racing live requests).
     """
     now = datetime.now(UTC)
-    owed = VectorTask.objects.filter(next_attempt_at__lte=now) if due_only else VectorTask.objects
+    due = Q(next_attempt_at__lte=now)
+    if owed_before is not None:
+        due |= Q(created_at__lt=owed_before, attempts=0)
+    owed = VectorTask.objects.filter(due) if due_only else VectorTask.objects
     tasks = list(owed.order_by("id")[:limit])
     if not tasks:
         return 0
@@ -1078,11 +1086,13 @@ def outbox_depth() -> int:
 
 
 def run_outbox_worker(stop: threading.Event, *, interval: float = 1.0) -> None:
-    """Drain the outbox until `stop` is set; sleeps `interval` when there is nothing due."""
+    """Drain the outbox until `stop` is set; sleeps `interval` when there is nothing due.
+    Tasks left by a previous process are due at once."""
+    started = datetime.now(UTC)
     while not stop.is_set():
         try:
             flush_reinforcements()
-            paid = drain_outbox()
+            paid = drain_outbox(owed_before=started)
         except Exception as exc:  # the worker must outlive any one failure
             log.warning("outbox worker: %s", exc)
             paid = 0
