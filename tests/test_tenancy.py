@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from somafractalmemory.conf import get_config
 from somafractalmemory.memories import tenancy
@@ -298,3 +300,26 @@ def test_cli_tenants_and_keys(server_env: dict[str, str]) -> None:
     wide = run_sfm("serve", "--host", "0.0.0.0", env={**server_env, "SFM_AUTH": "optional"})
     assert wide.returncode == 2 and "--insecure" in wide.stderr
     assert os.environ.get("SFM_AUTH") != "required"  # the test process itself is unchanged
+
+
+@given(
+    st.integers(1, 120),
+    st.lists(st.floats(0, 600, allow_nan=False), min_size=1, max_size=300),
+)
+def test_token_bucket_allows_a_burst_then_the_refill_rate(limit: int, times: list[float]) -> None:
+    tat, allowed = 0.0, []
+    for now in sorted(times):
+        tat, wait = tenancy.gcra(tat, now, limit)
+        if wait == 0:
+            allowed.append(now)
+        else:
+            assert wait <= 60.0  # retry within a minute at most
+    start = min(times)
+    for n, now in enumerate(allowed, 1):
+        # Never more than a full bucket plus what refilled since the first request.
+        assert n <= limit + (now - start) * limit / 60 + 1e-9
+    burst = [tenancy.gcra(0.0, 0.0, limit)]
+    for _ in range(limit - 1):
+        burst.append(tenancy.gcra(burst[-1][0], 0.0, limit))
+    assert all(wait == 0 for _, wait in burst)  # a full burst at once
+    assert tenancy.gcra(burst[-1][0], 0.0, limit)[1] == pytest.approx(60 / limit)

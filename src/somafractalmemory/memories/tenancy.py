@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,25 +123,83 @@ def _limit_failures(client: str, *, peek: bool) -> None:
 
 
 def check_rate(principal: Principal) -> None:
-    """The tenant's requests per minute (`Tenant.requests_per_minute`), counted in the
-    cache (Redis in production, so every worker shares the count) per one-minute window."""
+    """The tenant's requests per minute (`Tenant.requests_per_minute`) as a token bucket:
+    a burst of up to the limit, refilled at limit/60 per second. The bucket lives in Redis
+    when `redis_url` is set (every worker shares it), else in this process."""
     limit = _limits(principal.tenant).get("requests_per_minute")
     if not limit:
         return
-    window = int(time.time() // 60)
-    name = f"sfm:rate:{principal.tenant}:{window}"
     try:
-        cache.add(name, 0, timeout=120)
-        count = int(cache.incr(name))
-    except Exception as exc:  # without the cache, requests are not counted
-        log.warning("rate counter unavailable: %s", exc)
+        wait = _buckets().take(f"sfm:bucket:{principal.tenant}", limit)
+    except Exception as exc:  # without Redis, requests are not counted (availability first)
+        log.warning("rate limiter unavailable: %s", exc)
         return
-    if count > limit:
+    if wait > 0:
         raise RateLimited(
             f"tenant {principal.tenant!r} is limited to {limit} requests per minute",
-            retry_after=60 - time.time() % 60,
+            retry_after=wait,
             details={"limit": limit},
         )
+
+
+def gcra(tat: float, now: float, limit: int) -> tuple[float, float]:
+    """One request against a token bucket of `limit` per minute, in the GCRA form: `tat`
+    is the bucket's theoretical arrival time. Returns (new tat, seconds to wait); a wait
+    above 0 means refused (and the tat is unchanged)."""
+    interval = 60.0 / limit
+    tolerance = interval * (limit - 1)
+    tat = max(tat, now)
+    if tat - now > tolerance + 1e-6:  # (the tat is a sum of intervals: rounding slack)
+        return tat, tat - now - tolerance
+    return tat + interval, 0.0
+
+
+class LocalBuckets:
+    def __init__(self) -> None:
+        self._tats: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def take(self, name: str, limit: int) -> float:
+        with self._lock:
+            tat, wait = gcra(self._tats.get(name, 0.0), time.time(), limit)
+            self._tats[name] = tat
+            return wait
+
+
+GCRA_LUA = """
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local now, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if tat < now then tat = now end
+if tat - now > tolerance + 1e-6 then return tostring(tat - now - tolerance) end
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000))
+return '0'
+"""
+
+
+class RedisBuckets:
+    """The same GCRA step, atomically in Redis (one Lua script per request)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._script = self._client.register_script(GCRA_LUA)
+
+    def take(self, name: str, limit: int) -> float:
+        interval = 60.0 / limit
+        wait = self._script(keys=[name], args=[time.time(), interval, interval * (limit - 1)])
+        return float(wait)
+
+
+_bucket_store: LocalBuckets | RedisBuckets | None = None
+
+
+def _buckets() -> LocalBuckets | RedisBuckets:
+    global _bucket_store
+    if _bucket_store is None:
+        url = get_config().redis_url
+        _bucket_store = RedisBuckets(url) if url else LocalBuckets()
+    return _bucket_store
 
 
 def _limits(tenant: str) -> dict[str, Any]:
