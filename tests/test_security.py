@@ -18,6 +18,7 @@ from tests.conftest import Api
 
 schema = schemathesis.openapi.from_wsgi("/api/v2/openapi.json", application)
 KEY: dict[str, str] = {}
+BACKGROUND = ("/api/v2/memory/batch", "/api/v2/memory/consolidate", "/api/v2/memory/forget")
 
 
 def key() -> str:
@@ -28,7 +29,9 @@ def key() -> str:
     return KEY["secret"]
 
 
-@pytest.mark.django_db
+# Each request commits on its own, as in the server: on PostgreSQL a refused value inside one
+# shared test transaction would abort it for every later request.
+@pytest.mark.django_db(transaction=True)
 @schema.parametrize()
 @settings(
     max_examples=15,
@@ -36,6 +39,13 @@ def key() -> str:
     suppress_health_check=list(HealthCheck),
 )
 def test_no_request_makes_a_server_error(case: Any) -> None:
+    from django.db import connection
+
+    if connection.vendor == "sqlite" and case.operation.path in BACKGROUND:
+        # These start background threads (jobs, batch links) that write while the request
+        # thread does; the in-memory SQLite of the test run locks whole tables then (the
+        # service's SQLite is a WAL file with a busy timeout). The PostgreSQL run covers them.
+        pytest.skip("background writers on in-memory SQLite; covered by the PostgreSQL run")
     response = case.call(headers={"Authorization": f"Bearer {key()}"})
     case.validate_response(response, checks=(not_a_server_error,))
 

@@ -26,7 +26,13 @@ from functools import partial
 from itertools import pairwise
 from typing import Any
 
-from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    close_old_connections,
+    connections,
+    transaction,
+)
 from django.db.models import F, Q, Sum
 from django.db.models.functions import Length
 
@@ -591,9 +597,10 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
     return memory
 
 
-def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
-    """Delete a memory from SQL (the acknowledgement), then from the index; the episodes
-    that had it as a neighbour get their context rewritten without it."""
+DELETE_ATTEMPTS = 5
+
+
+def _delete_row(memory_id: str, tenant: str) -> tuple[Memory, list[str], VectorTask]:
     with transaction.atomic():
         gone = Memory.objects.filter(tenant_id=tenant, id=memory_id).first()
         if gone is None:
@@ -603,6 +610,21 @@ def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         task = VectorTask.objects.create(
             memory_id=memory_id, action=VectorTask.Action.DELETE, next_attempt_at=grace()
         )
+    return gone, parents, task
+
+
+def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+    """Delete a memory from SQL (the acknowledgement), then from the index; the episodes
+    that had it as a neighbour get their context rewritten without it."""
+    for attempt in range(DELETE_ATTEMPTS):
+        try:
+            gone, parents, task = _delete_row(memory_id, tenant)
+            break
+        except IntegrityError:
+            # A link to it was committed between Django collecting its links and deleting
+            # the row (auto-linking of a concurrent store): collect again.
+            if attempt == DELETE_ATTEMPTS - 1:
+                raise
     try:
         backends.vector_index().delete([memory_id])
         settle([task])
