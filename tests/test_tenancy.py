@@ -323,3 +323,41 @@ def test_token_bucket_allows_a_burst_then_the_refill_rate(limit: int, times: lis
         burst.append(tenancy.gcra(burst[-1][0], 0.0, limit))
     assert all(wait == 0 for _, wait in burst)  # a full burst at once
     assert tenancy.gcra(burst[-1][0], 0.0, limit)[1] == pytest.approx(60 / limit)
+
+
+def test_a_path_prefix_does_not_skip_authentication(api: Api, settings_env: Any) -> None:
+    from django.test import Client
+
+    settings_env(auth="required")
+    prefixed = Client().post("/api/v2/admin/keys", {"scopes": ["admin"]},
+                             content_type="application/json", SCRIPT_NAME="/x")  # fmt: skip
+    assert prefixed.status_code == 401 and prefixed.json()["error"]["code"] == "unauthorized"
+
+
+def test_namespace_limited_keys_see_nothing_beyond_through_links(api: Api, namespace: str) -> None:
+    name, writer = tenant_with_key()
+    inside = writer.ok("POST", "/memory/store", {"content": "Team offsite plan",
+                                                 "namespace": namespace})["id"]  # fmt: skip
+    outside = writer.ok("POST", "/memory/store", {"content": "HR salary review",
+                                                  "namespace": "hr"})["id"]  # fmt: skip
+    writer.ok("POST", f"/memory/{inside}/links", {"target": outside, "kind": "about"})
+    limited = Api(tenancy.create_key(name, ["read", "write"], namespaces=[namespace]).secret)
+    graph = limited.ok("GET", f"/graph/{inside}", depth=2)
+    assert [n["id"] for n in graph["nodes"]] == [inside] and graph["edges"] == []
+    assert limited.ok("GET", f"/memory/{inside}/links")["links"] == []
+    assert limited.error(403, "POST", f"/memory/{inside}/links",
+                         {"target": outside, "kind": "x"}) == "forbidden"  # fmt: skip
+    job = limited.ok("POST", "/memory/consolidate", {"namespace": namespace, "wait": True})
+    assert limited.ok("GET", f"/jobs/{job['id']}")["status"] == "succeeded"
+    # `derived_from` edges are the hierarchy: only consolidation makes them.
+    body = {"target": outside, "kind": "derived_from"}
+    assert writer.error(422, "POST", f"/memory/{inside}/links", body) == "validation_error"
+
+
+def test_byte_quota_counts_plaintext_not_ciphertext(api: Api, namespace: str) -> None:
+    _, small = tenant_with_key(max_bytes=100)
+    for n in range(10):
+        small.ok("POST", "/memory/store", {"content": f"note {n:05d}", "namespace": namespace})
+    assert small.ok("GET", "/usage")["bytes"] == 100
+    over = small.call("POST", "/memory/store", {"content": "x", "namespace": namespace})
+    assert over.status_code == 403 and over.json()["error"]["code"] == "quota_exceeded"

@@ -37,6 +37,7 @@ from somafractalmemory.errors import (
     PayloadTooLarge,
     RateLimited,
     SFMError,
+    Unauthorized,
     ValidationFailed,
 )
 from somafractalmemory.memories import forgetting, hierarchy, jobs, links, services, tenancy
@@ -114,8 +115,12 @@ def error_response(error: SFMError) -> JsonResponse:
 
 
 def principal(request: HttpRequest) -> tenancy.Principal:
+    """The caller AuthMiddleware found. A request it did not authenticate is refused (fail
+    closed): handlers never fall back to a default identity."""
     found = getattr(request, "principal", None)
-    return found if isinstance(found, tenancy.Principal) else tenancy.ANONYMOUS
+    if not isinstance(found, tenancy.Principal):
+        raise Unauthorized("this request was not authenticated")
+    return found
 
 
 def allow(
@@ -139,6 +144,12 @@ def allow(
                       details={"namespace": namespace, "reason": decision.reason})  # fmt: skip
         raise Forbidden(decision.reason)
     return caller.tenant
+
+
+def _visible(request: HttpRequest, memories: list[Memory]) -> list[Memory]:
+    """What a namespace-limited key may see of memories reached through links."""
+    allowed = principal(request).namespaces
+    return [m for m in memories if not allowed or m.namespace in allowed]
 
 
 def _owned(request: HttpRequest, action: str, memory_id: str) -> tuple[str, Memory]:
@@ -251,6 +262,7 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
     related: dict[str, list[Memory]] = {}
     if body.expand:
         related = hierarchy.expand([h.memory for h in result.hits], body.expand, tenant=tenant)
+        related = {k: _visible(request, v) for k, v in related.items()}
     hits = []
     for hit in result.hits:
         out = _hit_out(hit, scoring if body.explain else None)
@@ -385,14 +397,14 @@ def restore(request: HttpRequest, memory_id: str) -> MemoryOut:
 @memory.get("/{memory_id}/children", response={200: MemoriesOut, **ERRORS}, summary="Children")
 def children(request: HttpRequest, memory_id: str) -> MemoriesOut:
     tenant, _ = _owned(request, READ, memory_id)
-    found = links.children(tenant, memory_id)
+    found = _visible(request, links.children(tenant, memory_id))
     return MemoriesOut(memories=[MemoryOut.from_orm(m) for m in found])
 
 
 @memory.get("/{memory_id}/parents", response={200: MemoriesOut, **ERRORS}, summary="Parents")
 def parents(request: HttpRequest, memory_id: str) -> MemoriesOut:
     tenant, _ = _owned(request, READ, memory_id)
-    found = links.parents(tenant, memory_id)
+    found = _visible(request, links.parents(tenant, memory_id))
     return MemoriesOut(memories=[MemoryOut.from_orm(m) for m in found])
 
 
@@ -407,12 +419,18 @@ def list_links(
     kinds: list[str] = Query([]),  # noqa: B008
 ) -> LinksOut:
     tenant, _ = _owned(request, READ, memory_id)
-    return LinksOut(links=[_link_out(e) for e in links.of(tenant, memory_id, kinds)])
+    edges = links.of(tenant, memory_id, kinds)
+    if principal(request).namespaces:
+        ends = {e.source for e in edges} | {e.target for e in edges}
+        seen = {m.id for m in _visible(request, list(Memory.objects.filter(id__in=ends)))}
+        edges = [e for e in edges if e.source in seen and e.target in seen]
+    return LinksOut(links=[_link_out(e) for e in edges])
 
 
 @memory.post("/{memory_id}/links", response={200: LinkOut, **ERRORS}, summary="Add a link")
 def add_link(request: HttpRequest, memory_id: str, body: LinkIn) -> LinkOut:
     tenant, _ = _owned(request, WRITE, memory_id)
+    _owned(request, WRITE, body.target)  # the target's namespace must be the key's too
     return _link_out(links.add(tenant, memory_id, body.target, body.kind, body.weight))
 
 
@@ -432,17 +450,20 @@ def graph(
 ) -> GraphOut:
     tenant, _ = _owned(request, READ, memory_id)
     found = links.graph(tenant, memory_id, depth=depth, kinds=kinds)
+    nodes = _visible(request, found.nodes)
+    seen = {m.id for m in nodes}
     return GraphOut(
-        nodes=[MemoryOut.from_orm(m) for m in found.nodes],
-        edges=[_link_out(e) for e in found.edges],
+        nodes=[MemoryOut.from_orm(m) for m in nodes],
+        edges=[_link_out(e) for e in found.edges if e.source in seen and e.target in seen],
         truncated=found.truncated,
     )
 
 
 @job_router.get("/{job_id}", response={200: JobOut, **ERRORS}, summary="A job's status")
 def job_status(request: HttpRequest, job_id: str) -> JobOut:
-    tenant = allow(request, READ, resource=job_id)
-    return JobOut.from_orm(jobs.get(job_id, tenant=tenant))
+    job = jobs.get(job_id, tenant=principal(request).tenant)
+    allow(request, READ, namespace=job.params.get("namespace"), resource=job_id)
+    return JobOut.from_orm(job)
 
 
 @namespace_router.get("", response={200: NamespacesOut, **ERRORS}, summary="Namespaces, counted")
@@ -626,7 +647,9 @@ class AuthMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path.startswith("/api/v2/") and not request.path.startswith(PUBLIC):
+        # path_info, not path: routing uses it, and path carries any SCRIPT_NAME prefix.
+        where = request.path_info
+        if where.startswith("/api/v2/") and not where.startswith(PUBLIC):
             client = request.META.get("REMOTE_ADDR", "")
             try:
                 caller = tenancy.authenticate(request.headers.get("Authorization"), client)

@@ -49,9 +49,18 @@ def _memory(tenant: str, memory_id: str) -> Memory:
     return found
 
 
+RESERVED = frozenset({Link.DERIVED_FROM})
+"""Kinds only the service makes: `derived_from` edges are the hierarchy, which deletes and
+rewrites parents."""
+
+
 def add(tenant: str, source: str, target: str, kind: str, weight: float = 1.0) -> Edge:
     """Create (or re-weight) the link `source -kind-> target`; both must be the tenant's."""
     _check_kind(kind)
+    if kind in RESERVED:
+        raise ValidationFailed(
+            f"link kind {kind!r} is made by consolidation only", details={"kind": kind}
+        )
     if source == target:
         raise ValidationFailed("a memory cannot link to itself", details={"id": source})
     _memory(tenant, source)
@@ -77,6 +86,10 @@ def add_many(tenant: str, edges: Iterable[Edge]) -> int:
 
 
 def remove(tenant: str, source: str, target: str, kind: str) -> None:
+    if kind in RESERVED:
+        raise ValidationFailed(
+            f"link kind {kind!r} is made by consolidation only", details={"kind": kind}
+        )
     deleted, _ = Link.objects.filter(
         tenant_id=tenant, source_id=source, target_id=target, kind=kind
     ).delete()

@@ -45,7 +45,7 @@ _keys: dict[str, tuple[str, bytes]] = {}  # tenant -> (wrapped key, data key)
 _keys_lock = threading.Lock()
 
 
-def data_key(tenant: str, *, check: bool = False) -> bytes:
+def data_key(tenant: str, *, check: bool = False, create: bool = True) -> bytes:
     """The tenant's data key (made and wrapped on first use; cached in this process).
 
     `check` re-reads the wrapped key from the database (one query), so that a tenant
@@ -60,6 +60,8 @@ def data_key(tenant: str, *, check: bool = False) -> bytes:
             return held[1]
         masters = crypto.master_keys(get_config())
         made = 0
+        if not wrapped and not create:
+            raise crypto.DecryptionFailed(f"tenant {tenant!r} has no data key")
         if not wrapped:
             Tenant.objects.get_or_create(id=tenant)
             # Only the first writer's key is kept: concurrent first uses all read it back.
@@ -99,7 +101,14 @@ class SealedTextField(models.TextField):
         if value is None:
             return None
         tenant = crypto.sealed_tenant(value)
-        text = value if tenant is None else crypto.open_sealed(data_key(tenant), self.name, value)
+        if tenant is None:
+            return self.from_text(value)
+        try:
+            text = crypto.open_sealed(data_key(tenant, create=False), self.name, value)
+        except crypto.DecryptionFailed:
+            # Another process may have replaced the tenant's key (deleted and re-created):
+            # read it again before giving up.
+            text = crypto.open_sealed(data_key(tenant, check=True, create=False), self.name, value)
         return self.from_text(text)
 
     def from_text(self, text: str) -> Any:
@@ -130,6 +139,9 @@ class Memory(models.Model):
     type = models.CharField(max_length=16, choices=MemoryType.choices, default=MemoryType.EPISODIC)
     content = SealedTextField()
     metadata = SealedJSONField(default=dict)
+    size = models.PositiveIntegerField(
+        default=0, help_text="UTF-8 bytes of the content (quotas count this, not ciphertext)."
+    )
     tokens = models.TextField(
         blank=True, default="", help_text="Keyed lexical tokens (SQL full text, no plaintext)."
     )

@@ -34,7 +34,6 @@ from django.db import (
     transaction,
 )
 from django.db.models import F, Q, Sum
-from django.db.models.functions import Length
 
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
@@ -366,6 +365,7 @@ def store_many(
             embedding_id=new_id("vec"),
             content_hash=keys[i][1],
             tokens=tokens_of(items[i].content, tenant),
+            size=len(items[i].content.encode("utf-8")),
             created_at=_utc(items[i].created_at or now),
             # Distinct arrival times keep the batch's order among equal event times.
             stored_at=now + timedelta(microseconds=position),
@@ -437,8 +437,8 @@ def _check_quota(tenant: str, contents: Sequence[str]) -> None:
                 details={"limit": limits["max_memories"], "used": held, "adding": len(contents)},
             )
     if limits["max_bytes"] is not None:
-        used = int(rows.aggregate(n=Sum(Length("content")))["n"] or 0)
-        adding = sum(len(c) for c in contents)
+        used = int(rows.aggregate(n=Sum("size"))["n"] or 0)
+        adding = sum(len(c.encode("utf-8")) for c in contents)
         if used + adding > limits["max_bytes"]:
             raise QuotaExceeded(
                 f"tenant {tenant!r} may store {limits['max_bytes']} bytes of content; "
@@ -585,6 +585,7 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
         memory.embedding_id = new_id("vec")
         memory.content_hash = content_hash(memory.content, memory.tenant_id)
         memory.tokens = tokens_of(memory.content, memory.tenant_id)
+        memory.size = len(memory.content.encode("utf-8"))
         memory.considered_at = None  # consolidation looks at it again
     # The index row carries type, importance and metadata too, so any change rewrites it.
     vectors = embed_texts([memory.content])
@@ -671,6 +672,7 @@ def _summarized(parent: Memory, children: Sequence[Memory]) -> None:
         parent.content = text
         parent.content_hash = content_hash(text, parent.tenant_id)
         parent.tokens = tokens_of(text, parent.tenant_id)
+        parent.size = len(text.encode("utf-8"))
         parent.embedding_id = new_id("vec")
         parent.considered_at = None  # a changed parent is grouped again one level up
     parent.importance = max(c.importance for c in children)
@@ -704,22 +706,33 @@ def save_parents(
         return []
     vectors = embed_texts([p.content for p in parents])
     with transaction.atomic():
-        for parent in parents:
-            parent.save()
+        # A parent deleted meanwhile stays deleted (a plain save() would insert it again).
+        held_ids = [p.id for p, (held, *_) in zip(parents, made, strict=True) if held]
+        alive = set(Memory.objects.select_for_update().filter(id__in=held_ids).values_list(
+            "id", flat=True))  # fmt: skip
+        keep = [n for n, (held, *_) in enumerate(made) if held is None or parents[n].id in alive]
+        for n in keep:
+            if made[n][0] is None:
+                parents[n].save(force_insert=True)
+            else:
+                parents[n].save(force_update=True)
         links.add_many(
             tenant,
             (
-                links.Edge(parent.id, child.id, Link.DERIVED_FROM, 1.0)
-                for parent, (_, _, _, children) in zip(parents, made, strict=True)
-                for child in children
+                links.Edge(parents[n].id, child.id, Link.DERIVED_FROM, 1.0)
+                for n in keep
+                for child in made[n][3]
             ),
         )
         tasks = VectorTask.objects.bulk_create(
-            VectorTask(memory_id=p.id, action=VectorTask.Action.UPSERT, next_attempt_at=grace())
-            for p in parents
+            VectorTask(
+                memory_id=parents[n].id, action=VectorTask.Action.UPSERT, next_attempt_at=grace()
+            )
+            for n in keep
         )
-    index_or_owe(parents, vectors, tasks)
-    return parents
+    saved = [parents[n] for n in keep]
+    index_or_owe(saved, vectors[keep] if len(keep) != len(parents) else vectors, tasks)
+    return saved
 
 
 def refresh_parents(tenant: str, parent_ids: Iterable[str]) -> None:
@@ -728,7 +741,8 @@ def refresh_parents(tenant: str, parent_ids: Iterable[str]) -> None:
     ids = list(dict.fromkeys(parent_ids))
     if not ids:
         return
-    rows = Memory.objects.in_bulk(ids)
+    # Only consolidated memories are parents (clients cannot make `derived_from` links).
+    rows = Memory.objects.filter(level__gte=1).in_bulk(ids)
     kids = links.child_ids(ids)
     empty = [i for i in ids if i in rows and not kids.get(i)]
     for parent_id in empty:
@@ -736,10 +750,12 @@ def refresh_parents(tenant: str, parent_ids: Iterable[str]) -> None:
             forget(parent_id, tenant=tenant)  # refreshes its own parents
     alive = [rows[i] for i in ids if i in rows and kids.get(i)]
     children = Memory.objects.in_bulk([c for p in alive for c in kids[p.id]])
+    left = {p.id: [children[c] for c in kids[p.id] if c in children] for p in alive}
+    for parent_id in [i for i, c in left.items() if not c]:  # its children went meanwhile
+        with contextlib.suppress(MemoryNotFound):
+            forget(parent_id, tenant=tenant)
     stale = [
-        (p, [children[c] for c in kids[p.id] if c in children])
-        for p in alive
-        if p.sources_hash != sources_hash([children[c] for c in kids[p.id] if c in children])
+        (p, left[p.id]) for p in alive if left[p.id] and p.sources_hash != sources_hash(left[p.id])
     ]
     if not stale:
         return

@@ -23,7 +23,6 @@ from typing import Any
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Sum
-from django.db.models.functions import Length
 
 from somafractalmemory import backends, crypto
 from somafractalmemory.conf import get_config
@@ -222,7 +221,7 @@ def _limits(tenant: str) -> dict[str, Any]:
 
 def usage(tenant: str) -> dict[str, Any]:
     rows = Memory.objects.filter(tenant_id=tenant)
-    stored = rows.aggregate(n=Sum(Length("content")))["n"] or 0
+    stored = rows.aggregate(n=Sum("size"))["n"] or 0
     return {
         "tenant": tenant,
         "memories": rows.count(),
