@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import numpy as np
@@ -16,7 +14,7 @@ from somafractalmemory import backends
 from somafractalmemory.conf import Config
 from somafractalmemory.embedding.http import HttpEmbedder
 from somafractalmemory.errors import EmbeddingUnavailable, VectorDimMismatch
-from tests.servers import local_http
+from tests.servers import JsonHandler, local_http
 
 FAKE_DIM = 8
 
@@ -26,30 +24,21 @@ def fake_vector(text: str) -> list[float]:
     return [b - 128.0 for b in digest[:FAKE_DIM]]
 
 
-class FakeEmbeddings(BaseHTTPRequestHandler):
+class FakeEmbeddings(JsonHandler):
     """The shape of OpenAI's /v1/embeddings, answering in shuffled order like some servers."""
 
     calls: list[dict[str, Any]] = []
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         FakeEmbeddings.calls.append(
             {"path": self.path, "auth": self.headers.get("Authorization"), **body}
         )
         if body["model"] == "broken":
-            self.send_response(500)
-            self.end_headers()
+            self.send_json(500)
             return
         data = [{"index": i, "embedding": fake_vector(t)} for i, t in enumerate(body["input"])]
-        payload = json.dumps({"object": "list", "data": list(reversed(data))}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200, {"object": "list", "data": list(reversed(data))})
 
 
 @pytest.fixture(scope="module")

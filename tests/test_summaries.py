@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from itertools import pairwise
 from typing import Any
 
@@ -19,7 +17,7 @@ from somafractalmemory.errors import SummarizerUnavailable
 from somafractalmemory.retrieval import grouping
 from somafractalmemory.summaries.extractive import ExtractiveSummarizer, sentences
 from somafractalmemory.summaries.llm import LlmSummarizer
-from tests.servers import local_http
+from tests.servers import JsonHandler, local_http
 
 GROUP = [
     "Anna moved to Lisbon in March. She works at a bakery near the river.",
@@ -45,30 +43,20 @@ def test_extractive_never_exceeds_the_size_limit(texts: list[str], limit: int) -
     assert len(ExtractiveSummarizer().summarize(texts, max_bytes=limit).encode()) <= limit
 
 
-class FakeChat(BaseHTTPRequestHandler):
+class FakeChat(JsonHandler):
     calls: list[dict[str, Any]] = []
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         FakeChat.calls.append(
             {"path": self.path, "auth": self.headers.get("Authorization"), **body}
         )
         if body["model"] == "broken":
-            self.send_response(502)
-            self.end_headers()
+            self.send_json(502)
             return
         listed = body["messages"][-1]["content"].count("\n- ") + 1
         message = {"role": "assistant", "content": f" Summary of {listed} memories. "}
-        answer = {"choices": [{"message": message}]}
-        payload = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200, {"choices": [{"message": message}]})
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from somafractalmemory.conf import get_config
 from somafractalmemory.memories import tenancy
 from somafractalmemory.memories.models import ApiKey, AuditEntry
 from tests.conftest import Api
-from tests.servers import local_http
+from tests.servers import JsonHandler, local_http
 
 
 @pytest.fixture
@@ -229,7 +228,7 @@ def test_custom_policy_makes_a_namespace_read_only(
     caller.ok("POST", "/memory/search", {"query": "anything", "namespace": "archive"})
 
 
-class FakeOpa(BaseHTTPRequestHandler):
+class FakeOpa(JsonHandler):
     """OPA's data API, deciding with the shipped policy file (as an OPA server loaded with
     it would)."""
 
@@ -238,7 +237,7 @@ class FakeOpa(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         from somafractalmemory import policy
 
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         FakeOpa.calls.append({"path": self.path, **body})
         import regorus
 
@@ -248,14 +247,7 @@ class FakeOpa(BaseHTTPRequestHandler):
         engine.set_input_json(json.dumps(body["input"]))
         allow = engine.eval_rule("data.sfm.authz.allow") is True
         reason = "" if allow else policy._reason(engine.eval_query("data.sfm.authz.reason"))
-        payload = json.dumps({"result": {"allow": allow, "reason": reason}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.send_json(200, {"result": {"allow": allow, "reason": reason}})
 
 
 def test_opa_server_decides_and_its_failure_denies(api: Api, settings_env: Any) -> None:

@@ -731,7 +731,7 @@ def save_parents(
             for n in keep
         )
     saved = [parents[n] for n in keep]
-    index_or_owe(saved, vectors[keep] if len(keep) != len(parents) else vectors, tasks)
+    index_or_owe(saved, vectors[keep], tasks)
     return saved
 
 
