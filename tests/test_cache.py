@@ -43,12 +43,27 @@ def test_repeat_queries_come_from_the_cache() -> None:
     embedder = CountingEmbedder()
     # A query no earlier run has cached (Redis outlives test runs).
     query = f"where did I park the car on day {uuid.uuid4().hex}?"
-    first = qcache.embed_query(embedder, query)
-    again = qcache.embed_query(embedder, "  " + query.replace(" ", "   ") + " ")
+    first = qcache.embed_query(embedder, query, tenant="t")
+    again = qcache.embed_query(embedder, "  " + query.replace(" ", "   ") + " ", tenant="t")
     assert embedder.calls == 1
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(first, embedder.inner.embed([query])[0], rtol=1e-6)
-    assert qcache.cache_key("a", "q") != qcache.cache_key("b", "q")  # keyed by model
+    assert qcache.cache_key("a", "q", "t") != qcache.cache_key("b", "q", "t")  # keyed by model
+    assert qcache.cache_key("a", "q", "t") != qcache.cache_key("a", "q", "u")  # and by tenant
+
+
+def test_forgetting_a_tenant_drops_only_its_entries() -> None:
+    embedder = CountingEmbedder()
+    mine, theirs = f"t-{uuid.uuid4().hex}", f"u-{uuid.uuid4().hex}"
+    for n in range(3):
+        qcache.embed_query(embedder, f"query {n}", tenant=mine)
+    qcache.embed_query(embedder, "query 0", tenant=theirs)
+    assert qcache.forget_tenant(mine) == 3
+    assert qcache.forget_tenant(mine) == 0
+    calls = embedder.calls
+    qcache.embed_query(embedder, "query 0", tenant=theirs)  # still cached
+    qcache.embed_query(embedder, "query 0", tenant=mine)  # embedded again
+    assert embedder.calls == calls + 1
 
 
 def test_dead_cache_degrades_but_serves(api: Api, namespace: str) -> None:
@@ -61,8 +76,8 @@ def test_dead_cache_degrades_but_serves(api: Api, namespace: str) -> None:
                 "POST", "/memory/store", {"content": "Cache-free fact", "namespace": namespace}
             )
             embedder = CountingEmbedder()
-            qcache.embed_query(embedder, "a query while the cache is down")
-            qcache.embed_query(embedder, "a query while the cache is down")
+            qcache.embed_query(embedder, "a query while the cache is down", tenant="t")
+            qcache.embed_query(embedder, "a query while the cache is down", tenant="t")
             assert embedder.calls == 2  # no cache, no error
             hits = api.ok("POST", "/memory/search", {"query": "cache-free", "namespace": namespace})
             assert hits["memories"][0]["id"] == stored["id"]

@@ -26,6 +26,8 @@ RANKS = {
     "memories.tenancy": 5.5,
     "memories.hierarchy": 5.7,
     "memories.forgetting": 5.7,
+    "memories.erasure": 5.7,
+    "memories.export": 4.7,
     "memories.maintenance": 6,
     "memories.schemas": 5,
     "memories.api": 7,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from somafractalmemory.errors import ConfigError, SFMError
+from somafractalmemory.errors import ConfigError, SFMError, ValidationFailed
 
 app = typer.Typer(help="SomaFractalMemory: long-term memory for AI agents.", no_args_is_help=True)
 
@@ -205,11 +205,17 @@ def reindex(
 def doctor(
     repair: Annotated[bool, typer.Option(help="Make the index match SQL.")] = False,
 ) -> None:
-    """Report drift between SQL and the vector index. Exit 1 when drift remains."""
+    """Finish interrupted erasures; report drift between SQL and the vector index. Exit 1
+    when drift remains."""
     _django()
-    from somafractalmemory.memories import maintenance
+    from somafractalmemory import backends
+    from somafractalmemory.memories import erasure, maintenance
 
     try:
+        backends.vector_index()  # first: a locked index is the answer to everything else
+        for job in erasure.interrupted():
+            done = erasure.resume(job, progress=_progress(f"resuming purge {job.id}"))
+            typer.echo(f"finished interrupted purge {job.id}: {json.dumps(done.as_dict())}")
         drift = maintenance.doctor(repair=repair, progress=_progress("repair"))
         for kind in ("missing", "orphaned", "stale"):
             ids = getattr(drift, kind)
@@ -269,6 +275,63 @@ def forget(
                 tenant=tenant, namespace=namespace, dry_run=dry_run, report=_progress()
             )
             typer.echo(json.dumps({"tenant": tenant, **done.as_dict()}))
+    except SFMError as exc:
+        _fail(exc)
+
+
+@app.command()
+def purge(
+    namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
+    filters: Annotated[
+        str | None,
+        typer.Option(
+            "--filter", help='Which memories (JSON, as in search): \'{"user_id": "u1"}\'.'
+        ),
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="No filter: the whole namespace (or every one).")
+    ] = False,
+    tenant: Annotated[str, typer.Option(help="Whose memories.")] = "default",
+    dry_run: Annotated[bool, typer.Option(help="Count what would go, erase nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    export: Annotated[
+        str | None, typer.Option(help="First write what will go to this JSONL file.")
+    ] = None,
+) -> None:
+    """Erase memories and every trace of them: rows, vectors, links, the text of parents
+    that summarized them, cached queries. Exit 0 done, 1 declined, 2 refused."""
+    _django()
+    from somafractalmemory.memories import erasure
+    from somafractalmemory.memories import export as exporting
+
+    try:
+        try:
+            spec = json.loads(filters) if filters else None
+        except json.JSONDecodeError as exc:
+            raise ValidationFailed(f"--filter is not JSON: {exc}") from exc
+        args: dict[str, Any] = {"tenant": tenant, "namespace": namespace, "spec": spec}
+        plan = erasure.purge(**args, everything=everything, dry_run=True)
+        typer.echo(json.dumps(plan.as_dict()))
+        if dry_run or not plan.memories:
+            return
+        if not yes:
+            where = ", ".join(plan.namespaces)
+            typer.confirm(
+                f"Erase {plan.memories} memories of tenant {tenant!r} ({where})? "
+                "This cannot be undone.",
+                abort=True,
+            )
+
+        def write(ids: list[str]) -> None:
+            if export:
+                with open(export, "w", encoding="utf-8") as stream:
+                    written = exporting.write(ids, stream)
+                typer.echo(f"exported {written} memories to {export}", err=True)
+
+        done = erasure.purge(
+            **args, everything=everything, actor="cli", progress=_progress("purge"), before=write
+        )
+        typer.echo(json.dumps(done.as_dict()))
     except SFMError as exc:
         _fail(exc)
 

@@ -86,6 +86,10 @@ class ValidationFailed(SFMError):
     code = "validation_error"
 
 
+class FilterRequired(ValidationFailed):
+    code = "filter_required"
+
+
 class NotFound(SFMError):
     status = 404
     code = "not_found"

@@ -43,16 +43,20 @@ class _Breaker:
 breaker = _Breaker()
 
 
-def cache_key(model: str, text: str) -> str:
-    """Keyed by model and whitespace-normalised text."""
+PREFIX = "sfm:qemb"
+
+
+def cache_key(model: str, text: str, tenant: str) -> str:
+    """Keyed by tenant, model and whitespace-normalised text. Per tenant: one tenant's
+    queries cannot be timed by another, and an erasure can drop a tenant's entries."""
     normal = " ".join(text.split())
     digest = hashlib.sha256(f"{model}\0{normal}".encode()).hexdigest()
-    return f"sfm:qemb:{digest}"
+    return f"{PREFIX}:{tenant}:{digest}"
 
 
-def embed_query(embedder: Embedder, text: str) -> Vectors:
+def embed_query(embedder: Embedder, text: str, *, tenant: str) -> Vectors:
     """One query's vector (shape (dim,)), from the cache when it has it."""
-    key = cache_key(embedder.name, text)
+    key = cache_key(embedder.name, text, tenant)
     if not breaker.open:
         try:
             raw = cache.get(key)
@@ -67,6 +71,25 @@ def embed_query(embedder: Embedder, text: str) -> Vectors:
         except Exception as exc:
             breaker.trip(exc)
     return vector
+
+
+def forget_tenant(tenant: str) -> int:
+    """Delete the tenant's cached query vectors; returns how many went. Django's cache API
+    cannot list keys, so this reaches into the two back ends the service configures."""
+    made = cache.make_key(f"{PREFIX}:{tenant}:")
+    backend = cache._cache  # type: ignore[attr-defined]
+    if hasattr(backend, "get_client"):  # Redis
+        client = backend.get_client(write=True)
+        keys = list(client.scan_iter(match=made + "*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+        return len(keys)
+    with cache._lock:  # type: ignore[attr-defined]  # LocMem
+        keys = [k for k in backend if k.startswith(made)]
+        for k in keys:
+            del backend[k]
+            cache._expire_info.pop(k, None)  # type: ignore[attr-defined]
+    return len(keys)
 
 
 def cache_health() -> str:

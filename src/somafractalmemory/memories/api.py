@@ -40,7 +40,15 @@ from somafractalmemory.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from somafractalmemory.memories import forgetting, hierarchy, jobs, links, services, tenancy
+from somafractalmemory.memories import (
+    erasure,
+    forgetting,
+    hierarchy,
+    jobs,
+    links,
+    services,
+    tenancy,
+)
 from somafractalmemory.memories.models import DEFAULT_TENANT, Job, Memory, Tenant
 from somafractalmemory.memories.schemas import (
     AuditEntryOut,
@@ -69,6 +77,8 @@ from somafractalmemory.memories.schemas import (
     NewKeyOut,
     PageOut,
     PatchIn,
+    PurgeIn,
+    PurgeOut,
     RelatedOut,
     SearchHitOut,
     SearchIn,
@@ -360,6 +370,27 @@ def forget_faded(request: HttpRequest, body: ForgetIn) -> Status[JobOut]:
     return _job_response(job)
 
 
+@memory.post(
+    "/purge",
+    response={200: PurgeOut, **ERRORS},
+    summary="Erase every memory a filter matches (in a namespace or all), with their traces",
+)
+def purge(request: HttpRequest, body: PurgeIn) -> PurgeOut:
+    caller = principal(request)
+    if body.namespace is None and caller.namespaces:
+        raise Forbidden("a namespace-limited key erases one namespace at a time: give namespace")
+    tenant = allow(request, WRITE, namespace=body.namespace, resource="purge")
+    erased = erasure.purge(
+        tenant=tenant,
+        actor=caller.actor,
+        namespace=body.namespace,
+        spec=body.filters,
+        everything=body.all,
+        dry_run=body.dry_run,
+    )
+    return PurgeOut(**erased.as_dict())
+
+
 @memory.get("/{memory_id}", response={200: MemoryOut, **ERRORS}, summary="Get one memory")
 def get_memory(request: HttpRequest, memory_id: str) -> MemoryOut:
     _, row = _owned(request, READ, memory_id)
@@ -486,6 +517,16 @@ def namespace_stats(request: HttpRequest, name: str) -> NamespaceOut:
     if not found:
         raise NotFound(f"no namespace {name!r}", details={"namespace": name})
     return NamespaceOut(**vars(found[0]))
+
+
+@namespace_router.delete("/{name}", response={200: PurgeOut, **ERRORS}, summary="Erase a namespace")
+def delete_namespace(request: HttpRequest, name: str, dry_run: bool = False) -> PurgeOut:
+    tenant = allow(request, WRITE, namespace=name, resource=f"namespace:{name}")
+    erased = erasure.purge(
+        tenant=tenant, actor=principal(request).actor, namespace=name, everything=True,
+        dry_run=dry_run,
+    )  # fmt: skip
+    return PurgeOut(**erased.as_dict())
 
 
 @usage_router.get("", response={200: UsageOut, **ERRORS}, summary="The tenant's usage and limits")

@@ -18,9 +18,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from somafractalmemory import backends
 from somafractalmemory.conf import get_config
-from somafractalmemory.errors import ConsolidationBusy, IndexUnavailable
+from somafractalmemory.errors import ConsolidationBusy
 from somafractalmemory.memories import jobs, links, services
 from somafractalmemory.memories.models import DEFAULT_TENANT, Link, Memory
 from somafractalmemory.retrieval import grouping
@@ -66,27 +65,6 @@ def window_seconds(level: int) -> float:
 
 def similarity(level: int) -> float:
     return max(MIN_SIMILARITY, get_config().consolidation_similarity - SIMILARITY_STEP * level)
-
-
-def _vectors(memories: Sequence[Memory]) -> dict[str, Any]:
-    """Index vectors of these memories; the ones the index lacks are embedded now."""
-    found: dict[str, Any] = {}
-    ids = [m.id for m in memories]
-    try:
-        for start in range(0, len(ids), 1000):
-            found.update(backends.vector_index().vectors(ids[start : start + 1000]))
-    except IndexUnavailable:
-        found = {}
-    missing = [m for m in memories if m.id not in found]
-    if missing:
-        found.update(
-            zip(
-                [m.id for m in missing],
-                services.embed_texts([m.content for m in missing]),
-                strict=True,
-            )
-        )
-    return found
 
 
 def _refresh_changed(tenant: str, namespace: str) -> int:
@@ -157,7 +135,7 @@ def _consolidate_level(
         if (p.span_end or p.created_at).timestamp() >= low - window
         and p.created_at.timestamp() <= high + window
     ]
-    vectors = _vectors([*items, *seeds_rows])
+    vectors = services.vectors_of([*items, *seeds_rows])
     sizes = {k: len(v) for k, v in links.child_ids([p.id for p in seeds_rows]).items()}
     seeds = [
         grouping.seed(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.db import IntegrityError, connections, transaction
@@ -58,8 +59,9 @@ def create(tenant: str, kind: str, params: dict[str, Any]) -> Job:
     return Job.objects.create(id=new_id("job"), tenant_id=tenant, kind=kind, params=params)
 
 
-def run(job: Job, work: Work) -> Job:
-    """Run the job here and now; returns it finished (succeeded or failed)."""
+def run(job: Job, work: Work, *, reraise: bool = False) -> Job:
+    """Run the job here and now; returns it finished (succeeded or failed). With `reraise`
+    a failure is recorded and raised again."""
     job.status, job.started_at = Job.Status.RUNNING, datetime.now(UTC)
     job.heartbeat_at = job.started_at
     job.save(update_fields=["status", "started_at", "heartbeat_at"])
@@ -68,13 +70,23 @@ def run(job: Job, work: Work) -> Job:
         job.status = Job.Status.SUCCEEDED
     except SFMError as exc:
         job.status, job.error = Job.Status.FAILED, exc.to_dict()["error"]
+        if reraise:
+            _finish(job)
+            raise
     except Exception as exc:  # a job reports its failure; the log has the trace
         log.exception("job %s (%s) failed", job.id, job.kind)
         job.status = Job.Status.FAILED
         job.error = {"code": "internal_error", "message": str(exc)[:500], "details": None}
+        if reraise:
+            _finish(job)
+            raise
+    _finish(job)
+    return job
+
+
+def _finish(job: Job) -> None:
     job.finished_at = datetime.now(UTC)
     job.save(update_fields=["status", "result", "error", "finished_at"])
-    return job
 
 
 def submit(job: Job, work: Work) -> Job:
@@ -109,10 +121,30 @@ def get(job_id: str, *, tenant: str) -> Job:
     return job
 
 
+def holder_dead(holder: str) -> bool:
+    """Whether `holder` (host:pid) is a process of this host that no longer runs (killed):
+    what it held can be taken over at once instead of when it expires."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    try:  # a killed process nobody has reaped yet is a zombie: dead too
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 @contextmanager
 def lease(name: str, seconds: float) -> Iterator[bool]:
     """Hold the named lease while the block runs, if nobody else holds it: yields whether
-    it was acquired. Expired leases (a crashed holder) are taken over."""
+    it was acquired. Expired leases, and those of a dead process of this host, are taken
+    over."""
     now = datetime.now(UTC)
     expires = now + timedelta(seconds=seconds)
     try:
@@ -120,10 +152,11 @@ def lease(name: str, seconds: float) -> Iterator[bool]:
             Lease.objects.create(name=name, holder=HOLDER, expires_at=expires)
         acquired = True
     except IntegrityError:
-        taken = Lease.objects.filter(name=name, expires_at__lt=now).update(
-            holder=HOLDER, expires_at=expires
-        )
-        acquired = taken == 1
+        held = Lease.objects.filter(name=name).values_list("holder", flat=True).first()
+        stale = Lease.objects.filter(name=name, expires_at__lt=now)
+        if held is not None and holder_dead(held):
+            stale = Lease.objects.filter(name=name, holder=held)
+        acquired = stale.update(holder=HOLDER, expires_at=expires) == 1
     try:
         yield acquired
     finally:

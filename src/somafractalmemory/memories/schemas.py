@@ -234,6 +234,32 @@ class ForgetIn(Strict):
     wait: bool = Field(default=False, description="Run to the end and answer with the result.")
 
 
+class PurgeIn(Strict):
+    namespace: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Only this namespace."
+    )
+    filters: dict[str, Any] | None = Field(
+        default=None, description="Which memories: the search filter language."
+    )
+    all: bool = Field(default=False, description="Allow an empty filter: erase everything.")
+    dry_run: bool = Field(default=False, description="Count what would go, erase nothing.")
+
+
+class PurgeOut(Schema):
+    memories: int
+    links: int = Field(description="Links from or to erased memories.")
+    vectors: int = Field(description="Index entries deleted.")
+    parents_resummarized: int = Field(description="Consolidated parents rewritten without them.")
+    parents_removed: int = Field(description="Consolidated parents left with no child.")
+    neighbours_rewritten: int = Field(description="Episodes whose context held erased text.")
+    cache_entries: int = Field(description="Cached query vectors of the tenant dropped.")
+    jobs: int = Field(description="Finished job records of an erased namespace.")
+    namespaces: list[str]
+    scrubbed: bool = Field(description="Storage rewritten without the erased bytes.")
+    dry_run: bool
+    job_id: str | None = Field(description="The purge job (its audit trail).")
+
+
 class JobOut(Schema):
     id: str
     kind: str

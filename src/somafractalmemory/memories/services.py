@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import contextlib
 import hashlib
 import hmac
@@ -187,6 +188,22 @@ def embed_texts(texts: Sequence[str]) -> Any:
     import numpy as np
 
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def vectors_of(memories: Sequence[Memory]) -> dict[str, Any]:
+    """Index vectors of these memories; the ones the index lacks are embedded now."""
+    found: dict[str, Any] = {}
+    ids = [m.id for m in memories]
+    try:
+        for start in range(0, len(ids), 1000):
+            found.update(backends.vector_index().vectors(ids[start : start + 1000]))
+    except IndexUnavailable:
+        found = {}
+    missing = [m for m in memories if m.id not in found]
+    if missing:
+        texts = [m.content for m in missing]
+        found.update(zip([m.id for m in missing], embed_texts(texts), strict=True))
+    return found
 
 
 def write_vectors(memories: Sequence[Memory], vectors: Any = None) -> None:
@@ -616,7 +633,13 @@ def _delete_row(memory_id: str, tenant: str) -> tuple[Memory, list[str], VectorT
 
 def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
     """Delete a memory from SQL (the acknowledgement), then from the index; the episodes
-    that had it as a neighbour get their context rewritten without it."""
+    that had it as a neighbour get their context rewritten without it, and its parents are
+    re-summarized from the children they have left (or removed)."""
+    refresh_parents(tenant, _forget(memory_id, tenant))
+
+
+def _forget(memory_id: str, tenant: str) -> list[str]:
+    """`forget` but for the parents, whose ids it returns."""
     for attempt in range(DELETE_ATTEMPTS):
         try:
             gone, parents, task = _delete_row(memory_id, tenant)
@@ -629,11 +652,10 @@ def forget(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
     try:
         backends.vector_index().delete([memory_id])
         settle([task])
-        if gone.type == "episodic":
-            write_vectors(_neighbours_of(gone))
+        rewrite_neighbours([gone])
     except Exception as exc:  # committed and acknowledged: the task stays
         log.warning("vector delete owed for %s: %s", memory_id, exc)
-    refresh_parents(tenant, parents)
+    return parents
 
 
 # -- the hierarchy: consolidated parents -----------------------------------------------------
@@ -735,52 +757,78 @@ def save_parents(
     return saved
 
 
-def refresh_parents(tenant: str, parent_ids: Iterable[str]) -> None:
+@dataclass
+class Refreshed:
+    resummarized: int = 0
+    removed: int = 0
+
+
+def refresh_parents(
+    tenant: str, parent_ids: Iterable[str], done: Refreshed | None = None
+) -> Refreshed:
     """After children changed or went: re-summarize each parent from the children it has
     left, or delete it when none is left; then the same one level up."""
+    done = done or Refreshed()
     ids = list(dict.fromkeys(parent_ids))
     if not ids:
-        return
+        return done
     # Only consolidated memories are parents (clients cannot make `derived_from` links).
     rows = Memory.objects.filter(level__gte=1).in_bulk(ids)
     kids = links.child_ids(ids)
-    empty = [i for i in ids if i in rows and not kids.get(i)]
-    for parent_id in empty:
-        with contextlib.suppress(MemoryNotFound):  # deleted meanwhile
-            forget(parent_id, tenant=tenant)  # refreshes its own parents
     alive = [rows[i] for i in ids if i in rows and kids.get(i)]
     children = Memory.objects.in_bulk([c for p in alive for c in kids[p.id]])
     left = {p.id: [children[c] for c in kids[p.id] if c in children] for p in alive}
-    for parent_id in [i for i, c in left.items() if not c]:  # its children went meanwhile
-        with contextlib.suppress(MemoryNotFound):
-            forget(parent_id, tenant=tenant)
+    # Parents with no child left (or whose children went meanwhile) go.
+    above: list[str] = []
+    for parent_id in [i for i in ids if i in rows and not left.get(i)]:
+        with contextlib.suppress(MemoryNotFound):  # deleted meanwhile
+            above += _forget(parent_id, tenant)
+            done.removed += 1
     stale = [
         (p, left[p.id]) for p in alive if left[p.id] and p.sources_hash != sources_hash(left[p.id])
     ]
-    if not stale:
-        return
-    save_parents(tenant, [(p, p.namespace, p.level, c) for p, c in stale])
-    above = links.parent_ids([p.id for p, _ in stale])
-    refresh_parents(tenant, [g for gs in above.values() for g in gs])
+    if stale:
+        save_parents(tenant, [(p, p.namespace, p.level, c) for p, c in stale])
+        done.resummarized += len(stale)
+        above += [g for gs in links.parent_ids([p.id for p, _ in stale]).values() for g in gs]
+    return refresh_parents(tenant, above, done)
 
 
-def _neighbours_of(gone: Memory) -> list[Memory]:
-    """The episodes just before and after where `gone` stood (within the context window)."""
+def rewrite_neighbours(gone: Sequence[Memory]) -> int:
+    """Rewrite the context of the episodes that stood next to deleted ones (within the
+    context window): their context vector and tokens held the deleted text. Returns how
+    many were rewritten."""
     window = timedelta(seconds=get_config().context_window_seconds)
-    if not window:
-        return []
-    around = Memory.objects.filter(
-        tenant_id=gone.tenant_id,
-        namespace=gone.namespace,
-        type="episodic",
-        created_at__range=(gone.created_at - window, gone.created_at + window),
-    )
-    key = (gone.created_at, gone.stored_at, gone.id)
-    earlier = Q(created_at__lt=key[0]) | Q(created_at=key[0], stored_at__lt=key[1])
-    earlier |= Q(created_at=key[0], stored_at=key[1], id__lt=key[2])
-    before = around.filter(earlier).order_by("-created_at", "-stored_at", "-id").first()
-    after = around.exclude(earlier).order_by("created_at", "stored_at", "id").first()
-    return [m for m in (before, after) if m is not None]
+    groups: dict[tuple[str, str], list[tuple[datetime, datetime, str]]] = {}
+    for m in gone:
+        if m.type == "episodic" and window:
+            groups.setdefault((m.tenant_id, m.namespace), []).append(
+                (m.created_at, m.stored_at, m.id)
+            )
+    found: set[str] = set()
+    for (tenant, namespace), keys in groups.items():
+        keys.sort()
+        survivors = list(
+            Memory.objects.filter(
+                tenant_id=tenant,
+                namespace=namespace,
+                type="episodic",
+                created_at__range=(keys[0][0] - window, keys[-1][0] + window),
+            )
+            .order_by("created_at", "stored_at", "id")
+            .values_list("created_at", "stored_at", "id")
+        )
+        for key in keys:
+            at = bisect.bisect_left(survivors, key)
+            for j in (at - 1, at):  # the survivors just before and just after
+                if 0 <= j < len(survivors) and abs(survivors[j][0] - key[0]) <= window:
+                    found.add(survivors[j][2])
+    rows = list(Memory.objects.filter(archived_at__isnull=True).in_bulk(list(found)).values())
+    for start in range(0, len(rows), 1000):
+        chunk = rows[start : start + 1000]
+        known = vectors_of(chunk)
+        write_vectors(chunk, [known[m.id] for m in chunk])
+    return len(rows)
 
 
 MODES = ("hybrid", "vector", "lexical")
@@ -840,7 +888,9 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
     if not text.strip():
         raise ValidationFailed("query is empty", details={"field": "query"})
     pool = candidate_pool(query.top_k)
-    vector = embed_query(backends.embedder(), text) if query.mode != "lexical" else None
+    vector = (
+        embed_query(backends.embedder(), text, tenant=tenant) if query.mode != "lexical" else None
+    )
     embedded = time.perf_counter()
     mode, warnings = query.mode, []
     legs: dict[str, list[VectorHit]] = {}
@@ -953,11 +1003,13 @@ def _sql_lexical(
     found = lexical.search(scope, words, pool if where is None else SQL_FILTER_POOL)
     if where is not None:
         rows = Memory.objects.in_bulk([i for i, _ in found])
-        found = [(i, s) for i, s in found if i in rows and filters.matches(where, _facts(rows[i]))]
+        found = [
+            (i, s) for i, s in found if i in rows and filters.matches(where, facts_of(rows[i]))
+        ]
     return [VectorHit(i, s) for i, s in found[:pool]]
 
 
-def _facts(memory: Memory) -> filters.Facts:
+def facts_of(memory: Memory) -> filters.Facts:
     return filters.Facts(
         columns={
             "id": memory.id,

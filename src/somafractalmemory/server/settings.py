@@ -68,7 +68,10 @@ def _databases() -> dict[str, Any]:
             "OPTIONS": {
                 # WAL lets readers run beside the writer; FULL syncs each commit, so an
                 # acknowledged write survives a crash of the process or the machine.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+                # secure_delete zeroes what a delete frees: erased rows leave no bytes behind.
+                "init_command": (
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA secure_delete=ON;"
+                ),
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },

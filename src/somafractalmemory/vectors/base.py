@@ -87,6 +87,10 @@ class VectorIndex(Protocol):
         """Every (memory id, embedding id) the index holds."""
         ...
 
+    def scrub(self) -> bool:
+        """Remove deleted entries' bytes from storage (after an erasure); whether it could."""
+        ...
+
     def reset(self) -> None:
         """Empty the index (drop and recreate)."""
         ...

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import logging
 import re
+import sqlite3
 import subprocess
 import threading
 import warnings
@@ -57,7 +58,8 @@ class MilvusIndex:
         self.name = collection_name(model, dim)
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         self._timeout = timeout
-        self._lock = threading.Lock()
+        self._token, self._db_name = token, db_name
+        self._gate = Gate()
         self._owner: IO[str] | None = self._claim_lite_file() if self.is_lite else None
         try:
             self._client = self._connect(uri, token, db_name)
@@ -152,9 +154,13 @@ class MilvusIndex:
                     raise
         client.load_collection(self.name, timeout=self._timeout)
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The client's `method` on the collection; the client is looked up inside the gate
+        (a scrub replaces it)."""
         try:
-            return fn(self.name, *args, timeout=self._timeout, **kwargs)
+            with self._gate.shared():
+                fn = getattr(self._client, method)
+                return fn(self.name, *args, timeout=self._timeout, **kwargs)
         except Exception as exc:
             log.warning("milvus %s failed: %s", what, exc)
             raise IndexUnavailable(f"vector index {what} failed: {exc}") from exc
@@ -181,11 +187,11 @@ class MilvusIndex:
             for r in records
         ]
         for start in range(0, len(rows), _UPSERT_CHUNK):
-            self._call("upsert", self._client.upsert, rows[start : start + _UPSERT_CHUNK])
+            self._call("upsert", "upsert", rows[start : start + _UPSERT_CHUNK])
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
-            self._call("delete", self._client.delete, ids=list(ids))
+            self._call("delete", "delete", ids=list(ids))
 
     def search(
         self,
@@ -211,7 +217,7 @@ class MilvusIndex:
             return []
         result = self._call(
             "search",
-            self._client.search,
+            "search",
             data=np.asarray(vectors, dtype=np.float32).tolist(),
             anns_field="vector",
             filter=f"tenant == {milvus_literal(tenant)} and "
@@ -259,7 +265,7 @@ class MilvusIndex:
             clauses.append(f"({to_milvus(where)})")
         result = self._call(
             "search",
-            self._client.search,
+            "search",
             data=[query],
             anns_field=field,
             filter=" and ".join(clauses),
@@ -272,14 +278,14 @@ class MilvusIndex:
     def vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
         if not ids:
             return {}
-        rows = self._call("get", self._client.get, ids=list(ids), output_fields=["vector"])
+        rows = self._call("get", "get", ids=list(ids), output_fields=["vector"])
         return {str(row["id"]): np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
     def embedding_ids(self, ids: Sequence[str]) -> dict[str, str]:
         """memory id -> embedding id, for the ids the index holds."""
         if not ids:
             return {}
-        rows = self._call("get", self._client.get, ids=list(ids), output_fields=["embedding_id"])
+        rows = self._call("get", "get", ids=list(ids), output_fields=["embedding_id"])
         return {str(row["id"]): str(row["embedding_id"]) for row in rows}
 
     def entries(self, batch_size: int = 1000) -> Iterator[tuple[str, str]]:
@@ -301,20 +307,82 @@ class MilvusIndex:
         except Exception as exc:
             raise IndexUnavailable(f"vector index scan failed: {exc}") from exc
 
+    def scrub(self) -> bool:
+        """Remove the bytes of deleted entries from storage. Milvus Lite keeps them in its
+        SQLite file's free pages: its engine is stopped (calls wait meanwhile), the file is
+        vacuumed (rewritten without free pages) and the engine started again. A server
+        compacts its segments (deleted entries go; object storage is cleaned by its garbage
+        collection). Returns whether it was done."""
+        if not self.is_lite:
+            try:
+                with self._gate.shared():
+                    self._client.compact(self.name, timeout=self._timeout)
+                return True
+            except Exception as exc:  # a served Milvus Lite cannot compact
+                log.warning("milvus compaction not done: %s", exc)
+                return False
+        with self._gate.exclusive():
+            from milvus_lite.server_manager import server_manager_instance
+
+            self._client.close()
+            server_manager_instance.release_server(self.uri)
+            try:
+                with contextlib.closing(sqlite3.connect(self.uri)) as db:
+                    db.execute("PRAGMA secure_delete = ON")
+                    db.execute("VACUUM")
+            finally:
+                self._client = self._connect(self.uri, self._token, self._db_name)
+                self._client.load_collection(self.name, timeout=self._timeout)
+        return True
+
     def reset(self) -> None:
         """Drop the collection and create it empty."""
-        with self._lock:
+        with self._gate.exclusive():
             self._client.drop_collection(self.name, timeout=self._timeout)
             self._ensure_collection()
 
     def count(self) -> int:
-        rows = self._call("count", self._client.query, filter="", output_fields=["count(*)"])
+        rows = self._call("count", "query", filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
     def close(self) -> None:
-        with self._lock:
+        with self._gate.exclusive():
             self._client.close()
             self._release_lite_file()
+
+
+class Gate:
+    """Many calls at once, or one exclusive operation (closing, scrubbing) alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writer)
+            self._writer = True  # new readers wait from here on
+            self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
 
 
 def _claim(path: Path) -> IO[str]:

@@ -1,0 +1,313 @@
+"""Erasure on demand: a whole namespace, or every memory a filter matches, in one call.
+
+What goes, in this order (each step is safe to run again):
+1. The request becomes a `purge` job row (filter, namespace, holder) before anything goes.
+2. The matching memories are chosen: metadata is sealed in SQL, so filters are checked on
+   the decrypted rows (archived memories included).
+3. Chunk by chunk, one transaction deletes the rows with their links in both directions,
+   writes outbox tasks that delete their vectors, and records in the job the parents that
+   summarized them. After the commit the vectors are deleted (or the outbox pays them: a
+   vector without its row is never a search hit, since the row decides).
+4. The episodes next to erased ones get their context (vector and tokens, which held the
+   erased text) rewritten; recorded parents are re-summarized from the children they have
+   left, or removed when none is left, up the hierarchy.
+5. The tenant's cached query vectors are dropped, and storage is scrubbed: Milvus Lite's
+   file is vacuumed, SQLite's WAL is checkpointed (SQLite zeroes freed pages:
+   `secure_delete`).
+
+A purge killed half way leaves its job `running` with a dead holder (one that failed half
+way, `failed`): `sfm doctor` runs it again from step 2 with the parents it recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+
+from somafractalmemory import backends
+from somafractalmemory.embedding.cache import forget_tenant
+from somafractalmemory.errors import ConsolidationBusy, FilterRequired
+from somafractalmemory.memories import jobs, links, services, tenancy
+from somafractalmemory.memories.models import Job, Link, Memory, VectorTask
+from somafractalmemory.retrieval import filters
+
+log = logging.getLogger(__name__)
+
+CHUNK = 500
+KIND = "purge"
+Report = Callable[[int, int, str], None]
+
+
+@dataclass
+class Erased:
+    memories: int = 0
+    links: int = 0
+    vectors: int = 0
+    parents_resummarized: int = 0
+    parents_removed: int = 0
+    neighbours_rewritten: int = 0
+    cache_entries: int = 0
+    jobs: int = 0
+    namespaces: list[str] = field(default_factory=list)
+    scrubbed: bool = False
+    dry_run: bool = False
+    job_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _quiet(done: int, total: int, stage: str = "") -> None:
+    pass
+
+
+def matching(tenant: str, namespace: str | None, where: filters.Node | None) -> list[Memory]:
+    """The tenant's memories (of `namespace`, if given) that `where` matches; only the
+    fields the erasure needs are loaded."""
+    scope = Memory.objects.filter(tenant_id=tenant)
+    if namespace is not None:
+        scope = scope.filter(namespace=namespace)
+    fields = ["id", "tenant_id", "namespace", "type", "level", "importance", "created_at"]
+    fields += ["stored_at", "archived_at"]
+    if where is None:
+        return list(scope.only(*fields).order_by("id"))
+    rows = scope.only(*fields, "metadata").order_by("id").iterator(chunk_size=2000)
+    return [m for m in rows if filters.matches(where, services.facts_of(m))]
+
+
+def plan_parents(erased: set[str]) -> tuple[set[str], set[str]]:
+    """(removed, re-summarized) parents if `erased` went: a parent left without children
+    goes, the others are re-summarized; the same one level up."""
+    gone, removed, changed = set(erased), set(), set()
+    frontier = set(erased)
+    while frontier:
+        above = {p for ps in links.parent_ids(frontier).values() for p in ps} - gone
+        kids = links.child_ids(above)
+        emptied = {p for p in above if not set(kids.get(p, ())) - gone}
+        gone |= emptied
+        removed |= emptied
+        changed |= above - emptied
+        frontier = above
+    return removed, changed - removed
+
+
+def _count_links(ids: Sequence[str]) -> int:
+    total = 0
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        total += Link.objects.filter(Q(source_id__in=chunk) | Q(target_id__in=chunk)).count()
+    return total
+
+
+def purge(
+    *,
+    tenant: str,
+    actor: str = "system",
+    namespace: str | None = None,
+    spec: Any = None,
+    everything: bool = False,
+    dry_run: bool = False,
+    progress: Report | None = None,
+    before: Callable[[list[str]], None] | None = None,
+) -> Erased:
+    """Erase the tenant's memories that `spec` (the search filter language) matches, in
+    `namespace` or all of them. An empty filter erases everything only with `everything`.
+    `before(ids)` runs before anything is erased (an export)."""
+    where = filters.parse(spec)
+    if where is None and not everything:
+        raise FilterRequired(
+            "refusing to erase without a filter: give filters, or all: true to erase "
+            + ("the whole namespace" if namespace else "every namespace of the tenant"),
+        )
+    report = progress or _quiet
+    found = matching(tenant, namespace, where)
+    ids = [m.id for m in found]
+    names = sorted({m.namespace for m in found})
+    if dry_run:
+        removed, changed = plan_parents(set(ids))
+        return Erased(
+            memories=len(ids),
+            links=_count_links(ids),
+            vectors=sum(m.archived_at is None for m in found),
+            parents_resummarized=len(changed),
+            parents_removed=len(removed),
+            namespaces=names,
+            dry_run=True,
+        )
+    if before is not None:
+        before(ids)
+    params = {"namespace": namespace, "filters": spec, "all": everything, "holder": jobs.HOLDER}
+    with _consolidation_paused(tenant, names if namespace is None else [namespace]):
+        job = jobs.create(tenant, KIND, params)
+        jobs.run(job, lambda p: _erase(job, found, _both(p, report), params), reraise=True)
+    erased = Erased(**(job.result or {}))
+    tenancy.audit(
+        tenant,
+        actor,
+        "namespace.delete" if namespace and everything else "memory.purge",
+        resource=namespace or "",
+        details={"filters": spec, "all": everything, **erased.as_dict()},
+    )
+    return erased
+
+
+def _both(first: Report, second: Report) -> Report:
+    def report(done: int, total: int, stage: str = "") -> None:
+        first(done, total, stage)
+        second(done, total, stage)
+
+    return report
+
+
+@contextmanager
+def _consolidation_paused(tenant: str, names: Sequence[str]) -> Iterator[None]:
+    """Hold the consolidation lease of each namespace: consolidation would otherwise fold
+    memories being erased into new parents meanwhile."""
+    with ExitStack() as held:
+        for name in sorted(set(names)):
+            if not held.enter_context(jobs.lease(f"consolidate:{tenant}:{name}", 3600)):
+                raise ConsolidationBusy(
+                    f"namespace {name!r} is being consolidated; erase again when it is done",
+                    details={"namespace": name},
+                )
+        yield
+
+
+def _erase(
+    job: Job,
+    found: list[Memory],
+    report: Report,
+    params: dict[str, Any],
+    recorded: Sequence[str] = (),
+) -> dict[str, Any]:
+    tenant, namespace = job.tenant_id, params["namespace"]
+    names = sorted({m.namespace for m in found} | ({namespace} if namespace else set()))
+    erased = Erased(namespaces=names, job_id=job.id)
+    ids = [m.id for m in found]
+    doomed = set(ids)
+    parents: set[str] = set(recorded)
+    index = backends.vector_index()
+    report(0, len(ids), "erasing")
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        gone, links_gone, tasks, above = _erase_chunk(job, chunk, doomed, parents)
+        parents |= above
+        erased.links += links_gone
+        try:
+            index.delete(chunk)
+            services.settle(tasks)
+        except Exception as exc:  # committed: the outbox deletes them later
+            log.warning("vector deletes owed for %d erased memories: %s", len(chunk), exc)
+        erased.memories += gone
+        report(start + len(chunk), len(ids), "erasing")
+    erased.vectors = sum(m.archived_at is None for m in found)
+    report(0, 1, "rewriting neighbours and parents")
+    erased.neighbours_rewritten = services.rewrite_neighbours(found)
+    refreshed = services.refresh_parents(tenant, sorted(parents - doomed))
+    erased.parents_resummarized = refreshed.resummarized
+    erased.parents_removed = refreshed.removed
+    report(1, 1, "rewriting neighbours and parents")
+    erased.cache_entries = forget_tenant(tenant)
+    if namespace and params["all"]:  # the namespace is gone: so are its jobs' records
+        erased.jobs = (
+            Job.objects.filter(tenant_id=tenant, params__namespace=namespace)
+            .exclude(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+            .delete()[0]
+        )
+    report(0, 1, "scrubbing storage")
+    erased.scrubbed = scrub()
+    report(1, 1, "scrubbing storage")
+    return erased.as_dict()
+
+
+def _erase_chunk(
+    job: Job, chunk: list[str], doomed: set[str], recorded: set[str]
+) -> tuple[int, int, list[VectorTask], set[str]]:
+    """One transaction: the rows, their links both ways, outbox deletes of their vectors,
+    and the parents to refresh recorded in the job (so that a resumed purge has them)."""
+    for attempt in range(services.DELETE_ATTEMPTS):
+        try:
+            with transaction.atomic():
+                above = {p for ps in links.parent_ids(chunk).values() for p in ps} - doomed
+                gone = Link.objects.filter(Q(source_id__in=chunk) | Q(target_id__in=chunk))
+                links_gone = gone.delete()[0]
+                rows = Memory.objects.filter(tenant_id=job.tenant_id, id__in=chunk).delete()
+                erased = rows[1].get(Memory._meta.label, 0)
+                tasks = VectorTask.objects.bulk_create(
+                    VectorTask(
+                        memory_id=i,
+                        action=VectorTask.Action.DELETE,
+                        next_attempt_at=services.grace(),
+                    )
+                    for i in chunk
+                )
+                if above - recorded:
+                    job.result = {"parents": sorted(recorded | above)}
+                    job.heartbeat_at = datetime.now(UTC)
+                    job.save(update_fields=["result", "heartbeat_at"])
+            return erased, links_gone, tasks, above
+        except IntegrityError:
+            # A concurrent store linked to one of them after its links were deleted.
+            if attempt == services.DELETE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def scrub() -> bool:
+    """Remove erased bytes that storage keeps after a delete: the vector index's, and on
+    SQLite the WAL's (its pages are zeroed by `secure_delete`). PostgreSQL keeps the sealed
+    bytes of deleted rows until it reuses the space (see docs/security.md)."""
+    done = backends.vector_index().scrub()
+    on_disk = connection.vendor == "sqlite" and not connection.is_in_memory_db()  # type: ignore[attr-defined]
+    if on_disk:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = cursor.fetchone()[0]
+        done = done and not busy
+    return done
+
+
+def interrupted() -> list[Job]:
+    """Purge jobs that did not finish: their process died (or stopped beating), or they
+    failed half way. Resuming finishes them."""
+    unfinished = Job.objects.filter(kind=KIND).exclude(status=Job.Status.SUCCEEDED)
+    stale = datetime.now(UTC) - jobs.STALE_AFTER
+    return [
+        job
+        for job in unfinished.order_by("created_at")
+        if (job.error or {}).get("code") != "job_interrupted"
+        and (
+            job.status == Job.Status.FAILED
+            or jobs.holder_dead(str(job.params.get("holder", "")))
+            or (job.heartbeat_at or job.created_at) < stale
+        )
+    ]
+
+
+def resume(job: Job, progress: Report | None = None) -> Erased:
+    """Finish an interrupted purge: what still matches goes, the parents it recorded are
+    refreshed. The old job is marked interrupted; a new one does the work."""
+    params = job.params
+    recorded = list((job.result or {}).get("parents", []))
+    found = matching(job.tenant_id, params.get("namespace"), filters.parse(params.get("filters")))
+    names = [params["namespace"]] if params.get("namespace") else [m.namespace for m in found]
+    with _consolidation_paused(job.tenant_id, names):
+        job.status, job.finished_at = Job.Status.FAILED, datetime.now(UTC)
+        job.error = {"code": "job_interrupted", "message": "resumed", "details": None}
+        job.save(update_fields=["status", "error", "finished_at"])
+        again = jobs.create(job.tenant_id, KIND, {**params, "holder": jobs.HOLDER})
+        report = progress or _quiet
+        jobs.run(
+            again, lambda p: _erase(again, found, _both(p, report), params, recorded), reraise=True
+        )
+    erased = Erased(**(again.result or {}))
+    tenancy.audit(job.tenant_id, "system", "memory.purge.resumed", resource=job.id,
+                  details={"filters": params.get("filters"), **erased.as_dict()})  # fmt: skip
+    return erased
