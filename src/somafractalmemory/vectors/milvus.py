@@ -58,7 +58,6 @@ class MilvusIndex:
         self.name = collection_name(model, dim)
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         self._timeout = timeout
-        self._token, self._db_name = token, db_name
         self._gate = Gate()
         self._owner: IO[str] | None = self._claim_lite_file() if self.is_lite else None
         try:
@@ -309,31 +308,24 @@ class MilvusIndex:
 
     def scrub(self) -> bool:
         """Remove the bytes of deleted entries from storage. Milvus Lite keeps them in its
-        SQLite file's free pages: its engine is stopped (calls wait meanwhile), the file is
-        vacuumed (rewritten without free pages) and the engine started again. A server
-        compacts its segments (deleted entries go; object storage is cleaned by its garbage
-        collection). Returns whether it was done."""
-        if not self.is_lite:
-            try:
+        SQLite file's free pages: the file is vacuumed (rewritten without free pages) by a
+        second SQLite connection while this process's calls wait; the engine keeps running
+        and sees the same rows. A server compacts its segments (deleted entries go; object
+        storage is cleaned by its garbage collection). Returns whether it was done."""
+        try:
+            if not self.is_lite:
                 with self._gate.shared():
                     self._client.compact(self.name, timeout=self._timeout)
                 return True
-            except Exception as exc:  # a served Milvus Lite cannot compact
-                log.warning("milvus compaction not done: %s", exc)
-                return False
-        with self._gate.exclusive():
-            from milvus_lite.server_manager import server_manager_instance
-
-            self._client.close()
-            server_manager_instance.release_server(self.uri)
-            try:
-                with contextlib.closing(sqlite3.connect(self.uri)) as db:
+            with self._gate.exclusive():
+                path = Path(self.uri)
+                with contextlib.closing(sqlite3.connect(path, timeout=self._timeout)) as db:
                     db.execute("PRAGMA secure_delete = ON")
                     db.execute("VACUUM")
-            finally:
-                self._client = self._connect(self.uri, self._token, self._db_name)
-                self._client.load_collection(self.name, timeout=self._timeout)
-        return True
+            return True
+        except Exception as exc:  # a served Milvus Lite cannot compact; a busy file waits
+            log.warning("vector index scrub not done: %s", exc)
+            return False
 
     def reset(self) -> None:
         """Drop the collection and create it empty."""
