@@ -5,7 +5,7 @@
 
 A fresh temporary data directory holds N synthetic memories in 20 namespaces (each with a
 `follows` chain; a namespace's episodes 20 s apart, so erased ones have neighbours whose
-context must be rewritten); every N/subject-th one belongs to the subject (`user_id: subject`), the
+context must be rewritten); about one in N/subject, picked at random, belongs to the subject (`user_id: subject`), the
 others to 500 other users. They are loaded with the service's own row and index-record
 builders and random unit vectors (erasure never looks at vector values, and running the
 model on 100,000 texts would take the whole budget). Then, in one run:
@@ -96,6 +96,7 @@ def load(n: int, every: int) -> dict[str, int]:
 
     index = backends.vector_index()
     rng = np.random.default_rng(5)
+    picks = rng.random(n) < 1 / every  # the subject's memories, spread over namespaces
     items = corpus.memories(n)
     start = datetime(2025, 1, 1, tzinfo=UTC)
     now = datetime.now(UTC)
@@ -106,7 +107,7 @@ def load(n: int, every: int) -> dict[str, int]:
         rows, edges = [], []
         for i in range(at, min(at + CHUNK, n)):
             item = items[i]
-            user = "subject" if i % every == 0 else f"user-{i % OTHER_USERS}"
+            user = "subject" if picks[i] else f"user-{i % OTHER_USERS}"
             counts["subject"] += user == "subject"
             namespace = f"ns-{i % NAMESPACES}"
             memory = Memory(

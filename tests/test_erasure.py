@@ -201,6 +201,25 @@ def test_an_interrupted_purge_is_resumed(api: Api, namespace: str) -> None:
     Job.objects.filter(id=alive.id).delete()
 
 
+def test_spans_next_to_deleted_episodes() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    keys = [(t0 + timedelta(minutes=n), t0, f"e{n}") for n in range(6)]
+    gone = [keys[2]]
+    left = [k for k in keys if k not in gone]
+    spans = services.spans_next_to(left, gone, timedelta(minutes=2))
+    assert spans == {"e1": ["e0", "e1", "e3"], "e3": ["e1", "e3", "e4"]}
+    # Two in a row gone: the survivors around them now neighbour each other if near enough.
+    gone = [keys[2], keys[3]]
+    left = [k for k in keys if k not in gone]
+    assert services.spans_next_to(left, gone, timedelta(minutes=3)) == {
+        "e1": ["e0", "e1", "e4"], "e4": ["e1", "e4", "e5"]}  # fmt: skip
+    assert services.spans_next_to(left, gone, timedelta(minutes=2)) == {
+        "e1": ["e0", "e1"], "e4": ["e4", "e5"]}  # fmt: skip
+    assert services.spans_next_to(left, gone, timedelta(seconds=30)) == {}
+
+
 def test_planning_parents(api: Api, namespace: str) -> None:
     stored = store_both(api, namespace)
     consolidate(api, namespace)

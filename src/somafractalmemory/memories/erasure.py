@@ -99,11 +99,12 @@ def plan_parents(erased: set[str]) -> tuple[set[str], set[str]]:
 
 
 def _count_links(ids: Sequence[str]) -> int:
-    total = 0
+    found: set[int] = set()
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        total += Link.objects.filter(Q(source_id__in=chunk) | Q(target_id__in=chunk)).count()
-    return total
+        touching = Link.objects.filter(Q(source_id__in=chunk) | Q(target_id__in=chunk))
+        found.update(touching.values_list("id", flat=True))
+    return len(found)
 
 
 def purge(

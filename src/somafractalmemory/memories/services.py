@@ -794,41 +794,72 @@ def refresh_parents(
     return refresh_parents(tenant, above, done)
 
 
+Key = tuple[datetime, datetime, str]  # (created_at, stored_at, id): an episode's place
+
+
+def spans_next_to(
+    order: Sequence[Key], gone: Sequence[Key], window: timedelta
+) -> dict[str, list[str]]:
+    """For each survivor in `order` that stood next to a `gone` episode (both sorted): the
+    ids of its new span (itself with its neighbours within `window`), in order."""
+
+    def near(i: int, j: int) -> bool:
+        return 0 <= j < len(order) and abs(order[j][0] - order[i][0]) <= window
+
+    spans = {}
+    for key in gone:
+        at = bisect.bisect_left(order, key)
+        for i in (at - 1, at):  # the survivors just before and just after
+            if near(i, i) and abs(order[i][0] - key[0]) <= window:
+                spans[order[i][2]] = [order[j][2] for j in (i - 1, i, i + 1) if near(i, j)]
+    return spans
+
+
 def rewrite_neighbours(gone: Sequence[Memory]) -> int:
     """Rewrite the context of the episodes that stood next to deleted ones (within the
-    context window): their context vector and tokens held the deleted text. Returns how
-    many were rewritten."""
+    context window): their context vector and tokens held the deleted text. Only those
+    episodes change (their new neighbours' contexts do not). Returns how many."""
+    import numpy as np
+
     window = timedelta(seconds=get_config().context_window_seconds)
-    groups: dict[tuple[str, str], list[tuple[datetime, datetime, str]]] = {}
+    groups: dict[tuple[str, str], list[Key]] = {}
     for m in gone:
         if m.type == "episodic" and window:
-            groups.setdefault((m.tenant_id, m.namespace), []).append(
-                (m.created_at, m.stored_at, m.id)
-            )
-    found: set[str] = set()
+            key = (m.created_at, m.stored_at, m.id)
+            groups.setdefault((m.tenant_id, m.namespace), []).append(key)
+    spans: dict[str, list[str]] = {}  # episode to rewrite -> its span, in time order
     for (tenant, namespace), keys in groups.items():
         keys.sort()
-        survivors = list(
+        order = list(
             Memory.objects.filter(
                 tenant_id=tenant,
                 namespace=namespace,
                 type="episodic",
-                created_at__range=(keys[0][0] - window, keys[-1][0] + window),
+                created_at__range=(keys[0][0] - 2 * window, keys[-1][0] + 2 * window),
             )
             .order_by("created_at", "stored_at", "id")
             .values_list("created_at", "stored_at", "id")
         )
-        for key in keys:
-            at = bisect.bisect_left(survivors, key)
-            for j in (at - 1, at):  # the survivors just before and just after
-                if 0 <= j < len(survivors) and abs(survivors[j][0] - key[0]) <= window:
-                    found.add(survivors[j][2])
-    rows = list(Memory.objects.filter(archived_at__isnull=True).in_bulk(list(found)).values())
-    for start in range(0, len(rows), 1000):
-        chunk = rows[start : start + 1000]
-        known = vectors_of(chunk)
-        write_vectors(chunk, [known[m.id] for m in chunk])
-    return len(rows)
+        spans.update(spans_next_to(order, keys, window))
+    ids = list(spans)
+    for start in range(0, len(ids), 1000):
+        chunk = ids[start : start + 1000]
+        rows = Memory.objects.in_bulk({j for i in chunk for j in spans[i]})
+        known = vectors_of(list(rows.values()))
+        records = []
+        for memory_id in chunk:
+            memory = rows.get(memory_id)
+            span = [rows[j] for j in spans[memory_id] if j in rows]
+            if memory is None or memory.archived_at is not None:
+                continue
+            total = np.sum([known[m.id] for m in span], axis=0)
+            context = (
+                total / (float(np.linalg.norm(total)) or 1.0),
+                "\n".join(m.content for m in span),
+            )
+            records.append(vector_record(memory, known[memory_id], context))
+        backends.vector_index().upsert(records)
+    return len(ids)
 
 
 MODES = ("hybrid", "vector", "lexical")
