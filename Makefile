@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench bench-fractal eval docs clean
+.PHONY: install serve test lint typecheck pytest bench bench-fractal bench-erasure eval docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench: install
 
 bench-fractal: install
 	$(BIN)/python bench/fractal.py $(ARGS)
+
+bench-erasure: install
+	$(BIN)/python bench/erasure.py $(ARGS)
 
 # Retrieval quality on LoCoMo (CC BY-NC data, read in place, never copied here).
 LOCOMO ?= ../shared/datasets/locomo-dev.json

@@ -5,10 +5,11 @@
 
 A fresh temporary data directory holds N synthetic memories in 20 namespaces (each with a
 `follows` chain; a namespace's episodes 20 s apart, so erased ones have neighbours whose
-context must be rewritten); about one in N/subject, picked at random, belongs to the subject (`user_id: subject`), the
-others to 500 other users. They are loaded with the service's own row and index-record
-builders and random unit vectors (erasure never looks at vector values, and running the
-model on 100,000 texts would take the whole budget). Then, in one run:
+context must be rewritten); about one in N/subject, picked at random, belongs to the
+subject (`user_id: subject`), the others to 500 other users. They are loaded with the
+service's own row and index-record builders and random unit vectors (erasure never looks at
+vector values, and running the model on 100,000 texts would take the whole budget).
+Then, in one run:
 
 - the baseline: one other user's memories deleted one by one (`DELETE /memory/{id}`'s
   service call), as a client without purge would;
@@ -202,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     marks = [*sorted(stages.items(), key=lambda kv: kv[1]), ("end", ended)]
     phases = {name: marks[k + 1][1] - at for k, (name, at) in enumerate(marks[:-1])}
     projected_s = one_by_one_ms * done.memories / 1000
+    rewritten = max(1, done.neighbours_rewritten)
+    rewrite_ms = phases["rewriting neighbours and parents"] * 1000 / rewritten
     lines = [
         f"## Erasure: one subject's {done.memories:,} memories out of {args.n:,} ({args.backend})",
         "",
@@ -226,7 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"neighbours' contexts rewritten, {done.cache_entries} cached queries; scrubbed: "
         f"{done.scrubbed}. The dry run predicted {plan.memories:,} memories and "
         f"{plan.links:,} links. Afterwards SQL holds {left:,} of the other users' memories "
-        f"and the index {indexed:,} entries (the live namespace included).",
+        f"and the index {indexed:,} entries (the live namespace included). Rewriting a "
+        "neighbour's context (its span's rows and vectors read, the record re-upserted) costs "
+        f"{rewrite_ms:.1f} ms and dominates when the subject's episodes are interleaved "
+        "with others'.",
         "",
         "Other work on a second thread (searches in the other namespaces, 4 of 5 requests, "
         "query embedded; single stores in another namespace), "
