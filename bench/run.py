@@ -1318,8 +1318,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--section",
         help="report section to replace [the backend, with -<N/1000>k when N is not 10,000]",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a small run (2,000 memories, short series) into section <backend>-quick",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.queries, args.singles = 2_000, 50, 50
+        args.http_memories, args.http_singles, args.load_seconds = 1_000, 50, 5.0
+        args.section = args.section or f"{args.backend}-quick"
     if args.workers > 1 and not args.milvus_server:
         parser.error("--workers > 1 needs --milvus-server (one process owns a Lite file)")
     if args.section is None:

@@ -14,6 +14,8 @@ import pytest
 # Each run gets its own data directory before anything reads the settings.
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="sfm-test-"))
 os.environ["SFM_DATA_DIR"] = str(_RUN_DIR)
+# One ONNX export of the model per run, shared by the servers the tests start.
+os.environ.setdefault("SFM_MODEL_CACHE_DIR", str(_RUN_DIR / "models"))
 os.environ.pop("SFM_CONFIG", None)
 
 from somafractalmemory.conf import get_config  # noqa: E402

@@ -50,6 +50,7 @@ def test_original_postgres_key_maps_to_database_url(tmp_path: Path) -> None:
         ("", {"SFM_DEBUG": "perhaps"}),
         ("", {"SFM_EMBEDDER": "magic"}),
         ("", {"SFM_EMBEDDER": "http"}),
+        ("", {"SFM_EMBEDDING_RUNTIME": "cuda"}),
     ],
 )
 def test_bad_settings_are_config_errors(tmp_path: Path, text: str, env: dict[str, str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,3 +95,26 @@ def test_bundled_model_is_real_and_offline() -> None:
 def test_dimension_mismatch_with_the_bundled_model() -> None:
     with pytest.raises(VectorDimMismatch):
         backends.check_dimension(Config(vector_dim=768), backends.embedder())
+
+
+def test_onnx_runtime_gives_the_torch_vectors(tmp_path: Path) -> None:
+    from somafractalmemory.embedding.local import LocalEmbedder
+    from somafractalmemory.embedding.onnx import OnnxEmbedder
+
+    texts = [
+        "Where did Caroline go hiking last summer?",
+        "x",
+        "word " * 400,  # past the model's 256 tokens: truncated the same way
+        "Das ist ein Test. 東京の天気",
+        *[f"note {n}: the meeting moved to room {n * 7}" for n in range(70)],  # two batches
+    ]
+    fast = OnnxEmbedder(cache_dir=tmp_path)
+    got, expected = fast.embed(texts), LocalEmbedder().embed(texts)
+    assert got.shape == expected.shape == (len(texts), 384)
+    assert float((got * expected).sum(axis=1).min()) > 0.99999
+    (export,) = tmp_path.glob("*.onnx")
+    made = export.stat().st_mtime_ns
+    again = OnnxEmbedder(cache_dir=tmp_path)  # a second process start: no new export
+    np.testing.assert_allclose(again.embed(texts[:3]), got[:3], atol=1e-6)
+    assert export.stat().st_mtime_ns == made
+    assert fast.embed([]).shape == (0, 384)

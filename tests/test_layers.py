@@ -81,6 +81,7 @@ def test_imports_point_downwards() -> None:
 def test_only_backends_names_implementations() -> None:
     concrete = {
         "embedding.local",
+        "embedding.onnx",
         "embedding.http",
         "vectors.milvus",
         "summaries.extractive",

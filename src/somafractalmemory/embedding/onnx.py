@@ -1,0 +1,158 @@
+"""The default embedder, fast: the bundled model's own weights exported to ONNX once (from its
+safetensors, by torch, offline) and run by onnxruntime with the model's own tokenizer.
+
+The export is cached in the data directory under a name that includes a hash of the
+weights, so a new model version exports again; concurrent first starts export once (a file
+lock). Mean pooling and L2 normalisation are part of the exported graph: the output is
+what sentence-transformers would give (tests compare the two).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from somafractalmemory.embedding.base import BUNDLED_MODEL, Vectors, model_directory, normalise
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def weights_digest(model_dir: Path) -> str:
+    digest = hashlib.sha256()
+    with (model_dir / "model.safetensors").open("rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def export(model_dir: Path, target: Path) -> None:
+    """Write the model (with mean pooling and normalisation) as ONNX to `target`."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(out.dtype)
+            pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+    sample = torch.ones((2, 8), dtype=torch.int64)
+    mask = sample.clone()
+    mask[1, 5:] = 0  # a padded row: the trace must take the masking path
+    partial = target.with_suffix(".partial")
+    axes = {name: {0: "batch", 1: "tokens"} for name in INPUTS}
+    with warnings.catch_warnings():
+        # The TorchScript exporter (deprecated in favour of torch.export, which needs
+        # onnxscript besides) warns about tracing in general terms; that the graph gives
+        # the torch model's vectors, padded batches included, is what the tests check.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Pooled(),
+            (sample, mask, torch.zeros_like(sample)),
+            str(partial),
+            input_names=list(INPUTS),
+            output_names=["embedding"],
+            dynamic_axes={**axes, "embedding": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    os.replace(partial, target)
+
+
+class OnnxEmbedder:
+    """The bundled model on onnxruntime (CPU), loaded once per process, thread-safe."""
+
+    def __init__(
+        self, model: str = BUNDLED_MODEL, *, cache_dir: Path, batch_size: int = 64, threads: int = 0
+    ) -> None:
+        self.name = model
+        self._cache_dir = cache_dir
+        self._batch_size = batch_size
+        self._threads = threads
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._dim = 0
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                import onnxruntime
+                from tokenizers import Tokenizer
+
+                model_dir = model_directory(self.name)
+                target = (
+                    self._cache_dir / f"{Path(self.name).name}-{weights_digest(model_dir)}.onnx"
+                )
+                with _locked(self._cache_dir / ".export.lock"):
+                    if not target.is_file():
+                        export(model_dir, target)
+                options = onnxruntime.SessionOptions()
+                if self._threads:
+                    options.intra_op_num_threads = self._threads
+                self._session = onnxruntime.InferenceSession(
+                    str(target), options, providers=["CPUExecutionProvider"]
+                )
+                config = json.loads((model_dir / "sentence_bert_config.json").read_text())
+                tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+                tokenizer.enable_truncation(max_length=int(config.get("max_seq_length", 256)))
+                tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+                self._tokenizer = tokenizer
+                self._dim = int(self._run(["dimension"]).shape[1])
+            return self._session
+
+    def _run(self, texts: Sequence[str]) -> Vectors:
+        encoded = self._tokenizer.encode_batch(list(texts))
+        feeds = {
+            "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+        }
+        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+
+    @property
+    def dim(self) -> int:
+        self._load()
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self._load()
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        # Similar lengths batched together: less padding to compute.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        for start in range(0, len(order), self._batch_size):
+            picked = order[start : start + self._batch_size]
+            out[picked] = self._run([texts[i] for i in picked])
+        return normalise(out)
