@@ -242,3 +242,23 @@ def test_filters_apply_inside_every_leg(api: Api, namespace: str) -> None:
         hits = search(api, namespace, "kitchen renovation invoice", mode=mode, top_k=1,
                       filters={"paid": True})  # fmt: skip
         assert ids(hits) == [paid], mode
+
+
+def test_hits_are_read_in_two_queries_and_only_the_top_k_opened(api: Api, namespace: str) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from somafractalmemory.memories import services
+
+    for n in range(15):
+        store(api, namespace, f"Harbour log {n}: the ferry to the island left at {n + 6} am.")
+    query = services.Query(namespace=namespace, top_k=3)
+    services.recall("when did the island ferry leave?", query)  # warm: the query vector cached
+    with CaptureQueriesContext(connection) as captured:
+        found = services.recall("when did the island ferry leave?", query)
+    reads = [q["sql"] for q in captured if 'FROM "memories_memory"' in q["sql"]]
+    assert len(found.hits) == 3
+    assert len(reads) == 2, reads  # candidates for ranking, then the top k: no N+1
+    assert '"memories_memory"."content"' not in reads[0]  # ranking reads nothing sealed
+    assert '"memories_memory"."content"' in reads[1]
+    assert all(h.memory.content.startswith("Harbour log") for h in found.hits)

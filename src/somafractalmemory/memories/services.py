@@ -984,9 +984,15 @@ def _relevance(legs: dict[str, list[VectorHit]], fusion: ranking.Fusion) -> dict
     return {h.id: h.score / best for h in hits} if best > 0 else {}
 
 
+# What ranking reads of a candidate: no sealed field, so nothing is decrypted for the
+# candidates that do not make the top k.
+RANKING_FIELDS = ("id", "tenant_id", "type", "importance", "level", "created_at",
+                  "last_accessed_at", "archived_at")  # fmt: skip
+
+
 def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[Hit]:
     relevance = _relevance(legs, query.scoring.fusion)
-    rows = Memory.objects.in_bulk(list(relevance))
+    rows = Memory.objects.only(*RANKING_FIELDS).in_bulk(list(relevance))
     # A hit without its row was deleted (or archived) after the index answered: the row
     # decides.
     rows = {
@@ -1008,15 +1014,14 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
     positions = {
         name: {h.id: (n + 1, h.score) for n, h in enumerate(hits)} for name, hits in legs.items()
     }
-    hits = []
-    for memory_id, parts in ranked:
-        if query.min_score is not None and parts.score < query.min_score:
-            continue
-        legs_seen = {name: pos[memory_id] for name, pos in positions.items() if memory_id in pos}
-        hits.append(Hit(rows[memory_id], parts.score, parts, legs_seen))
-        if len(hits) == query.top_k:
-            break
-    return hits
+    top = [(i, parts) for i, parts in ranked
+           if query.min_score is None or parts.score >= query.min_score][: query.top_k]  # fmt: skip
+    full = Memory.objects.filter(tenant_id=tenant).in_bulk([i for i, _ in top])  # one query
+    return [
+        Hit(full[i], parts.score, parts, {n: pos[i] for n, pos in positions.items() if i in pos})
+        for i, parts in top
+        if i in full  # deleted between the two reads: the row decides
+    ]
 
 
 SQL_FILTER_POOL = 2000
