@@ -23,7 +23,6 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from itertools import pairwise
 from typing import Any
 
@@ -90,6 +89,8 @@ class Recall:
     latency_ms: float
     embedding_ms: float
     index_ms: float
+    """Waiting for the index legs once the query is embedded (the lexical legs start before
+    the embedding and run while it is computed)."""
     mode: str = "vector"
     """Which retrieval answered: `vector`, or `lexical` when the vector index failed."""
     warnings: list[str] = field(default_factory=list)
@@ -919,34 +920,42 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
     if not text.strip():
         raise ValidationFailed("query is empty", details={"field": "query"})
     pool = candidate_pool(query.top_k)
-    vector = (
-        embed_query(backends.embedder(), text, tenant=tenant) if query.mode != "lexical" else None
-    )
-    embedded = time.perf_counter()
     mode, warnings = query.mode, []
     legs: dict[str, list[VectorHit]] = {}
+    futures: dict[str, Any] = {}
+    failure: IndexUnavailable | None = None
+
+    def leg(search: Any, probe: Any, context: bool) -> Any:
+        return _LEG_POOL.submit(
+            search, probe, tenant=tenant, namespace=query.namespace, where=where,
+            top_k=pool, context=context,
+        )  # fmt: skip
+
+    # The legs are independent index calls, run at once; the lexical ones need no vector,
+    # so they start before the query is embedded and run while it is.
     try:
         index = backends.vector_index()
-
-        def leg(search: Any, probe: Any, context: bool) -> Any:
-            return partial(
-                search, probe, tenant=tenant, namespace=query.namespace, where=where,
-                top_k=pool, context=context,
-            )  # fmt: skip
-
-        calls: dict[str, Any] = {}
-        if vector is not None:
-            calls["vector"] = leg(index.search, vector, False)
-            calls["context_vector"] = leg(index.search, vector, True)
         if query.mode != "vector":
             tokens = " ".join(
                 dict.fromkeys(lexical.keyed_tokens(text, lexical_key(tenant)).split())
             )
-            calls["lexical"] = leg(index.search_lexical, tokens, False)
-            calls["context_lexical"] = leg(index.search_lexical, tokens, True)
-        # The legs are independent index calls: run them at once.
-        futures = {name: _LEG_POOL.submit(call) for name, call in calls.items()}
-        legs = {name: future.result() for name, future in futures.items()}
+            futures["lexical"] = leg(index.search_lexical, tokens, False)
+            futures["context_lexical"] = leg(index.search_lexical, tokens, True)
+    except IndexUnavailable as exc:
+        failure = exc
+    embedding_started = time.perf_counter()
+    vector = (
+        embed_query(backends.embedder(), text, tenant=tenant) if query.mode != "lexical" else None
+    )
+    embedded = time.perf_counter()
+    try:
+        if failure is not None:
+            raise failure
+        if vector is not None:
+            futures["vector"] = leg(index.search, vector, False)
+            futures["context_vector"] = leg(index.search, vector, True)
+        order = ("vector", "context_vector", "lexical", "context_lexical")
+        legs = {name: futures[name].result() for name in order if name in futures}
     except IndexUnavailable as exc:
         # SQL still knows every memory: answer from its full-text index, and say so.
         log.warning("search falls back to SQL full text: %s", exc.message)
@@ -960,7 +969,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
     return Recall(
         hits=hits,
         latency_ms=(done - started) * 1000,
-        embedding_ms=(embedded - started) * 1000,
+        embedding_ms=(embedded - embedding_started) * 1000,
         index_ms=(searched - embedded) * 1000,
         mode=mode,
         warnings=warnings,
