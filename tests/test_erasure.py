@@ -181,24 +181,45 @@ def test_an_interrupted_purge_is_resumed(api: Api, namespace: str) -> None:
     consolidate(api, namespace)
     parents = [p["id"] for p in api.ok("GET", "/memory", namespace=namespace,
                type="semantic")["memories"]]  # fmt: skip
-    # What a purge killed after its first chunk leaves: one memory gone, the rest not, its
-    # parents recorded, its job running for a process that no longer exists.
-    services.forget(stored["subject"][0])
+    # A day later: one more of the subject's episodes, and another's right after it.
+    lone = api.ok("POST", "/memory/store", {"content": f"{SECRET} flew home on Sunday.",
+                  "namespace": namespace, "metadata": {"user_id": "u-subject"},
+                  "created_at": "2024-05-02T09:00:00Z"})["id"]  # fmt: skip
+    api.ok("POST", "/memory/store", {"content": "Bea stayed one more night.",
+           "namespace": namespace, "metadata": {"user_id": "u-other"},
+           "created_at": "2024-05-02T09:01:00Z"})  # fmt: skip
+    # What a purge killed after its first chunk leaves: that episode's row and vector gone
+    # (its neighbour's context still holds its words), its place and the parents recorded,
+    # its job running for a process that no longer exists.
+    gone = Memory.objects.get(id=lone)
+    Memory.objects.filter(id=lone).delete()
+    backends.vector_index().delete([lone])
     dead = f"{jobs.HOLDER.rsplit(':', 1)[0]}:{2**22 + 12345}"
     params = {"namespace": namespace, "filters": {"user_id": "u-subject"}, "all": False}
     job = jobs.create("default", erasure.KIND, {**params, "holder": dead})
-    Job.objects.filter(id=job.id).update(status=Job.Status.RUNNING, result={"parents": parents})
+    state = {"parents": parents, "episodes": [erasure._place(gone)]}
+    Job.objects.filter(id=job.id).update(status=Job.Status.RUNNING, result=state)
     alive = jobs.create("default", erasure.KIND, {**params, "holder": jobs.HOLDER})
     Job.objects.filter(id=alive.id).update(status=Job.Status.RUNNING)
 
     found = erasure.interrupted()
     assert job.id in [j.id for j in found] and alive.id not in [j.id for j in found]
     done = erasure.resume(next(j for j in found if j.id == job.id))
-    assert done.memories == 2
+    assert done.memories == 3 and done.neighbours_rewritten >= 1
     assert not Memory.objects.filter(id__in=stored["subject"]).exists()
     assert not hits(api, SECRET, namespace, levels=[0, 1, 2], mode="lexical")
+    token = lexical.keyed_tokens(SECRET.lower(), services.lexical_key("default"))
+    assert not backends.vector_index().search_lexical(
+        token, tenant="default", namespace=namespace, where=None, top_k=10, context=True
+    )  # the lone episode's neighbour was rewritten from the recorded place
     assert job.id not in [j.id for j in erasure.interrupted()]
     Job.objects.filter(id=alive.id).delete()
+
+
+def test_erasing_nothing_makes_no_job(api: Api, namespace: str) -> None:
+    done = api.ok("POST", "/memory/purge", {"filters": {"user_id": "nobody"}})
+    assert done["memories"] == 0 and done["job_id"] is None and not done["scrubbed"]
+    assert not Job.objects.filter(kind=erasure.KIND, params__filters={"user_id": "nobody"})
 
 
 def test_spans_next_to_deleted_episodes() -> None:

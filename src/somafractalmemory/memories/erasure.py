@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 500
 KIND = "purge"
+RESUMED = "job_resumed"
 Report = Callable[[int, int, str], None]
 
 
@@ -144,11 +145,15 @@ def purge(
         )
     if before is not None:
         before(ids)
-    params = {"namespace": namespace, "filters": spec, "all": everything, "holder": jobs.HOLDER}
-    with _consolidation_paused(tenant, names if namespace is None else [namespace]):
-        job = jobs.create(tenant, KIND, params)
-        jobs.run(job, lambda p: _erase(job, found, _both(p, report), params), reraise=True)
-    erased = Erased(**(job.result or {}))
+    if not found:  # nothing to erase: no job, and no scrub of the whole index
+        erased = Erased(namespaces=[namespace] if namespace else [])
+    else:
+        params = {"namespace": namespace, "filters": spec, "all": everything,
+                  "holder": jobs.HOLDER}  # fmt: skip
+        with _consolidation_paused(tenant, names if namespace is None else [namespace]):
+            job = jobs.create(tenant, KIND, params)
+            jobs.run(job, lambda p: _erase(job, found, _both(p, report), params), reraise=True)
+        erased = Erased(**(job.result or {}))
     tenancy.audit(
         tenant,
         actor,
@@ -198,7 +203,7 @@ def _erase(
     report(0, len(ids), "erasing")
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        gone, links_gone, tasks, above = _erase_chunk(job, chunk, doomed, parents)
+        deleted, links_gone, tasks, above = _erase_chunk(job, chunk, doomed, parents)
         parents |= above
         erased.links += links_gone
         try:
@@ -206,16 +211,22 @@ def _erase(
             services.settle(tasks)
         except Exception as exc:  # committed: the outbox deletes them later
             log.warning("vector deletes owed for %d erased memories: %s", len(chunk), exc)
-        erased.memories += gone
+        erased.memories += deleted
         report(start + len(chunk), len(ids), "erasing")
     erased.vectors = sum(m.archived_at is None for m in found)
     report(0, 1, "rewriting neighbours and parents")
-    erased.neighbours_rewritten = services.rewrite_neighbours(found)
+    earlier = [_from_place(tenant, p) for p in (job.result or {}).get("episodes", [])]
+    seen = {m.id for m in found}
+    gone = [*found, *(m for m in earlier if m.id not in seen)]
+    erased.neighbours_rewritten = services.rewrite_neighbours(gone)
     refreshed = services.refresh_parents(tenant, sorted(parents - doomed))
     erased.parents_resummarized = refreshed.resummarized
     erased.parents_removed = refreshed.removed
     report(1, 1, "rewriting neighbours and parents")
-    erased.cache_entries = forget_tenant(tenant)
+    try:
+        erased.cache_entries = forget_tenant(tenant)
+    except Exception as exc:  # the cache is an accelerator; its entries expire anyway
+        log.warning("cached query vectors of %s not dropped: %s", tenant, exc)
     if namespace and params["all"]:  # the namespace is gone: so are its jobs' records
         erased.jobs = (
             Job.objects.filter(tenant_id=tenant, params__namespace=namespace)
@@ -236,6 +247,9 @@ def _erase_chunk(
     for attempt in range(services.DELETE_ATTEMPTS):
         try:
             with transaction.atomic():
+                rows_here = list(
+                    Memory.objects.filter(tenant_id=job.tenant_id, id__in=chunk).only(*PLACE)
+                )
                 above = {p for ps in links.parent_ids(chunk).values() for p in ps} - doomed
                 gone = Link.objects.filter(Q(source_id__in=chunk) | Q(target_id__in=chunk))
                 links_gone = gone.delete()[0]
@@ -249,10 +263,14 @@ def _erase_chunk(
                     )
                     for i in chunk
                 )
-                if above - recorded:
-                    job.result = {"parents": sorted(recorded | above)}
-                    job.heartbeat_at = datetime.now(UTC)
-                    job.save(update_fields=["result", "heartbeat_at"])
+                state = job.result or {}
+                places = [_place(m) for m in rows_here if m.type == "episodic"]
+                job.result = {
+                    "parents": sorted(recorded | above | set(state.get("parents", []))),
+                    "episodes": [*state.get("episodes", []), *places],
+                }
+                job.heartbeat_at = datetime.now(UTC)
+                job.save(update_fields=["result", "heartbeat_at"])
             return erased, links_gone, tasks, above
         except IntegrityError:
             # A concurrent store linked to one of them after its links were deleted.
@@ -261,14 +279,32 @@ def _erase_chunk(
     raise AssertionError("unreachable")
 
 
+PLACE = ("id", "tenant_id", "namespace", "type", "created_at", "stored_at")
+
+
+def _place(memory: Memory) -> list[str]:
+    """Where an erased episode stood, for rewriting its neighbours after a crash."""
+    return [memory.namespace, memory.created_at.isoformat(), memory.stored_at.isoformat(),
+            memory.id]  # fmt: skip
+
+
+def _from_place(tenant: str, place: Sequence[str]) -> Memory:
+    namespace, created, stored, memory_id = place
+    return Memory(id=memory_id, tenant_id=tenant, namespace=namespace, type="episodic",
+                  created_at=datetime.fromisoformat(created),
+                  stored_at=datetime.fromisoformat(stored))  # fmt: skip
+
+
 def scrub() -> bool:
     """Remove erased bytes that storage keeps after a delete: the vector index's, and on
-    SQLite the WAL's (its pages are zeroed by `secure_delete`). PostgreSQL keeps the sealed
-    bytes of deleted rows until it reuses the space (see docs/security.md)."""
+    SQLite the full-text index's old segments (merged) and the WAL's (its pages are zeroed
+    by `secure_delete`). PostgreSQL keeps the sealed bytes of deleted rows until it reuses
+    the space (see docs/security.md)."""
     done = backends.vector_index().scrub()
     on_disk = connection.vendor == "sqlite" and not connection.is_in_memory_db()  # type: ignore[attr-defined]
     if on_disk:
         with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO memories_fts(memories_fts) VALUES ('optimize')")
             cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             busy = cursor.fetchone()[0]
         done = done and not busy
@@ -283,7 +319,8 @@ def interrupted() -> list[Job]:
     return [
         job
         for job in unfinished.order_by("created_at")
-        if (job.error or {}).get("code") != "job_interrupted"
+        if (job.error or {}).get("code") != RESUMED
+        and not jobs.holder_alive(str(job.params.get("holder", "")))
         and (
             job.status == Job.Status.FAILED
             or jobs.holder_dead(str(job.params.get("holder", "")))
@@ -301,9 +338,11 @@ def resume(job: Job, progress: Report | None = None) -> Erased:
     names = [params["namespace"]] if params.get("namespace") else [m.namespace for m in found]
     with _consolidation_paused(job.tenant_id, names):
         job.status, job.finished_at = Job.Status.FAILED, datetime.now(UTC)
-        job.error = {"code": "job_interrupted", "message": "resumed", "details": None}
+        job.error = {"code": RESUMED, "message": "resumed by a later job", "details": None}
         job.save(update_fields=["status", "error", "finished_at"])
         again = jobs.create(job.tenant_id, KIND, {**params, "holder": jobs.HOLDER})
+        again.result = job.result  # what the first run recorded, kept if this one fails too
+        again.save(update_fields=["result"])
         report = progress or _quiet
         jobs.run(
             again, lambda p: _erase(again, found, _both(p, report), params, recorded), reraise=True

@@ -140,6 +140,13 @@ def holder_dead(holder: str) -> bool:
         return False
 
 
+def holder_alive(holder: str) -> bool:
+    """Whether `holder` (host:pid) is a running process of this host: its work is going on,
+    however long since it last reported."""
+    host, _, pid = holder.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not holder_dead(holder)
+
+
 @contextmanager
 def lease(name: str, seconds: float) -> Iterator[bool]:
     """Hold the named lease while the block runs, if nobody else holds it: yields whether

@@ -1025,7 +1025,9 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
     }
     top = [(i, parts) for i, parts in ranked
            if query.min_score is None or parts.score >= query.min_score][: query.top_k]  # fmt: skip
-    full = Memory.objects.filter(tenant_id=tenant).in_bulk([i for i, _ in top])  # one query
+    full = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=True).in_bulk(
+        [i for i, _ in top]
+    )  # one query
     return [
         Hit(full[i], parts.score, parts, {n: pos[i] for n, pos in positions.items() if i in pos})
         for i, parts in top
