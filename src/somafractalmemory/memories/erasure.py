@@ -191,19 +191,19 @@ def _erase(
     found: list[Memory],
     report: Report,
     params: dict[str, Any],
-    recorded: Sequence[str] = (),
 ) -> dict[str, Any]:
     tenant, namespace = job.tenant_id, params["namespace"]
     names = sorted({m.namespace for m in found} | ({namespace} if namespace else set()))
     erased = Erased(namespaces=names, job_id=job.id)
     ids = [m.id for m in found]
     doomed = set(ids)
-    parents: set[str] = set(recorded)
+    # A resumed purge starts from what the interrupted one recorded (see _erase_chunk).
+    parents: set[str] = set((job.result or {}).get("parents", []))
     index = backends.vector_index()
     report(0, len(ids), "erasing")
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        deleted, links_gone, tasks, above = _erase_chunk(job, chunk, doomed, parents)
+        deleted, links_gone, tasks, above = _erase_chunk(job, chunk, doomed)
         parents |= above
         erased.links += links_gone
         try:
@@ -240,7 +240,7 @@ def _erase(
 
 
 def _erase_chunk(
-    job: Job, chunk: list[str], doomed: set[str], recorded: set[str]
+    job: Job, chunk: list[str], doomed: set[str]
 ) -> tuple[int, int, list[VectorTask], set[str]]:
     """One transaction: the rows, their links both ways, outbox deletes of their vectors,
     and the parents to refresh recorded in the job (so that a resumed purge has them)."""
@@ -266,7 +266,7 @@ def _erase_chunk(
                 state = job.result or {}
                 places = [_place(m) for m in rows_here if m.type == "episodic"]
                 job.result = {
-                    "parents": sorted(recorded | above | set(state.get("parents", []))),
+                    "parents": sorted(above | set(state.get("parents", []))),
                     "episodes": [*state.get("episodes", []), *places],
                 }
                 job.heartbeat_at = datetime.now(UTC)
@@ -316,24 +316,21 @@ def interrupted() -> list[Job]:
     failed half way. Resuming finishes them."""
     unfinished = Job.objects.filter(kind=KIND).exclude(status=Job.Status.SUCCEEDED)
     stale = datetime.now(UTC) - jobs.STALE_AFTER
-    return [
-        job
-        for job in unfinished.order_by("created_at")
-        if (job.error or {}).get("code") != RESUMED
-        and not jobs.holder_alive(str(job.params.get("holder", "")))
-        and (
-            job.status == Job.Status.FAILED
-            or jobs.holder_dead(str(job.params.get("holder", "")))
-            or (job.heartbeat_at or job.created_at) < stale
-        )
-    ]
+
+    def given_up(job: Job) -> bool:
+        holder = str(job.params.get("holder", ""))
+        if (job.error or {}).get("code") == RESUMED or jobs.holder_alive(holder):
+            return False
+        beat = job.heartbeat_at or job.created_at
+        return job.status == Job.Status.FAILED or jobs.holder_dead(holder) or beat < stale
+
+    return [job for job in unfinished.order_by("created_at") if given_up(job)]
 
 
 def resume(job: Job, progress: Report | None = None) -> Erased:
     """Finish an interrupted purge: what still matches goes, the parents it recorded are
     refreshed. The old job is marked interrupted; a new one does the work."""
     params = job.params
-    recorded = list((job.result or {}).get("parents", []))
     found = matching(job.tenant_id, params.get("namespace"), filters.parse(params.get("filters")))
     names = [params["namespace"]] if params.get("namespace") else [m.namespace for m in found]
     with _consolidation_paused(job.tenant_id, names):
@@ -344,9 +341,7 @@ def resume(job: Job, progress: Report | None = None) -> Erased:
         again.result = job.result  # what the first run recorded, kept if this one fails too
         again.save(update_fields=["result"])
         report = progress or _quiet
-        jobs.run(
-            again, lambda p: _erase(again, found, _both(p, report), params, recorded), reraise=True
-        )
+        jobs.run(again, lambda p: _erase(again, found, _both(p, report), params), reraise=True)
     erased = Erased(**(again.result or {}))
     tenancy.audit(job.tenant_id, "system", "memory.purge.resumed", resource=job.id,
                   details={"filters": params.get("filters"), **erased.as_dict()})  # fmt: skip

@@ -249,7 +249,6 @@ def _contexts(
 ) -> dict[str, tuple[Any, str]]:
     """(vector, text) of each memory whose context the new ones change: the new ones and
     their neighbours. Adds old neighbours to `known` and `rows`, so they are rewritten."""
-    import numpy as np
 
     window = timedelta(seconds=get_config().context_window_seconds)
     at = {m.id: i for i, m in enumerate(sequence)}
@@ -275,12 +274,19 @@ def _contexts(
     out: dict[str, tuple[Any, str]] = {}
     for i in sorted(touched):
         span = [sequence[j] for j in sorted((i, *neighbours(i)))]
-        vector = np.sum([known[m.id] for m in span], axis=0)
-        norm = float(np.linalg.norm(vector)) or 1.0
         memory = sequence[i]
         rows.setdefault(memory.id, memory)
-        out[memory.id] = (vector / norm, "\n".join(m.content for m in span))
+        out[memory.id] = context_of(span, known)
     return out
+
+
+def context_of(span: Sequence[Memory], known: dict[str, Any]) -> tuple[Any, str]:
+    """An episode's context from its span (itself and its neighbours, in time order): the
+    normalised sum of their vectors, and their texts."""
+    import numpy as np
+
+    total = np.sum([known[m.id] for m in span], axis=0)
+    return total / (float(np.linalg.norm(total)) or 1.0), "\n".join(m.content for m in span)
 
 
 def index_or_owe(memories: Sequence[Memory], vectors: Any, tasks: Sequence[VectorTask]) -> None:
@@ -820,7 +826,6 @@ def rewrite_neighbours(gone: Sequence[Memory]) -> int:
     """Rewrite the context of the episodes that stood next to deleted ones (within the
     context window): their context vector and tokens held the deleted text. Only those
     episodes change (their new neighbours' contexts do not). Returns how many."""
-    import numpy as np
 
     window = timedelta(seconds=get_config().context_window_seconds)
     groups: dict[tuple[str, str], list[Key]] = {}
@@ -853,12 +858,7 @@ def rewrite_neighbours(gone: Sequence[Memory]) -> int:
             span = [rows[j] for j in spans[memory_id] if j in rows]
             if memory is None or memory.archived_at is not None:
                 continue
-            total = np.sum([known[m.id] for m in span], axis=0)
-            context = (
-                total / (float(np.linalg.norm(total)) or 1.0),
-                "\n".join(m.content for m in span),
-            )
-            records.append(vector_record(memory, known[memory_id], context))
+            records.append(vector_record(memory, known[memory_id], context_of(span, known)))
         backends.vector_index().upsert(records)
     return len(ids)
 
