@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench bench-fractal bench-erasure eval docs clean
+.PHONY: install serve test lint typecheck pytest bench bench-scale bench-fractal bench-erasure eval docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,8 +39,14 @@ pytest: install
 
 test: lint typecheck pytest
 
+# The service benchmark, then search latency against collection size (with --quick, both
+# small: about 4 minutes together).
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python bench/scale.py $(filter --quick,$(ARGS))
+
+bench-scale: install
+	$(BIN)/python bench/scale.py $(ARGS)
 
 bench-fractal: install
 	$(BIN)/python bench/fractal.py $(ARGS)

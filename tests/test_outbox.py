@@ -148,6 +148,10 @@ def test_maintenance_commands_refuse_a_locked_lite_file(tmp_path: Path) -> None:
             assert "vector_index_locked" in result.stderr and "another process" in result.stderr
     finally:
         held.close()
+    # Closed is released: the engine that held the file has stopped.
+    assert run_sfm("migrate", env=env).returncode == 0
+    doctor = run_sfm("doctor", env=env)
+    assert doctor.returncode == 0, doctor.stderr
 
 
 def test_cli_maintenance_on_a_healthy_store(server_env: dict[str, str]) -> None:

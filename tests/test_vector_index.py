@@ -126,6 +126,30 @@ def test_count_grows_with_upserts(index: VectorIndex) -> None:
     assert index.count() == before + 7
 
 
+def test_lite_indexes_exactly_and_reopening_reindexes(tmp_path: Path) -> None:
+    """Milvus Lite answers from an approximate index unless the vectors' index is FLAT: the
+    default there is FLAT, and a file indexed otherwise is re-indexed when opened."""
+    uri = str(tmp_path / "milvus.db")
+    approximate = MilvusIndex(uri, model="reindex", dim=DIM, index_type="AUTOINDEX")
+    try:
+        approximate.upsert([record(i, "t") for i in range(60)])
+        assert approximate.held_index_type() == "AUTOINDEX"
+    finally:
+        approximate.close()
+    exact = MilvusIndex(uri, model="reindex", dim=DIM)
+    try:
+        assert exact.index_type == "FLAT" and exact.held_index_type() == "FLAT"
+        assert exact.count() == 60
+        for i in (3, 41):
+            hits = exact.search(unit(i), tenant="t", namespace=None, where=None, top_k=5)
+            scores = {h.id: h.score for h in hits}
+            assert hits[0].id == f"mem_t_{i}"
+            cosines = sorted((float(unit(j) @ unit(i)) for j in range(60)), reverse=True)
+            assert sorted(scores.values(), reverse=True) == pytest.approx(cosines[:5], abs=1e-5)
+    finally:
+        exact.close()
+
+
 def test_entries_stream_every_id_and_reset_empties(tmp_path: Path) -> None:
     index = MilvusIndex(str(tmp_path / "m.db"), model="entries", dim=DIM)
     try:

@@ -82,6 +82,7 @@ def build_index(config: Config, embedder: Embedder) -> VectorIndex:
         token=config.milvus_token,
         db_name=config.milvus_db,
         timeout=config.milvus_timeout,
+        index_type=config.milvus_index_type,
     )
 
 

@@ -21,6 +21,7 @@ import yaml
 from somafractalmemory.errors import ConfigError
 
 ENV_PREFIX = "SFM_"
+INDEX_TYPES = ("auto", "FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX")
 SECRET_KEYS = frozenset(
     {
         "embedding_api_key",
@@ -86,6 +87,16 @@ class Config:
     milvus_db: str | None = field(default=None, metadata=_doc("Milvus server database name."))
     milvus_timeout: float = field(
         default=10.0, metadata=_doc("Seconds before a Milvus call is abandoned.")
+    )
+    milvus_index_type: str = field(
+        default="auto",
+        metadata=_doc(
+            "Index of the memory vectors: `FLAT` (exact), `IVF_FLAT`, `HNSW` or `AUTOINDEX`; "
+            "`auto`: FLAT on a Milvus Lite file (Lite answers from an approximate index "
+            "otherwise, recall@10 0.92 at 100,000 memories: docs/benchmarks.md), AUTOINDEX on "
+            "a server. Changing it re-indexes at the next start. The context vectors keep "
+            "AUTOINDEX."
+        ),
     )
     redis_url: str | None = field(
         default=None, metadata=_doc("Redis URL for the cache. Unset: in-process LocMem cache.")
@@ -339,6 +350,8 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
         raise ConfigError(
             f"setting 'embedder': expected 'local' or 'http', got {config.embedder!r}"
         )
+    if config.milvus_index_type not in INDEX_TYPES:
+        raise ConfigError(f"setting 'milvus_index_type' must be one of {list(INDEX_TYPES)}")
     if config.embedding_runtime not in ("onnx", "torch"):
         raise ConfigError("setting 'embedding_runtime' must be 'onnx' or 'torch'")
     if config.embedder == "http" and not config.embedding_url:

@@ -52,11 +52,17 @@ class MilvusIndex:
         token: str | None = None,
         db_name: str | None = None,
         timeout: float = 10.0,
+        index_type: str = "auto",
     ) -> None:
         self.uri = uri
         self.dim = dim
         self.name = collection_name(model, dim)
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        # Milvus Lite searches its growing segments through a built-in approximate index
+        # whatever index is declared, unless it is FLAT (docs/benchmarks.md measures both).
+        self.index_type = (
+            index_type if index_type != "auto" else ("FLAT" if self.is_lite else "AUTOINDEX")
+        )
         self._timeout = timeout
         self._gate = Gate()
         self._owner: IO[str] | None = self._claim_lite_file() if self.is_lite else None
@@ -135,8 +141,8 @@ class MilvusIndex:
                     )
                 )
             index = client.prepare_index_params()
-            for dense in ("vector", "context_vector"):
-                index.add_index(dense, index_type="AUTOINDEX", metric_type="COSINE")
+            index.add_index("vector", index_type=self.index_type, metric_type="COSINE")
+            index.add_index("context_vector", index_type="AUTOINDEX", metric_type="COSINE")
             for sparse in ("sparse", "context_sparse"):
                 index.add_index(sparse, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
             try:
@@ -151,7 +157,31 @@ class MilvusIndex:
                 # Another worker process may have created it a moment earlier.
                 if not client.has_collection(self.name, timeout=self._timeout):
                     raise
+        else:
+            try:
+                self._reindex_if_changed()
+            except Exception as exc:  # e.g. other workers hold a server's collection loaded
+                log.warning("memory vectors keep their index (re-indexing failed: %s)", exc)
         client.load_collection(self.name, timeout=self._timeout)
+
+    def held_index_type(self) -> str:
+        """The index type the collection holds for the memory vectors."""
+        held = self._client.describe_index(self.name, "vector", timeout=self._timeout) or {}
+        return str(held.get("index_type", ""))
+
+    def _reindex_if_changed(self) -> None:
+        """Build the memory vectors' index again when its type is not the configured one
+        (Milvus keeps the vectors; FLAT over 100,000 takes seconds)."""
+        client = self._client
+        held = self.held_index_type()
+        if held == self.index_type:
+            return
+        log.warning("re-indexing %s: memory vectors %s -> %s", self.name, held, self.index_type)
+        client.release_collection(self.name, timeout=self._timeout)
+        client.drop_index(self.name, "vector", timeout=self._timeout)
+        index = client.prepare_index_params()
+        index.add_index("vector", index_type=self.index_type, metric_type="COSINE")
+        client.create_index(self.name, index, timeout=self._timeout)
 
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """The client's `method` on the collection; the client is looked up inside the gate
@@ -340,6 +370,12 @@ class MilvusIndex:
     def close(self) -> None:
         with self._gate.exclusive():
             self._client.close()
+            if self.is_lite:
+                # pymilvus keeps the Lite engine (a child process holding the file) until
+                # the interpreter exits; stopping it lets another process open the file.
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)
             self._release_lite_file()
 
 

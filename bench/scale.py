@@ -1,0 +1,362 @@
+"""Search cost against collection size, on the embedded default: end-to-end HTTP search at
+each size next to the bare engine call and an exact numpy search, and a plot.
+
+    .venv/bin/python bench/scale.py [--sizes 10000,100000,1000000] [--queries 200] [--quick]
+        [--out docs/benchmarks.md] [--plot docs/scale.png]
+
+One temporary data directory (built-in defaults: SQLite, Milvus Lite, LocMem cache, ONNX
+query encoder) grows to each size in turn. Memories are synthetic (bench/corpus.py) and
+loaded in bulk with the service's own row and index-record builders, with the vectors the
+default encoder gives their texts (bench/vectors.py computes them once and caches them: a
+million take some 80 minutes to encode here). A bulk-loaded memory's context vector is its
+own vector (a store computes it from the memory with its neighbouring episodes).
+
+At each size, in process: one dense search (`vector_index().search`, top 10, vector
+embedded beforehand) per question, numpy brute force over the same vectors, and recall@10
+of the first against the second. Then `sfm serve` starts on the data directory and answers
+`POST /api/v2/memory/search` (default hybrid mode, top 10, query embedding included, each
+question asked once) to an httpx client: p50, p95, p99 as the client sees them and the
+server's own `latency_ms`. The report replaces the `scale` section of --out; the plot is a
+PNG of the p50 and p99 of each series against the size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import corpus  # bench/corpus.py
+import httpx
+import run  # bench/run.py
+from vectors import CorpusVectors  # bench/vectors.py
+
+CHUNK = 5_000
+NAMESPACES = 20
+
+
+@dataclass(frozen=True)
+class Point:
+    """The measurements at one collection size."""
+
+    size: int
+    load_s: float
+    http: run.Stats
+    server: run.Stats
+    engine: run.Stats
+    numpy: run.Stats
+    recall: float
+
+
+def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None:
+    """Rows in bulk and their index records, for memories number offset.. of the corpus."""
+    from somafractalmemory import backends
+    from somafractalmemory.memories import services
+    from somafractalmemory.memories.models import Memory
+
+    index = backends.vector_index()
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    now = datetime.now(UTC)
+    progress = run.Progress("load", offset + len(items))
+    for at in range(0, len(items), CHUNK):
+        rows = []
+        for i, item in enumerate(items[at : at + CHUNK], start=offset + at):
+            rows.append(Memory(
+                id=services.new_id("mem"), tenant_id="default",
+                namespace=f"ns-{i % NAMESPACES}", type="episodic", content=item.content,
+                metadata=item.metadata, importance=item.importance,
+                embedding_id=services.new_id("vec"),
+                created_at=start + timedelta(seconds=i), stored_at=now,
+                content_hash=services.content_hash(item.content, "default"),
+                tokens=services.tokens_of(item.content, "default"),
+                size=len(item.content.encode()),
+            ))  # fmt: skip
+        Memory.objects.bulk_create(rows)
+        part = vectors[at : at + len(rows)]
+        index.upsert([services.vector_record(m, v) for m, v in zip(rows, part, strict=True)])
+        progress.update(offset + at + len(rows))
+
+
+def engine_and_numpy(
+    matrix: run.Matrix, questions: run.Matrix, ids: Sequence[str]
+) -> tuple[run.Stats, run.Stats, float]:
+    """The bare dense search and numpy brute force per question, and recall@10."""
+    found, engine = run.time_index_only(questions, None)
+    exact, brute = run.time_numpy(matrix, questions)
+    return engine, brute, run.recall_at_k(found, exact, ids)
+
+
+def server_pid(port: int) -> int:
+    """The `sfm serve` master listening on `port` (py-spy follows its worker from there)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if b"serve" in argv and str(port).encode() in argv:
+                    return int(entry.name)
+    raise RuntimeError(f"no `sfm serve` process on port {port}")
+
+
+@contextlib.contextmanager
+def profiled(base: str, target: Path | None) -> Iterator[None]:
+    """py-spy samples the server (200 Hz, without pausing it; idle threads left out) while
+    the block runs, into collapsed stacks at `target` (one line per stack: frames, count)."""
+    if target is None:
+        yield
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pid = server_pid(int(base.rsplit(":", 1)[1]))
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+         "--subprocesses", "--nonblocking", "--rate", "200", "--format", "raw",
+         "--output", str(target)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    time.sleep(1.0)  # attached before the first timed request
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        _, errors = spy.communicate(timeout=60)
+        if not target.is_file():
+            run.log(f"[profile] py-spy wrote nothing: {errors.decode(errors='replace')[-500:]}")
+
+
+def hot_frames(stacks: Path, top: int = 25) -> list[tuple[str, float, float]]:
+    """(function, share of samples it is on the stack, share it is on top) from py-spy's
+    collapsed stacks, the most inclusive first."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in stacks.read_text().splitlines():
+        frames, _, count = line.rpartition(" ")
+        if not frames or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        names = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1]
+                 + ")" if " (" in f else f for f in frames.split(";")]  # fmt: skip
+        for name in set(names):
+            inclusive[name] = inclusive.get(name, 0) + n
+        own[names[-1]] = own.get(names[-1], 0) + n
+    ranked = sorted(inclusive, key=lambda k: -inclusive[k])[:top]
+    return [(k, inclusive[k] / total, own.get(k, 0) / total) for k in ranked] if total else []
+
+
+def over_http(
+    env: dict[str, str], log_path: Path, asked: Sequence[Sequence[str]], profile: Path | None
+) -> tuple[run.Stats, run.Stats]:
+    """Warm-up, then the timed series; with `profile`, a third series of other questions
+    under py-spy (untimed: sampling costs the server a little)."""
+    warm_up, timed, sampled = asked
+    with (
+        run.server(env, log_path) as base,
+        httpx.Client(base_url=base, timeout=120.0, trust_env=False) as client,
+    ):
+        result = run.http_search(client, timed, warm_up)
+        if profile is not None:
+            with profiled(base, profile):
+                run.http_search(client, sampled, ())
+        return result
+
+
+def plot(points: Sequence[Point], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [p.size for p in points]
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    series = (
+        ("HTTP search, hybrid (client)", "http", "tab:blue"),
+        ("server latency_ms", "server", "tab:cyan"),
+        ("engine: one dense search", "engine", "tab:orange"),
+        ("numpy brute force", "numpy", "tab:green"),
+    )
+    for label, name, colour in series:
+        stats = [getattr(p, name) for p in points]
+        axes.plot(sizes, [s.p50 for s in stats], "o-", color=colour, label=f"{label} p50")
+        axes.plot(sizes, [s.p99 for s in stats], "x--", color=colour, alpha=0.6,
+                  label=f"{label} p99")  # fmt: skip
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("memories in the collection")
+    axes.set_ylabel("latency, ms")
+    axes.set_title("Search latency against collection size (embedded default, 2 cores)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+# The frames of a search worth a line in the report: the request, its parts, the engine.
+PROFILE_FRAMES = (
+    "ThreadWorker.handle_request (gthread.py)",
+    "WSGIHandler.__call__ (wsgi.py)",
+    "search (api.py)",
+    "recall (services.py)",
+    "embed_query (cache.py)",
+    "Session.run (onnxruntime_inference_collection.py)",
+    "MilvusIndex._call (milvus.py)",
+    "_score (services.py)",
+    "SQLCompiler.execute_sql (compiler.py)",
+    "reinforce (services.py)",
+    "Response.write (wsgi.py)",
+    "keyed_tokens (lexical.py)",
+    "open_sealed (crypto.py)",
+    "Schema.dump (schema.py)",
+)
+
+
+def render_profile(args: argparse.Namespace) -> list[str]:
+    found = sorted(args.profiles.glob("search-*.txt")) if args.profiles else []
+    if not found:
+        return []
+    shares = {name: (inclusive, own) for name, inclusive, own in hot_frames(found[-1], 10_000)}
+    rows = [
+        f"| `{name}` | {shares[name][0]:.1%} | {shares[name][1]:.1%} |"
+        for name in PROFILE_FRAMES
+        if name in shares
+    ]
+    return [
+        f"Where the server's CPU samples fall during the HTTP series at the largest size "
+        f"(a third series of {args.queries} other questions under py-spy, 200 Hz, idle "
+        f"threads left out; all stacks in `profiles/{found[-1].name}`): "
+        "share of samples with the frame on the stack, and on top.",
+        "",
+        "| frame | on the stack | on top |",
+        "|---|---:|---:|",
+        *rows,
+    ]
+
+
+def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo) -> str:
+    box = run.machine()
+    lines = [
+        "## Search against collection size (embedded default)",
+        "",
+        f"`bench/scale.py`, {info.when:%Y-%m-%d %H:%M} UTC, code {info.code}; {box['cpu']}, "
+        f"{box['cores']} cores, {box['ram']}; other processes during the run: {info.others}; "
+        f"{args.queries} questions per series, each asked once, after {run.WARM_UP} untimed "
+        f"ones. Total {info.seconds / 60:.1f} min.",
+        "",
+        *run.render_warning(info),
+        f"![search latency against size]({args.plot.name})",
+        "",
+        "| memories | HTTP search p50 / p95 / p99 ms | server `latency_ms` p50 / p99 | "
+        "engine: one dense search p50 / p99 | numpy brute force p50 / p99 | engine / numpy "
+        "(p50) | recall@10 | load s |",
+        "|---:|---|---|---|---|---:|---:|---:|",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p.size:,} | {p.http.p50:.1f} / {p.http.p95:.1f} / {p.http.p99:.1f} | "
+            f"{p.server.p50:.1f} / {p.server.p99:.1f} | {p.engine.p50:.2f} / "
+            f"{p.engine.p99:.2f} | {p.numpy.p50:.2f} / {p.numpy.p99:.2f} | "
+            f"{p.engine.p50 / p.numpy.p50:.2f}x | {p.recall:.3f} | {p.load_s:.0f} |"
+        )
+    lines += ["", *render_profile(args)]
+    lines += [
+        "",
+        "HTTP search: `POST /api/v2/memory/search` with the default hybrid mode (dense, "
+        "context-vector, BM25 and context-BM25 legs of 40 candidates each, fused and scored), "
+        "top 10, the query embedded by the ONNX encoder (no cache hit: each question is new). "
+        "Engine: `vector_index().search` with a vector embedded beforehand, top 10, no "
+        "filter. Recall@10: the engine's top 10 against numpy's exact top 10.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="10000,100000", help="comma-separated, ascending")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="sizes 2,000 and 10,000, 50 queries")
+    parser.add_argument("--section", default="scale")
+    parser.add_argument("--out", type=Path, default=run.ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--plot", type=Path, default=run.ROOT / "docs" / "scale.png")
+    parser.add_argument(
+        "--profiles",
+        type=Path,
+        default=run.ROOT / "docs" / "profiles",
+        help="py-spy the server at the largest size, into this folder ('': not at all)",
+    )
+    args = parser.parse_args(argv)
+    args.profiles = args.profiles if str(args.profiles) not in ("", ".") else None
+    if args.quick:
+        args.sizes, args.queries = "2000,10000", 50
+        args.section = "scale-quick" if args.section == "scale" else args.section
+        args.plot = args.plot.with_name("scale-quick.png")
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    when, code = datetime.now(UTC), run.revision()
+    others = run.OtherLoad()
+    others.start()
+    clock = run.Clock()
+    items = corpus.memories(sizes[-1])
+    run.log(f"[setup] vectors of {len(items):,} memories (cached after the first run)")
+    matrix = CorpusVectors().of(items)
+    questions = corpus.questions(run.WARM_UP + args.queries * len(sizes) * 3)
+    points: list[Point] = []
+    with contextlib.ExitStack() as stack:
+        made = tempfile.TemporaryDirectory(prefix="sfm-scale-", ignore_cleanup_errors=True)
+        tmp = Path(stack.enter_context(made))
+        config = tmp / "defaults.yaml"
+        config.write_text("# bench/scale.py: built-in defaults only\n")
+        env = run.settings_env(tmp / "data", config)
+        run.use_env(env)
+        run.start_django()
+        from django.db import connections
+
+        from somafractalmemory import backends
+        from somafractalmemory.memories.models import Memory
+
+        loaded = 0
+        for number, size in enumerate(sizes):
+            run.open_backends()
+            load_clock = run.Clock()
+            load(items[loaded:size], matrix[loaded:size], loaded)
+            load_s = load_clock.seconds
+            loaded = size
+            ids = [
+                m for m, _ in sorted(Memory.objects.values_list("id", "created_at"),
+                                     key=lambda row: row[1])
+            ]  # fmt: skip
+            first = run.WARM_UP + 3 * number * args.queries
+            asked = questions[first : first + args.queries]
+            vectors = backends.embedder().embed(asked)
+            run.log(f"[{size:,}] engine and numpy, {len(asked)} questions")
+            engine, brute, recall = engine_and_numpy(matrix[:size], vectors, ids)
+            backends.reset()  # one process owns the Lite file: the server's turn
+            connections.close_all()
+            later = [questions[first + k * args.queries : first + (k + 1) * args.queries]
+                     for k in (1, 2)]  # fmt: skip
+            run.log(f"[{size:,}] HTTP search, {args.queries} questions")
+            profile = (args.profiles / f"search-{size // 1000}k.txt"
+                       if args.profiles and number == len(sizes) - 1 else None)  # fmt: skip
+            http, server = over_http(env, tmp / f"server-{size}.log",
+                                     [questions[: run.WARM_UP], *later], profile)  # fmt: skip
+            points.append(Point(size, load_s, http, server, engine, brute, recall))
+            run.log(f"[{size:,}] HTTP p50 {http.p50:.1f} ms, engine p50 {engine.p50:.2f} ms, "
+                    f"numpy p50 {brute.p50:.2f} ms, recall@10 {recall:.3f}")  # fmt: skip
+    info = run.RunInfo(when, code, "", *others.finish(), clock.seconds)
+    plot(points, args.plot)
+    body = render(points, args, info)
+    run.write_report(args.out, args.section, body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
