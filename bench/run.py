@@ -1195,7 +1195,7 @@ def render_warning(info: RunInfo) -> list[str]:
     ]
 
 
-SECTION_ORDER = ("embedded", "postgres+redis", "embedded-100k")
+SECTION_ORDER = ("scale", "embedded", "postgres+redis", "embedded-100k")
 BLOCK = re.compile(r"<!-- (bench:[\w+.-]+|locomo):start -->.*?<!-- \1:end -->\n?", re.DOTALL)
 
 
@@ -1216,7 +1216,11 @@ def render_header() -> list[str]:
         "127.0.0.1:5432 and Redis on 127.0.0.1:6379, Milvus Lite), "
         '`make bench ARGS="--n 100000 --no-http"` (in process only; its own section). '
         "Options: `--backend`, `--n`, `--queries`, `--singles`, `--http-memories`, "
-        "`--http-singles`, `--load-seconds`, `--no-http`, `--section`, `--out`.",
+        "`--http-singles`, `--load-seconds`, `--no-http`, `--section`, `--out`. "
+        "`make bench` then runs `bench/scale.py` (search latency at 10,000 and 100,000 "
+        'memories, with a plot and a profile; `make bench-scale ARGS="--sizes '
+        '10000,100000,1000000"` for a million); `make bench ARGS=--quick` runs both small '
+        "(about 4 minutes).",
         "",
     ]
 

@@ -1025,13 +1025,14 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
     }
     top = [(i, parts) for i, parts in ranked
            if query.min_score is None or parts.score >= query.min_score][: query.top_k]  # fmt: skip
-    full = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=True).in_bulk(
-        [i for i, _ in top]
-    )  # one query
+    # One query by primary key alone: with the tenant in the WHERE clause SQLite walks a
+    # tenant index instead (every row of a one-tenant store: 150 ms at 100,000 memories).
+    full = Memory.objects.in_bulk([i for i, _ in top])
     return [
         Hit(full[i], parts.score, parts, {n: pos[i] for n, pos in positions.items() if i in pos})
         for i, parts in top
-        if i in full  # deleted between the two reads: the row decides
+        # Deleted or archived between the two reads: the row decides.
+        if i in full and full[i].tenant_id == tenant and full[i].archived_at is None
     ]
 
 

@@ -28,6 +28,7 @@ from somafractalmemory.retrieval.filters import (
 from somafractalmemory.vectors.base import VectorHit, VectorRecord
 
 log = logging.getLogger(__name__)
+OPEN_TIMEOUT = 900.0
 
 _ID_LENGTH = 64
 _NAME_LENGTH = 256
@@ -64,6 +65,9 @@ class MilvusIndex:
             index_type if index_type != "auto" else ("FLAT" if self.is_lite else "AUTOINDEX")
         )
         self._timeout = timeout
+        # Opening loads the whole collection into memory (more than 10 s at 100,000
+        # memories on Milvus Lite here): not bounded by the per-request timeout.
+        self._open_timeout = max(timeout, OPEN_TIMEOUT)
         self._gate = Gate()
         self._owner: IO[str] | None = self._claim_lite_file() if self.is_lite else None
         try:
@@ -108,7 +112,7 @@ class MilvusIndex:
         from pymilvus import DataType, Function, FunctionType
 
         client = self._client
-        if not client.has_collection(self.name, timeout=self._timeout):
+        if not client.has_collection(self.name, timeout=self._open_timeout):
             schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_LENGTH)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
@@ -151,22 +155,22 @@ class MilvusIndex:
                     schema=schema,
                     index_params=index,
                     consistency_level="Strong",
-                    timeout=self._timeout,
+                    timeout=self._open_timeout,
                 )
             except Exception:
                 # Another worker process may have created it a moment earlier.
-                if not client.has_collection(self.name, timeout=self._timeout):
+                if not client.has_collection(self.name, timeout=self._open_timeout):
                     raise
         else:
             try:
                 self._reindex_if_changed()
             except Exception as exc:  # e.g. other workers hold a server's collection loaded
                 log.warning("memory vectors keep their index (re-indexing failed: %s)", exc)
-        client.load_collection(self.name, timeout=self._timeout)
+        client.load_collection(self.name, timeout=self._open_timeout)
 
     def held_index_type(self) -> str:
         """The index type the collection holds for the memory vectors."""
-        held = self._client.describe_index(self.name, "vector", timeout=self._timeout) or {}
+        held = self._client.describe_index(self.name, "vector", timeout=self._open_timeout) or {}
         return str(held.get("index_type", ""))
 
     def _reindex_if_changed(self) -> None:
@@ -177,11 +181,11 @@ class MilvusIndex:
         if held == self.index_type:
             return
         log.warning("re-indexing %s: memory vectors %s -> %s", self.name, held, self.index_type)
-        client.release_collection(self.name, timeout=self._timeout)
-        client.drop_index(self.name, "vector", timeout=self._timeout)
+        client.release_collection(self.name, timeout=self._open_timeout)
+        client.drop_index(self.name, "vector", timeout=self._open_timeout)
         index = client.prepare_index_params()
         index.add_index("vector", index_type=self.index_type, metric_type="COSINE")
-        client.create_index(self.name, index, timeout=self._timeout)
+        client.create_index(self.name, index, timeout=self._open_timeout)
 
     def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """The client's `method` on the collection; the client is looked up inside the gate
