@@ -54,6 +54,8 @@ class Point:
     engine: run.Stats
     numpy: run.Stats
     recall: float
+    approximate: run.Stats
+    approximate_recall: float
 
 
 def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None:
@@ -87,11 +89,34 @@ def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None
 
 def engine_and_numpy(
     matrix: run.Matrix, questions: run.Matrix, ids: Sequence[str]
-) -> tuple[run.Stats, run.Stats, float]:
-    """The bare dense search and numpy brute force per question, and recall@10."""
+) -> tuple[run.Stats, run.Stats, float, run.Stats, float]:
+    """The bare dense search (the configured index: FLAT on Milvus Lite) and numpy brute
+    force per question, recall@10 of the first; then the same search with the vectors
+    indexed AUTOINDEX, and its recall@10. The index is closed afterwards (the next opening
+    indexes it FLAT again)."""
+    from somafractalmemory import backends
+    from somafractalmemory.conf import get_config
+    from somafractalmemory.vectors.milvus import MilvusIndex
+
     found, engine = run.time_index_only(questions, None)
     exact, brute = run.time_numpy(matrix, questions)
-    return engine, brute, run.recall_at_k(found, exact, ids)
+    embedder = backends.embedder()
+    backends.reset()
+    index = MilvusIndex(get_config().effective_milvus_uri, model=embedder.name,
+                        dim=embedder.dim, index_type="AUTOINDEX")  # fmt: skip
+    try:
+        latencies, approximate = [], []
+        for n, vector in enumerate(questions):
+            clock = run.Clock()
+            hits = index.search(vector, tenant="default", namespace=None, where=None,
+                                top_k=run.TOP_K)  # fmt: skip
+            if n >= run.WARM_UP:
+                latencies.append(clock.ms)
+            approximate.append([h.id for h in hits])
+    finally:
+        index.close()
+    return (engine, brute, run.recall_at_k(found, exact, ids), run.Stats.of(latencies),
+            run.recall_at_k(approximate, exact, ids))  # fmt: skip
 
 
 def server_pid(port: int) -> int:
@@ -219,24 +244,30 @@ PROFILE_FRAMES = (
 )
 
 
-def render_profile(args: argparse.Namespace) -> list[str]:
-    found = sorted(args.profiles.glob("search-*.txt")) if args.profiles else []
+def render_profile(points: Sequence[Point], args: argparse.Namespace) -> list[str]:
+    found = [(p.size, args.profiles / f"search-{p.size // 1000}k.txt") for p in points]
+    found = [(size, path) for size, path in found if path.is_file()] if args.profiles else []
     if not found:
         return []
-    shares = {name: (inclusive, own) for name, inclusive, own in hot_frames(found[-1], 10_000)}
+    shares = [
+        {name: (inclusive, own) for name, inclusive, own in hot_frames(path, 10_000)}
+        for _, path in found
+    ]
     rows = [
-        f"| `{name}` | {shares[name][0]:.1%} | {shares[name][1]:.1%} |"
+        f"| `{name}` | "
+        + " | ".join(f"{s[name][0]:.1%} / {s[name][1]:.1%}" if name in s else "-" for s in shares)
+        + " |"
         for name in PROFILE_FRAMES
-        if name in shares
+        if any(name in s for s in shares)
     ]
     return [
-        f"Where the server's CPU samples fall during the HTTP series at the largest size "
-        f"(a third series of {args.queries} other questions under py-spy, 200 Hz, idle "
-        f"threads left out; all stacks in `profiles/{found[-1].name}`): "
-        "share of samples with the frame on the stack, and on top.",
+        f"Where the server's CPU samples fall during a third HTTP series at each size "
+        f"({args.queries} other questions under py-spy, 200 Hz, idle threads left out; all "
+        f"stacks in `profiles/search-<size>k.txt`): share of samples with the frame on the "
+        "stack / on top of it.",
         "",
-        "| frame | on the stack | on top |",
-        "|---|---:|---:|",
+        "| frame | " + " | ".join(f"{size:,}" for size, _ in found) + " |",
+        "|---|" + "---:|" * len(found),
         *rows,
     ]
 
@@ -255,8 +286,8 @@ def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo)
         f"![search latency against size]({args.plot.name})",
         "",
         "| memories | HTTP search p50 / p95 / p99 ms | server `latency_ms` p50 / p99 | "
-        "engine: one dense search p50 / p99 | numpy brute force p50 / p99 | engine / numpy "
-        "(p50) | recall@10 | load s |",
+        "engine (FLAT): one dense search p50 / p99 | numpy brute force p50 / p99 | engine / "
+        "numpy (p50) | recall@10 | load s |",
         "|---:|---|---|---|---|---:|---:|---:|",
     ]
     for p in points:
@@ -266,7 +297,24 @@ def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo)
             f"{p.engine.p99:.2f} | {p.numpy.p50:.2f} / {p.numpy.p99:.2f} | "
             f"{p.engine.p50 / p.numpy.p50:.2f}x | {p.recall:.3f} | {p.load_s:.0f} |"
         )
-    lines += ["", *render_profile(args)]
+    lines += [
+        "",
+        "The index type, by measurement (the same questions, the same vectors): Milvus Lite "
+        "accepts FLAT, IVF_FLAT and AUTOINDEX, and unless the index is FLAT it answers from "
+        "a built-in approximate index whose search parameters cannot be set (`nprobe` and "
+        "`ef` change nothing). The default (`milvus_index_type: auto`) is therefore FLAT on "
+        "Lite:",
+        "",
+        "| memories | FLAT p50 / p99 ms | recall@10 | AUTOINDEX p50 / p99 ms | recall@10 |",
+        "|---:|---|---:|---|---:|",
+        *(
+            f"| {p.size:,} | {p.engine.p50:.2f} / {p.engine.p99:.2f} | {p.recall:.3f} | "
+            f"{p.approximate.p50:.2f} / {p.approximate.p99:.2f} | {p.approximate_recall:.3f} |"
+            for p in points
+        ),
+        "",
+        *render_profile(points, args),
+    ]
     lines += [
         "",
         "HTTP search: `POST /api/v2/memory/search` with the default hybrid mode (dense, "
@@ -337,17 +385,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             asked = questions[first : first + args.queries]
             vectors = backends.embedder().embed(asked)
             run.log(f"[{size:,}] engine and numpy, {len(asked)} questions")
-            engine, brute, recall = engine_and_numpy(matrix[:size], vectors, ids)
+            measured = engine_and_numpy(matrix[:size], vectors, ids)
+            engine, brute, recall = measured[:3]
             backends.reset()  # one process owns the Lite file: the server's turn
             connections.close_all()
             later = [questions[first + k * args.queries : first + (k + 1) * args.queries]
                      for k in (1, 2)]  # fmt: skip
             run.log(f"[{size:,}] HTTP search, {args.queries} questions")
-            profile = (args.profiles / f"search-{size // 1000}k.txt"
-                       if args.profiles and number == len(sizes) - 1 else None)  # fmt: skip
+            profile = args.profiles / f"search-{size // 1000}k.txt" if args.profiles else None
             http, server = over_http(env, tmp / f"server-{size}.log",
                                      [questions[: run.WARM_UP], *later], profile)  # fmt: skip
-            points.append(Point(size, load_s, http, server, engine, brute, recall))
+            points.append(Point(size, load_s, http, server, *measured))
             run.log(f"[{size:,}] HTTP p50 {http.p50:.1f} ms, engine p50 {engine.p50:.2f} ms, "
                     f"numpy p50 {brute.p50:.2f} ms, recall@10 {recall:.3f}")  # fmt: skip
     info = run.RunInfo(when, code, "", *others.finish(), clock.seconds)

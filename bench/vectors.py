@@ -4,7 +4,8 @@ half encoding them again: the same texts, model and runtime give the same vector
 
     .venv/bin/python bench/vectors.py --n 1000000     # fill the cache (resumable), then exit
 
-Chunks live in bench/.cache/vectors/ (git-ignored), named by the weights' digest, the
+Chunks live in ~/.cache/sfm-bench/vectors/ (or $SFM_BENCH_CACHE/vectors/), outside the
+checkout so that a new clone finds them, named by the weights' digest, the
 corpus seed and the chunk number; each is written to a temporary name and renamed, so an
 interrupted run leaves whole chunks only and the next run goes on from there.
 """
@@ -21,8 +22,7 @@ import corpus  # bench/corpus.py
 import numpy as np
 import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "bench" / ".cache"
+CACHE = Path(os.environ.get("SFM_BENCH_CACHE") or Path.home() / ".cache" / "sfm-bench")
 CHUNK = 20_000
 SEED = 7  # corpus.memories' default
 

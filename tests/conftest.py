@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -116,11 +117,11 @@ def api(db: None) -> Iterator[Api]:
     yield Api()
 
 
-@pytest.fixture
-def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment for a real server process: its own data directory and, on PostgreSQL,
-    its own database (dropped afterwards)."""
-    env = {**os.environ, "SFM_DATA_DIR": str(tmp_path / "data")}
+@contextlib.contextmanager
+def server_environment(data_dir: Path) -> Iterator[dict[str, str]]:
+    """Environment for a real server process: `data_dir` and, on PostgreSQL, a database of
+    its own (dropped afterwards)."""
+    env = {**os.environ, "SFM_DATA_DIR": str(data_dir)}
     url = get_config().effective_database_url
     if not url:
         yield env
@@ -137,6 +138,12 @@ def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     finally:
         with psycopg.connect(admin, dbname="postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    with server_environment(tmp_path / "data") as env:
+        yield env
 
 
 @pytest.fixture

@@ -1,0 +1,648 @@
+"""Python client of the SomaFractalMemory REST API: `Memory` (blocking) and `AsyncMemory`.
+
+    from somafractalmemory.client import Memory
+
+    with Memory("http://127.0.0.1:10101") as memory:
+        memory.remember("Alice prefers the window seat", metadata={"user": "alice"})
+        for hit in memory.recall("where does Alice like to sit?"):
+            print(f"{hit.score:.2f} {hit.content}")
+
+Needs only httpx (no Django). Every call returns typed results; an error answer raises the
+`ApiError` subclass of its status with the service's stable `code`, `message` and
+`details`. Answers 429 and 503 are retried with exponential backoff, honouring
+`Retry-After`; so is a request that could not be sent (connection refused), and a read that
+timed out when the call has no side effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import random
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:10101"
+API = "/api/v2"
+BATCH = 1000  # the service's largest batch
+RETRIED_STATUS = frozenset({429, 503})
+
+T = TypeVar("T")
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+class _Result:
+    """A frozen dataclass built from an API object (unknown keys are ignored, so a newer
+    server adding fields does not break an older client)."""
+
+    _times: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls: type[T], data: Mapping[str, Any]) -> T:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        values = {k: v for k, v in data.items() if k in names}
+        for name in cls._times:  # type: ignore[attr-defined]
+            if name in values:
+                values[name] = _time(values[name])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Stored(_Result):
+    """A stored memory (or, when deduplicated, the one already stored with that content)."""
+
+    id: str
+    embedding_id: str
+    importance: float
+    created_at: datetime
+    deduplicated: bool = False
+    near_duplicates: list[dict[str, Any]] = field(default_factory=list)
+    _times = ("created_at",)
+
+
+@dataclass(frozen=True)
+class MemoryRecord(_Result):
+    id: str
+    namespace: str
+    type: str
+    content: str
+    importance: float
+    metadata: dict[str, Any]
+    embedding_id: str
+    created_at: datetime
+    updated_at: datetime
+    access_count: int = 0
+    last_accessed_at: datetime | None = None
+    strength: float = 1.0
+    level: int = 0
+    span_end: datetime | None = None
+    archived_at: datetime | None = None
+    _times = ("created_at", "updated_at", "last_accessed_at", "span_end", "archived_at")
+
+
+@dataclass(frozen=True)
+class Hit(_Result):
+    """A search result: the memory and its score (with `explain`, the parts of the score)."""
+
+    id: str
+    content: str
+    score: float
+    type: str
+    level: int
+    namespace: str
+    importance: float
+    metadata: dict[str, Any]
+    created_at: datetime
+    explain: dict[str, Any] | None = None
+    children: list[dict[str, Any]] | None = None
+    parents: list[dict[str, Any]] | None = None
+    _times = ("created_at",)
+
+
+@dataclass(frozen=True)
+class Recall:
+    """The hits of a search, best first (iterable), with the server's latency and mode."""
+
+    hits: list[Hit]
+    latency_ms: float
+    mode: str
+    warnings: list[str]
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> Recall:
+        return cls([Hit.of(h) for h in data["memories"]], float(data["latency_ms"]),
+                   str(data.get("mode", "")), list(data.get("warnings", [])))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Link(_Result):
+    source: str
+    target: str
+    kind: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Job(_Result):
+    """A background job (consolidation, forgetting); `result` once it has finished."""
+
+    id: str
+    kind: str
+    status: str
+    params: dict[str, Any] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    _times = ("created_at", "started_at", "finished_at")
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("succeeded", "failed")
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """The service answered with an error: HTTP `status`, stable `code`, `message`."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+class BadRequest(ApiError):
+    """400 or 422: the request was refused as invalid; nothing was changed."""
+
+
+class Unauthorized(ApiError):
+    """401: no API key, or an unknown one."""
+
+
+class Forbidden(ApiError):
+    """403: the key may not do this (scope, namespace, policy, quota)."""
+
+
+class NotFound(ApiError):
+    """404: no such memory (or not visible to this key)."""
+
+
+class Conflict(ApiError):
+    """409: the operation conflicts with one in progress."""
+
+
+class RateLimited(ApiError):
+    """429 after every retry."""
+
+
+class Unavailable(ApiError):
+    """503 after every retry: a dependency of the service is down."""
+
+
+class ServerError(ApiError):
+    """Another 5xx: a bug in the service."""
+
+
+class TransportError(Exception):
+    """The service could not be reached (after the retries that were safe)."""
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+    413: BadRequest, 422: BadRequest, 429: RateLimited, 503: Unavailable,
+}  # fmt: skip
+
+
+def _error(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json().get("error", {})
+    except ValueError:
+        body = {}
+    kind = _BY_STATUS.get(response.status_code)
+    if kind is None:
+        kind = ServerError if response.status_code >= 500 else ApiError
+    return kind(
+        response.status_code,
+        str(body.get("code", "http_error")),
+        str(body.get("message", response.text[:200] or response.reason_phrase)),
+        body.get("details"),
+    )
+
+
+# -- calls --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request and how to read its answer: the part Memory and AsyncMemory share."""
+
+    method: str
+    path: str
+    json: Any = None
+    params: Mapping[str, Any] | None = None
+    safe: bool = False  # no side effect: a timed-out read may be sent again
+
+    def request(self) -> dict[str, Any]:
+        request: dict[str, Any] = {"method": self.method, "url": API + self.path}
+        if self.json is not None:
+            request["json"] = self.json
+        if self.params:
+            request["params"] = {k: v for k, v in self.params.items() if v is not None}
+        return request
+
+
+def _clean(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body without unset options, datetimes as ISO 8601."""
+    return {
+        k: v.isoformat() if isinstance(v, datetime) else v for k, v in body.items() if v is not None
+    }
+
+
+def _store_body(content: str, **options: Any) -> dict[str, Any]:
+    return _clean({"content": content, **options})
+
+
+def _item(item: str | Mapping[str, Any]) -> dict[str, Any]:
+    return _store_body(item) if isinstance(item, str) else _clean(item)
+
+
+class _Calls:
+    """The API, as Calls (shared by the blocking and the asyncio client)."""
+
+    @staticmethod
+    def remember(content: str, **options: Any) -> Call:
+        return Call("POST", "/memory/store", _store_body(content, **options))
+
+    @staticmethod
+    def batch(items: list[dict[str, Any]]) -> Call:
+        return Call("POST", "/memory/batch", {"memories": items})
+
+    @staticmethod
+    def recall(query: str, **options: Any) -> Call:
+        if "types" in options and options["types"] is not None:
+            options["types"] = list(options["types"])
+        return Call("POST", "/memory/search", _clean({"query": query, **options}), safe=True)
+
+    @staticmethod
+    def get(memory_id: str) -> Call:
+        return Call("GET", f"/memory/{memory_id}", safe=True)
+
+    @staticmethod
+    def update(memory_id: str, changes: Mapping[str, Any]) -> Call:
+        return Call("PATCH", f"/memory/{memory_id}", _clean(changes), safe=True)
+
+    @staticmethod
+    def forget(memory_id: str) -> Call:
+        return Call("DELETE", f"/memory/{memory_id}", safe=True)
+
+    @staticmethod
+    def page(namespace: str | None, types: Iterable[str], archived: bool, limit: int,
+             cursor: str | None) -> Call:  # fmt: skip
+        params = {"namespace": namespace, "type": list(types) or None, "limit": limit,
+                  "cursor": cursor, "archived": "true" if archived else None}  # fmt: skip
+        return Call("GET", "/memory", params=params, safe=True)
+
+    @staticmethod
+    def link(source: str, target: str, kind: str, weight: float) -> Call:
+        body = {"target": target, "kind": kind, "weight": weight}
+        return Call("POST", f"/memory/{source}/links", body)
+
+    @staticmethod
+    def unlink(source: str, target: str, kind: str) -> Call:
+        params = {"target": target, "kind": kind}
+        return Call("DELETE", f"/memory/{source}/links", params=params, safe=True)
+
+    @staticmethod
+    def links(memory_id: str) -> Call:
+        return Call("GET", f"/memory/{memory_id}/links", safe=True)
+
+    @staticmethod
+    def related(memory_id: str, direction: str) -> Call:
+        return Call("GET", f"/memory/{memory_id}/{direction}", safe=True)
+
+    @staticmethod
+    def consolidate(namespace: str | None, wait: bool) -> Call:
+        return Call("POST", "/memory/consolidate", _clean({"namespace": namespace, "wait": wait}))
+
+    @staticmethod
+    def job(job_id: str) -> Call:
+        return Call("GET", f"/jobs/{job_id}", safe=True)
+
+
+def _links(data: Mapping[str, Any]) -> list[Link]:
+    return [Link.of(link) for link in data["links"]]
+
+
+def _memories(data: Mapping[str, Any]) -> list[MemoryRecord]:
+    return [MemoryRecord.of(m) for m in data["memories"]]
+
+
+def _chunks(items: Iterable[str | Mapping[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for item in items:
+        chunk.append(_item(item))
+        if len(chunk) == BATCH:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How often and how long to retry 429/503 and unsent requests."""
+
+    attempts: int = 4
+    backoff: float = 0.25  # seconds before the first retry, doubled after each
+    most: float = 30.0  # longest wait, Retry-After included
+
+    def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        after = response.headers.get("Retry-After") if response is not None else None
+        if after is not None:
+            try:
+                return min(self.most, max(0.0, float(after)))
+            except ValueError:
+                pass
+        return min(self.most, self.backoff * 2**attempt * (0.5 + random.random() / 2))
+
+
+def _retryable(call: Call, error: httpx.TransportError) -> bool:
+    """A request that never left is always safe to send again; one that may have been
+    processed only when it has no side effect."""
+    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout) or (
+        call.safe and isinstance(error, httpx.TimeoutException | httpx.RemoteProtocolError)
+    )
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"User-Agent": "somafractalmemory-client"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+# -- the blocking client ----------------------------------------------------------------------
+
+
+class Memory:
+    """The service at `url` (default http://127.0.0.1:10101), as `api_key` when auth is on."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: Retries | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retries = retries or Retries()
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=_headers(api_key),
+                                  timeout=timeout, transport=transport)  # fmt: skip
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: Call) -> Any:
+        for attempt in range(self.retries.attempts + 1):
+            last = attempt == self.retries.attempts
+            try:
+                response = self._http.request(**call.request())
+            except httpx.TransportError as exc:
+                if last or not _retryable(call, exc):
+                    raise TransportError(f"{call.method} {call.path}: {exc}") from exc
+                time.sleep(self.retries.delay(attempt, None))
+                continue
+            if response.status_code in RETRIED_STATUS and not last:
+                time.sleep(self.retries.delay(attempt, response))
+                continue
+            if response.status_code >= 400:
+                raise _error(response)
+            return response.json()
+        raise AssertionError("unreachable")
+
+    def remember(
+        self,
+        content: str,
+        *,
+        namespace: str | None = None,
+        type: str | None = None,
+        importance: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        created_at: datetime | None = None,
+        dedupe: bool | None = None,
+    ) -> Stored:
+        """Store one memory; the same content again in the namespace returns the stored one
+        (unless `dedupe=False`)."""
+        return Stored.of(self._send(_Calls.remember(
+            content, namespace=namespace, type=type, importance=importance,
+            metadata=dict(metadata) if metadata is not None else None, created_at=created_at,
+            dedupe=dedupe,
+        )))  # fmt: skip
+
+    def batch(self, items: Iterable[str | Mapping[str, Any]]) -> builtins.list[Stored]:
+        """Store many memories (texts, or dicts with the fields of `remember`), sent in
+        batches of 1,000, each all or nothing."""
+        stored: builtins.list[Stored] = []
+        for chunk in _chunks(items):
+            stored += [Stored.of(s) for s in self._send(_Calls.batch(chunk))["memories"]]
+        return stored
+
+    def recall(
+        self,
+        query: str,
+        *,
+        top_k: int = 10,
+        namespace: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        types: Iterable[str] | None = None,
+        levels: Iterable[int] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        min_score: float | None = None,
+        explain: bool | None = None,
+        expand: str | None = None,
+        zoom: bool | None = None,
+    ) -> Recall:
+        """The memories that best answer `query`, best first."""
+        return Recall.of(self._send(_Calls.recall(
+            query, top_k=top_k, namespace=namespace, filters=filters, mode=mode,
+            types=types, levels=list(levels) if levels is not None else None,
+            created_after=created_after, created_before=created_before, min_score=min_score,
+            explain=explain, expand=expand, zoom=zoom,
+        )))  # fmt: skip
+
+    def get(self, memory_id: str) -> MemoryRecord:
+        return MemoryRecord.of(self._send(_Calls.get(memory_id)))
+
+    def update(self, memory_id: str, **changes: Any) -> MemoryRecord:
+        """Change `content`, `type`, `importance` or `metadata` (which is replaced)."""
+        return MemoryRecord.of(self._send(_Calls.update(memory_id, changes)))
+
+    def forget(self, memory_id: str) -> None:
+        """Delete a memory, its links and vector."""
+        self._send(_Calls.forget(memory_id))
+
+    def list(
+        self,
+        *,
+        namespace: str | None = None,
+        types: Iterable[str] = (),
+        archived: bool = False,
+        page_size: int = 100,
+    ) -> Iterator[MemoryRecord]:
+        """Every memory, newest first, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            page = self._send(_Calls.page(namespace, types, archived, page_size, cursor))
+            yield from _memories(page)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def link(self, source: str, target: str, kind: str = "related", weight: float = 1.0) -> Link:
+        return Link.of(self._send(_Calls.link(source, target, kind, weight)))
+
+    def unlink(self, source: str, target: str, kind: str = "related") -> None:
+        self._send(_Calls.unlink(source, target, kind))
+
+    def links(self, memory_id: str) -> builtins.list[Link]:
+        return _links(self._send(_Calls.links(memory_id)))
+
+    def children(self, memory_id: str) -> builtins.list[MemoryRecord]:
+        """What a consolidated memory was made from."""
+        return _memories(self._send(_Calls.related(memory_id, "children")))
+
+    def parents(self, memory_id: str) -> builtins.list[MemoryRecord]:
+        """The consolidated memories made from this one."""
+        return _memories(self._send(_Calls.related(memory_id, "parents")))
+
+    def consolidate(self, namespace: str | None = None, *, wait: bool = True) -> Job:
+        """Consolidate episodes into semantic memories and summaries; with `wait`, the
+        finished job, else the job to poll with `job()`."""
+        return Job.of(self._send(_Calls.consolidate(namespace, wait)))
+
+    def job(self, job_id: str) -> Job:
+        return Job.of(self._send(_Calls.job(job_id)))
+
+
+# -- the asyncio client ---------------------------------------------------------------------
+
+
+class AsyncMemory:
+    """`Memory` for asyncio: the same methods, awaited (`list` is an async iterator)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: Retries | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.retries = retries or Retries()
+        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=_headers(api_key),
+                                       timeout=timeout, transport=transport)  # fmt: skip
+
+    async def __aenter__(self) -> AsyncMemory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, call: Call) -> Any:
+        for attempt in range(self.retries.attempts + 1):
+            last = attempt == self.retries.attempts
+            try:
+                response = await self._http.request(**call.request())
+            except httpx.TransportError as exc:
+                if last or not _retryable(call, exc):
+                    raise TransportError(f"{call.method} {call.path}: {exc}") from exc
+                await asyncio.sleep(self.retries.delay(attempt, None))
+                continue
+            if response.status_code in RETRIED_STATUS and not last:
+                await asyncio.sleep(self.retries.delay(attempt, response))
+                continue
+            if response.status_code >= 400:
+                raise _error(response)
+            return response.json()
+        raise AssertionError("unreachable")
+
+    async def remember(self, content: str, **options: Any) -> Stored:
+        """See `Memory.remember`."""
+        if options.get("metadata") is not None:
+            options["metadata"] = dict(options["metadata"])
+        return Stored.of(await self._send(_Calls.remember(content, **options)))
+
+    async def batch(self, items: Iterable[str | Mapping[str, Any]]) -> builtins.list[Stored]:
+        stored: builtins.list[Stored] = []
+        for chunk in _chunks(items):
+            answer = await self._send(_Calls.batch(chunk))
+            stored += [Stored.of(s) for s in answer["memories"]]
+        return stored
+
+    async def recall(self, query: str, *, top_k: int = 10, **options: Any) -> Recall:
+        """See `Memory.recall`."""
+        if options.get("levels") is not None:
+            options["levels"] = list(options["levels"])
+        return Recall.of(await self._send(_Calls.recall(query, top_k=top_k, **options)))
+
+    async def get(self, memory_id: str) -> MemoryRecord:
+        return MemoryRecord.of(await self._send(_Calls.get(memory_id)))
+
+    async def update(self, memory_id: str, **changes: Any) -> MemoryRecord:
+        return MemoryRecord.of(await self._send(_Calls.update(memory_id, changes)))
+
+    async def forget(self, memory_id: str) -> None:
+        await self._send(_Calls.forget(memory_id))
+
+    async def list(
+        self,
+        *,
+        namespace: str | None = None,
+        types: Iterable[str] = (),
+        archived: bool = False,
+        page_size: int = 100,
+    ) -> AsyncIterator[MemoryRecord]:
+        cursor: str | None = None
+        while True:
+            page = await self._send(_Calls.page(namespace, types, archived, page_size, cursor))
+            for record in _memories(page):
+                yield record
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def link(
+        self, source: str, target: str, kind: str = "related", weight: float = 1.0
+    ) -> Link:
+        return Link.of(await self._send(_Calls.link(source, target, kind, weight)))
+
+    async def unlink(self, source: str, target: str, kind: str = "related") -> None:
+        await self._send(_Calls.unlink(source, target, kind))
+
+    async def links(self, memory_id: str) -> builtins.list[Link]:
+        return _links(await self._send(_Calls.links(memory_id)))
+
+    async def children(self, memory_id: str) -> builtins.list[MemoryRecord]:
+        return _memories(await self._send(_Calls.related(memory_id, "children")))
+
+    async def parents(self, memory_id: str) -> builtins.list[MemoryRecord]:
+        return _memories(await self._send(_Calls.related(memory_id, "parents")))
+
+    async def consolidate(self, namespace: str | None = None, *, wait: bool = True) -> Job:
+        return Job.of(await self._send(_Calls.consolidate(namespace, wait)))
+
+    async def job(self, job_id: str) -> Job:
+        return Job.of(await self._send(_Calls.job(job_id)))

@@ -1,0 +1,202 @@
+"""The Python SDK against a live `sfm serve` (one server for the module)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from somafractalmemory import client as sdk
+from tests.conftest import server_environment
+from tests.servers import free_port, server
+
+pytestmark = pytest.mark.slow
+
+
+class Live:
+    def __init__(self, base: str, env: dict[str, str]) -> None:
+        self.base, self.env = base, env
+
+    def sfm(self, *args: str) -> str:
+        command = [sys.executable, "-m", "somafractalmemory.cli", *args]
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    work = tmp_path_factory.mktemp("sdk")
+    with server_environment(work / "data") as env:
+        port = free_port()
+        with server(env, port, work / "server.log"):
+            yield Live(f"http://127.0.0.1:{port}", env)
+
+
+@pytest.fixture
+def memory(live: Live) -> Iterator[sdk.Memory]:
+    with sdk.Memory(live.base) as m:
+        yield m
+
+
+def ns() -> str:
+    return f"sdk-{uuid.uuid4().hex[:10]}"
+
+
+def test_the_sdk_imports_nothing_from_django() -> None:
+    code = "import sys, somafractalmemory.client; print(sorted(m for m in sys.modules if "
+    code += "m.split('.')[0] in ('django', 'ninja', 'torch', 'pymilvus')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_remember_recall_get_update_forget(memory: sdk.Memory) -> None:
+    space = ns()
+    when = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
+    text = "Alice prefers the window seat on long flights"
+    stored = memory.remember(
+        text, namespace=space, importance=0.8, metadata={"user": "alice"}, created_at=when
+    )
+    assert isinstance(stored, sdk.Stored) and stored.id.startswith("mem_")
+    assert stored.created_at == when and not stored.deduplicated
+    again = memory.remember(text, namespace=space)
+    assert again.deduplicated and again.id == stored.id
+    memory.remember("Bob's dentist appointment is on Tuesday", namespace=space)
+
+    found = memory.recall("where does Alice like to sit on a plane?", namespace=space, top_k=2,
+                          explain=True)  # fmt: skip
+    assert isinstance(found, sdk.Recall) and len(found) == 2 and found.mode == "hybrid"
+    best = next(iter(found))
+    assert best.id == stored.id and best.metadata == {"user": "alice"}
+    assert best.explain is not None and best.explain["relevance"] > 0
+    assert memory.recall("Alice", namespace=space, filters={"user": "bob"}).hits == []
+
+    record = memory.get(stored.id)
+    assert isinstance(record, sdk.MemoryRecord)
+    assert record.content.startswith("Alice") and record.importance == 0.8
+    changed = memory.update(stored.id, importance=0.3, metadata={"user": "alice", "v": 2})
+    assert changed.importance == 0.3 and memory.get(stored.id).metadata["v"] == 2
+
+    memory.forget(stored.id)
+    with pytest.raises(sdk.NotFound) as missing:
+        memory.get(stored.id)
+    assert missing.value.status == 404 and missing.value.code == "memory_not_found"
+
+
+def test_errors_carry_the_service_code_and_change_nothing(memory: sdk.Memory) -> None:
+    space = ns()
+    with pytest.raises(sdk.BadRequest) as bad:
+        memory.remember("too important", namespace=space, importance=2.0)
+    assert bad.value.status == 422 and bad.value.code == "validation_error"
+    with pytest.raises(sdk.BadRequest) as bad_filter:
+        memory.recall("x", namespace=space, filters={"$bogus": 1})
+    assert bad_filter.value.code == "invalid_filter"
+    assert list(memory.list(namespace=space)) == []
+
+
+def test_list_pages_through_everything_and_batch_chunks(memory: sdk.Memory) -> None:
+    space = ns()
+    texts = [f"note {i}: the build number of the nightly run was {1000 + i}" for i in range(1005)]
+    stored = memory.batch({"content": t, "namespace": space} for t in texts)
+    assert len(stored) == 1005 and len({s.id for s in stored}) == 1005  # two requests
+    listed = list(memory.list(namespace=space, page_size=200))
+    assert sorted(m.id for m in listed) == sorted(s.id for s in stored)
+    assert all(m.namespace == space for m in listed)
+
+
+def test_links_and_the_hierarchy(memory: sdk.Memory) -> None:
+    space = ns()
+    a = memory.remember("The team moved the launch to March", namespace=space)
+    b = memory.remember("Marketing needs the new launch date", namespace=space)
+    link = memory.link(a.id, b.id, "related", 0.5)
+    assert (link.source, link.target, link.kind, link.weight) == (a.id, b.id, "related", 0.5)
+    assert any(x.target == b.id and x.kind == "related" for x in memory.links(a.id))
+    memory.unlink(a.id, b.id, "related")
+    assert not any(x.kind == "related" for x in memory.links(a.id))
+
+    for i in range(6):
+        when = datetime(2025, 1, 6 + i, tzinfo=UTC)
+        text = f"Standup {i}: the launch slipped because of the payment bug"
+        memory.remember(text, namespace=space, created_at=when)
+    job = memory.consolidate(space)
+    assert job.finished and job.status == "succeeded" and job.result
+    parents = memory.recall("launch", namespace=space, levels=[1], top_k=5)
+    assert parents.hits, job.result
+    children = memory.children(parents.hits[0].id)
+    assert children and all(c.level == 0 for c in children)
+    assert any(p.id == parents.hits[0].id for p in memory.parents(children[0].id))
+    assert memory.job(job.id).status == "succeeded"
+
+
+def test_rate_limited_requests_are_retried_after_retry_after(live: Live) -> None:
+    tenant = f"rl{uuid.uuid4().hex[:8]}"
+    live.sfm("tenant", "create", tenant, "--rpm", "60")
+    secret = live.sfm("key", "create", "--tenant", tenant).strip().splitlines()[-1]
+    retrying = sdk.Memory(live.base, secret, retries=sdk.Retries(attempts=3, backoff=0.05))
+    impatient = sdk.Memory(live.base, secret, retries=sdk.Retries(attempts=0))
+    with retrying, impatient:
+        limited = None
+        for _ in range(70):  # the burst: 60 requests a minute, at once
+            try:
+                impatient.get("mem_missing")
+            except sdk.NotFound:
+                continue
+            except sdk.RateLimited as exc:
+                limited = exc
+                break
+        assert limited is not None and limited.code == "rate_limited"
+        clock = time.monotonic()
+        with pytest.raises(sdk.NotFound):  # answered, after waiting as Retry-After said
+            retrying.get("mem_missing")
+        assert time.monotonic() - clock >= 0.9
+
+
+def test_unreachable_service_raises_after_retries() -> None:
+    with sdk.Memory(f"http://127.0.0.1:{free_port()}",
+                    retries=sdk.Retries(attempts=2, backoff=0.01)) as memory:  # fmt: skip
+        clock = time.monotonic()
+        with pytest.raises(sdk.TransportError):
+            memory.recall("anything")
+        assert time.monotonic() - clock < 5
+
+
+def test_async_client(live: Live) -> None:
+    space = ns()
+
+    async def scenario() -> None:
+        async with sdk.AsyncMemory(live.base) as memory:
+            stored = await memory.remember("Carol's cat is called Miso", namespace=space,
+                                           metadata={"user": "carol"})  # fmt: skip
+            more = await memory.batch([{"content": "Carol lives in Lyon", "namespace": space}])
+            found = await memory.recall("what is the name of Carol's pet?", namespace=space)
+            assert found.hits[0].id == stored.id
+            listed = [m.id async for m in memory.list(namespace=space, page_size=1)]
+            assert sorted(listed) == sorted([stored.id, more[0].id])
+            await memory.forget(stored.id)
+            with pytest.raises(sdk.NotFound):
+                await memory.get(stored.id)
+
+    asyncio.run(scenario())
+
+
+def test_server_errors_are_not_retried_and_keep_their_code() -> None:
+    """A 5xx other than 503 is a bug: raised at once, as ServerError."""
+    calls = []
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(500, json={"error": {"code": "internal_error", "message": "x"}})
+
+    with (
+        sdk.Memory("http://sfm.invalid", transport=httpx.MockTransport(broken)) as memory,
+        pytest.raises(sdk.ServerError) as error,
+    ):
+        memory.get("mem_x")
+    assert error.value.code == "internal_error" and len(calls) == 1
