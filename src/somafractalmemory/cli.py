@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
 
+from somafractalmemory.client import DEFAULT_URL
 from somafractalmemory.errors import ConfigError, SFMError, ValidationFailed
 
 app = typer.Typer(help="SomaFractalMemory: long-term memory for AI agents.", no_args_is_help=True)
@@ -334,6 +339,187 @@ def purge(
         typer.echo(json.dumps(done.as_dict()))
     except SFMError as exc:
         _fail(exc)
+
+
+# -- memories through the running service (the Python SDK) ---------------------------------
+
+Url = Annotated[
+    str, typer.Option("--url", envvar="SFM_URL", help="The service [http://127.0.0.1:10101].")
+]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", envvar="SFM_API_KEY", help="API key, when auth is on.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")]
+NOT_FOUND, REFUSED, UNAVAILABLE = 1, 2, 3  # exit codes of the service commands
+
+
+@contextlib.contextmanager
+def _service(url: str, api_key: str | None) -> Iterator[Any]:
+    """The SDK's client; its errors become an `error [code]: message` line and an exit code:
+    1 not found, 2 refused (bad input, auth, quota), 3 unreachable or failing."""
+    from somafractalmemory import client
+
+    try:
+        with client.Memory(url, api_key) as memory:
+            yield memory
+    except client.NotFound as exc:
+        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        raise typer.Exit(NOT_FOUND) from None
+    except client.ApiError as exc:
+        typer.echo(f"error [{exc.code}]: {exc.message}", err=True)
+        raise typer.Exit(UNAVAILABLE if exc.status >= 500 else REFUSED) from None
+    except client.TransportError as exc:
+        typer.echo(f"error [service_unreachable]: {exc} (is `sfm serve` running?)", err=True)
+        raise typer.Exit(UNAVAILABLE) from None
+
+
+def _json_option(text: str | None, name: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError as exc:
+        typer.echo(f"error [malformed_json]: {name} is not JSON: {exc}", err=True)
+        raise typer.Exit(REFUSED) from None
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(dataclasses.asdict(value), default=str, ensure_ascii=False))
+
+
+@app.command()
+def store(
+    content: str,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    namespace: Annotated[str | None, typer.Option(help="Namespace [default].")] = None,
+    type: Annotated[str | None, typer.Option(help="episodic, semantic or summary.")] = None,
+    importance: Annotated[float | None, typer.Option(help="0 to 1 [0.5].")] = None,
+    metadata: Annotated[str | None, typer.Option(help='JSON object: \'{"user": "u1"}\'.')] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Store a memory through the running service; prints its id."""
+    meta = _json_option(metadata, "--metadata")
+    with _service(url, api_key) as memory:
+        stored = memory.remember(content, namespace=namespace, type=type,
+                                 importance=importance, metadata=meta)  # fmt: skip
+    if as_json:
+        _print_json(stored)
+    else:
+        typer.echo(stored.id + ("  (already stored)" if stored.deduplicated else ""))
+
+
+@app.command()
+def search(
+    query: str,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many.")] = 10,
+    namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
+    filters: Annotated[str | None, typer.Option("--filter", help="Metadata filter (JSON).")] = None,
+    mode: Annotated[str | None, typer.Option(help="hybrid, vector or lexical.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Search through the running service: a table of score, id, type and content."""
+    spec = _json_option(filters, "--filter")
+    with _service(url, api_key) as memory:
+        found = memory.recall(query, top_k=top_k, namespace=namespace, filters=spec, mode=mode)
+    if as_json:
+        answer = {
+            "memories": [dataclasses.asdict(h) for h in found.hits],
+            "latency_ms": found.latency_ms,
+            "mode": found.mode,
+            "warnings": found.warnings,
+        }
+        typer.echo(json.dumps(answer, default=str, ensure_ascii=False))
+        return
+    width = shutil.get_terminal_size((100, 20)).columns
+    typer.echo(f"{'score':>6}  {'id':<24}  {'type':<8}  content")
+    for hit in found:
+        text = " ".join(hit.content.split())
+        room = max(20, width - 44)
+        text = text if len(text) <= room else text[: room - 1] + "…"
+        typer.echo(f"{hit.score:6.3f}  {hit.id:<24}  {hit.type:<8}  {text}")
+    typer.echo(f"{len(found)} memories, {found.latency_ms:.1f} ms ({found.mode})", err=True)
+    for warning in found.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+@app.command()
+def get(
+    memory_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False
+) -> None:
+    """Show one memory through the running service. Exit 1 when there is no such memory."""
+    with _service(url, api_key) as memory:
+        record = memory.get(memory_id)
+    if as_json:
+        _print_json(record)
+        return
+    for name, value in dataclasses.asdict(record).items():
+        shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
+        typer.echo(f"{name:<17}{shown}")
+
+
+@app.command()
+def delete(memory_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
+    """Delete one memory (with its links and vector) through the running service."""
+    with _service(url, api_key) as memory:
+        memory.forget(memory_id)
+    typer.echo(f"deleted {memory_id}")
+
+
+# -- moving memories between stores (JSON lines, on the data directory) ------------------
+
+
+@app.command("export")
+def export_(
+    path: Annotated[str, typer.Argument(help="JSON-lines file to write; '-' for stdout.")],
+    tenant: Annotated[str, typer.Option(help="Whose memories.")] = "default",
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Only these (repeatable).")
+    ] = None,
+) -> None:
+    """Write a tenant's memories with every field, their links and hierarchy, as JSON lines
+    (read from SQL: works while the server runs)."""
+    _django()
+    from somafractalmemory.memories import export
+
+    ids = list(export.memory_ids(tenant, namespace or ()))
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout if path == "-" else stack.enter_context(open(path, "w", encoding="utf-8"))
+        written = export.write(ids, out, progress=_progress("export"))
+    typer.echo(f"exported {written} memories of tenant {tenant!r}", err=True)
+
+
+@app.command("import")
+def import_(
+    path: Annotated[str, typer.Argument(help="A file `sfm export` wrote; '-' for stdin.")],
+    tenant: Annotated[
+        str | None, typer.Option(help="Import everything into this tenant [each record's].")
+    ] = None,
+) -> None:
+    """Import an export: memories, links and hierarchy, with their vectors (or owed to the
+    running server's outbox when it holds the index). Idempotent: memories already there are
+    skipped. The file is checked before anything is written; exit 2 if it is refused."""
+    _django()
+    from django.core.management import call_command
+
+    from somafractalmemory.memories import export
+
+    call_command("migrate", interactive=False, verbosity=0)
+    try:
+        with contextlib.ExitStack() as stack:
+            source = sys.stdin if path == "-" else stack.enter_context(open(path, encoding="utf-8"))
+            done = export.load(source, tenant=tenant, progress=_progress("import"))
+    except OSError as exc:
+        _fail(ValidationFailed(f"cannot read {path}: {exc.strerror}"))
+        return
+    except SFMError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"imported {done.memories} memories ({done.skipped} already there), "
+               f"{done.links} links")  # fmt: skip
+    if done.owed:
+        typer.echo(f"{done.owed} vectors are owed: the running server writes them, or run "
+                   "`sfm reindex --pending` when it is stopped", err=True)  # fmt: skip
 
 
 tenant_app = typer.Typer(help="Tenants: create, list, delete.", no_args_is_help=True)
