@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -263,8 +264,8 @@ def render_profile(points: Sequence[Point], args: argparse.Namespace) -> list[st
     return [
         f"Where the server's CPU samples fall during a third HTTP series at each size "
         f"({args.queries} other questions under py-spy, 200 Hz, idle threads left out; all "
-        f"stacks in `profiles/search-<size>k.txt`): share of samples with the frame on the "
-        "stack / on top of it.",
+        f"stacks in `{os.path.relpath(args.profiles, args.out.parent)}/search-<size>k.txt`): "
+        "share of samples with the frame on the stack / on top of it.",
         "",
         "| frame | " + " | ".join(f"{size:,}" for size, _ in found) + " |",
         "|---|" + "---:|" * len(found),
@@ -347,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.sizes, args.queries = "2000,10000", 50
         args.section = "scale-quick" if args.section == "scale" else args.section
         args.plot = args.plot.with_name("scale-quick.png")
+        args.profiles = args.profiles / "quick" if args.profiles else None
     sizes = sorted(int(s) for s in args.sizes.split(","))
     when, code = datetime.now(UTC), run.revision()
     others = run.OtherLoad()

@@ -15,7 +15,7 @@ from somafractalmemory import backends
 from somafractalmemory.memories import maintenance, services
 from somafractalmemory.memories.models import Memory, VectorTask
 from somafractalmemory.vectors.milvus import MilvusIndex
-from tests.conftest import Api
+from tests.conftest import Api, server_environment
 
 
 def reopen(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch) -> MilvusIndex:
@@ -137,21 +137,19 @@ def test_serve_refuses_several_workers_on_milvus_lite(tmp_path: Path) -> None:
 
 
 def test_maintenance_commands_refuse_a_locked_lite_file(tmp_path: Path) -> None:
-    import os
-
     held = MilvusIndex(str(tmp_path / "milvus.db"), model="all-MiniLM-L6-v2", dim=384)
-    try:
-        env = {**os.environ, "SFM_DATA_DIR": str(tmp_path)}
-        for command in (["doctor"], ["reindex"], ["worker"]):
-            result = run_sfm(*command, env=env)
-            assert result.returncode == 2, result.stderr
-            assert "vector_index_locked" in result.stderr and "another process" in result.stderr
-    finally:
-        held.close()
-    # Closed is released: the engine that held the file has stopped.
-    assert run_sfm("migrate", env=env).returncode == 0
-    doctor = run_sfm("doctor", env=env)
-    assert doctor.returncode == 0, doctor.stderr
+    with server_environment(tmp_path) as env:
+        try:
+            for command in (["doctor"], ["reindex"], ["worker"]):
+                result = run_sfm(*command, env=env)
+                assert result.returncode == 2, result.stderr
+                assert "vector_index_locked" in result.stderr and "another process" in result.stderr
+        finally:
+            held.close()
+        # Closed is released: the engine that held the file has stopped.
+        assert run_sfm("migrate", env=env).returncode == 0
+        doctor = run_sfm("doctor", env=env)
+        assert doctor.returncode == 0, doctor.stderr
 
 
 def test_cli_maintenance_on_a_healthy_store(server_env: dict[str, str]) -> None:
