@@ -67,10 +67,12 @@ class CorpusVectors:
         for number in range(chunks):
             start = number * CHUNK
             texts = [item.content for item in items[start : start + CHUNK]]
-            if len(texts) < CHUNK:  # a partial last chunk is computed, never cached
-                parts.append(self.embedder.embed(texts))
+            path = self._chunk_path(number)
+            if len(texts) < CHUNK:  # a partial last chunk: from its full chunk if cached
+                whole = np.load(path)[: len(texts)] if path.is_file() else None
+                parts.append(whole if whole is not None else self.embedder.embed(texts))
             else:
-                cached = self._chunk_path(number).is_file()
+                cached = path.is_file()
                 parts.append(self._chunk(number, texts))
                 if not cached:
                     _log(f"[vectors] chunk {number + 1}/{chunks} encoded and cached")
