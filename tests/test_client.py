@@ -200,3 +200,11 @@ def test_server_errors_are_not_retried_and_keep_their_code() -> None:
     ):
         memory.get("mem_x")
     assert error.value.code == "internal_error" and len(calls) == 1
+
+
+def test_metrics_on_the_live_server(live: Live, memory: sdk.Memory) -> None:
+    memory.recall("anything at all", namespace=ns())
+    text = httpx.get(f"{live.base}/metrics", timeout=10).text
+    assert 'sfm_searches_total{mode="hybrid"}' in text
+    assert 'route="/api/v2/memory/search",status="200"' in text
+    assert "sfm_outbox_depth" in text and "sfm_embedding_seconds_bucket" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from typing import Any
 
 from django.conf import settings
@@ -24,7 +25,7 @@ from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.responses import Status
 
-from somafractalmemory import __version__, backends, policy
+from somafractalmemory import __version__, backends, metrics, policy
 from somafractalmemory.conf import get_config
 from somafractalmemory.embedding.cache import cache_health
 from somafractalmemory.errors import (
@@ -35,6 +36,7 @@ from somafractalmemory.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    QuotaExceeded,
     RateLimited,
     SFMError,
     Unauthorized,
@@ -115,6 +117,8 @@ ERRORS: dict[int | frozenset[int], Any] = {
 
 
 def error_response(error: SFMError) -> JsonResponse:
+    if isinstance(error, QuotaExceeded | RateLimited):
+        metrics.DENIALS.labels(error.code).inc()
     response = JsonResponse(error.to_dict(), status=error.status)
     if isinstance(error, RateLimited):
         response["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
@@ -703,6 +707,38 @@ class AuthMiddleware:
                 return error_response(DatabaseUnavailable("the database is unavailable; retry"))
             request.principal = caller  # type: ignore[attr-defined]
         return self.get_response(request)
+
+
+def _outbox_depth() -> int:
+    try:
+        return services.outbox_depth()
+    except DatabaseError:
+        return -1  # the scrape still answers; readyz says what is wrong
+
+
+metrics.watch_outbox(_outbox_depth)
+
+
+class MetricsMiddleware:
+    """Counts and times every request, by method, route pattern (not path: ids would make a
+    series per memory) and status."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response: HttpResponse = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        route = "/" + match.route if match is not None and match.route else "unmatched"
+        metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        return response
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format: requests, stores, searches, model and index time, outbox."""
+    return HttpResponse(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
 
 
 class JsonErrorsMiddleware:

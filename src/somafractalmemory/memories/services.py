@@ -35,7 +35,7 @@ from django.db import (
 )
 from django.db.models import F, Q, Sum
 
-from somafractalmemory import backends
+from somafractalmemory import backends, metrics
 from somafractalmemory.conf import get_config
 from somafractalmemory.embedding.cache import embed_query
 from somafractalmemory.errors import (
@@ -185,7 +185,8 @@ def embed_texts(texts: Sequence[str]) -> Any:
     config = get_config()
     embedder = backends.embedder()
     step = config.embedding_batch_size
-    parts = [embedder.embed(texts[i : i + step]) for i in range(0, len(texts), step)]
+    with metrics.timed(metrics.EMBEDDING, "store"):
+        parts = [embedder.embed(texts[i : i + step]) for i in range(0, len(texts), step)]
     import numpy as np
 
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -220,7 +221,8 @@ def write_vectors(memories: Sequence[Memory], vectors: Any = None) -> None:
     for sequence in _episode_sequences(memories):
         contexts.update(_contexts(sequence, set(known), known, rows))
     records = [vector_record(rows[i], known[i], contexts.get(i)) for i in rows]
-    backends.vector_index().upsert(records)
+    with metrics.timed(metrics.INDEX, "upsert"):
+        backends.vector_index().upsert(records)
 
 
 def _episode_sequences(memories: Sequence[Memory]) -> list[list[Memory]]:
@@ -421,6 +423,7 @@ def store_many(
             VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT, next_attempt_at=grace())
             for m in changed
         )
+    metrics.STORED.inc(len(created))
     if created:
         index_or_owe(list(created.values()), vectors, tasks[: len(created)])
         if config.auto_link:
@@ -966,6 +969,10 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
     hits = _score(legs, query, tenant)
     reinforce(h.memory.id for h in hits)
     done = time.perf_counter()
+    metrics.SEARCHES.labels(mode).inc()
+    if vector is not None:
+        metrics.EMBEDDING.labels("query").observe(embedded - embedding_started)
+    metrics.INDEX.labels("search").observe(searched - embedded)
     return Recall(
         hits=hits,
         latency_ms=(done - started) * 1000,

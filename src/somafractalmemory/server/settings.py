@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "somafractalmemory.memories",
 ]
 MIDDLEWARE = [
+    "somafractalmemory.memories.api.MetricsMiddleware",
     "django.middleware.common.CommonMiddleware",
     "somafractalmemory.memories.api.JsonErrorsMiddleware",
     "somafractalmemory.memories.api.AuthMiddleware",

@@ -1,4 +1,5 @@
-"""Where a request goes: /api/v2/* to the Ninja API, /healthz and /readyz to probes."""
+"""Where a request goes: /api/v2/* to the Ninja API, /healthz and /readyz to probes,
+/metrics to Prometheus."""
 
 from pathlib import Path
 
@@ -6,7 +7,15 @@ import ninja
 from django.urls import path, re_path
 from django.views.static import serve
 
-from somafractalmemory.memories.api import api, healthz, json_400, json_404, json_500, readyz
+from somafractalmemory.memories.api import (
+    api,
+    healthz,
+    json_400,
+    json_404,
+    json_500,
+    metrics_view,
+    readyz,
+)
 
 # The docs UI's own scripts ship inside django-ninja; serve them without a CDN or collectstatic.
 NINJA_STATIC = Path(ninja.__file__).parent / "static" / "ninja"
@@ -15,6 +24,7 @@ urlpatterns = [
     path("api/v2/", api.urls),
     path("healthz", healthz),
     path("readyz", readyz),
+    path("metrics", metrics_view),
     re_path(r"^static/ninja/(?P<path>.+)$", serve, {"document_root": str(NINJA_STATIC)}),
 ]
 
