@@ -146,6 +146,34 @@ def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         yield env
 
 
+class Live:
+    """A running `sfm serve` (its base URL) and the environment of its data directory."""
+
+    def __init__(self, base: str, env: dict[str, str]) -> None:
+        self.base, self.env = base, env
+
+    def sfm(self, *args: str) -> str:
+        import subprocess
+        import sys
+
+        command = [sys.executable, "-m", "somafractalmemory.cli", *args]
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """One live server for a test module."""
+    from tests.servers import free_port, server
+
+    work = tmp_path_factory.mktemp("live")
+    with server_environment(work / "data") as env:
+        port = free_port()
+        with server(env, port, work / "server.log"):
+            yield Live(f"http://127.0.0.1:{port}", env)
+
+
 @pytest.fixture
 def fresh_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The service uses an empty Milvus Lite index of its own for this test."""

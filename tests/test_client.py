@@ -14,30 +14,10 @@ import httpx
 import pytest
 
 from somafractalmemory import client as sdk
-from tests.conftest import server_environment
-from tests.servers import free_port, server
+from tests.conftest import Live
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
-
-
-class Live:
-    def __init__(self, base: str, env: dict[str, str]) -> None:
-        self.base, self.env = base, env
-
-    def sfm(self, *args: str) -> str:
-        command = [sys.executable, "-m", "somafractalmemory.cli", *args]
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    work = tmp_path_factory.mktemp("sdk")
-    with server_environment(work / "data") as env:
-        port = free_port()
-        with server(env, port, work / "server.log"):
-            yield Live(f"http://127.0.0.1:{port}", env)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "somafractalmemory"
 RANKS = {
     "errors": 0,
     "conf": 1,
+    "metrics": 1,
+    "client": 1,  # the SDK: imports nothing of the service
     "retrieval": 2,
     "embedding": 3,
     "vectors": 3,
@@ -27,12 +29,13 @@ RANKS = {
     "memories.hierarchy": 5.7,
     "memories.forgetting": 5.7,
     "memories.erasure": 5.7,
-    "memories.export": 4.7,
+    "memories.export": 5.6,
     "memories.maintenance": 6,
     "memories.schemas": 5,
     "memories.api": 7,
     "memories.apps": 7,
     "server": 8,
+    "mcp_server": 8.5,
     "cli": 9,
 }
 

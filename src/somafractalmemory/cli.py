@@ -466,6 +466,23 @@ def delete(memory_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None) -> No
     typer.echo(f"deleted {memory_id}")
 
 
+@app.command()
+def mcp(
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+    transport: Annotated[str, typer.Option(help="stdio, or http (streamable HTTP).")] = "stdio",
+    host: Annotated[str, typer.Option(help="Address to bind (http).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind (http); endpoint /mcp.")] = 10102,
+) -> None:
+    """The memory as MCP tools (remember, recall, forget, get_memory, link), calling the
+    running service."""
+    if transport not in ("stdio", "http"):
+        _fail(ValidationFailed("--transport must be stdio or http"))
+    from somafractalmemory.mcp_server import run
+
+    run(url, api_key, transport, host, port)
+
+
 # -- moving memories between stores (JSON lines, on the data directory) ------------------
 
 
