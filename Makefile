@@ -31,7 +31,15 @@ typecheck: install
 PG_URL ?= postgresql://postgres@127.0.0.1:5432/sfm
 REDIS_URL ?= redis://127.0.0.1:6379/15
 
-pytest: install
+# Debian's Chromium and ChromeDriver for the dashboard's browser test, when missing. Without
+# them (no apt-get, no root) that test is skipped here and fails under CI.
+BROWSER := /usr/bin/chromedriver
+$(BROWSER):
+	-command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	  chromium chromium-driver >/dev/null || (apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null)
+
+pytest: install $(BROWSER)
 	$(BIN)/pytest
 	SFM_DATABASE_URL=$(PG_URL) SFM_REDIS_URL=$(REDIS_URL) $(BIN)/pytest
 	SFM_DATABASE_URL=$(PG_URL) $(BIN)/pytest -m "not slow"

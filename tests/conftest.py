@@ -67,6 +67,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Change SFM_* settings for one test (the process-wide config is re-read)."""
+
+    def put(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"SFM_{name.upper()}", value)
+        get_config.cache_clear()
+
+    yield put
+    monkeypatch.undo()
+    get_config.cache_clear()
+
+
+@pytest.fixture
 def namespace() -> str:
     """A namespace no other test uses: the vector index outlives each test's SQL rollback."""
     return f"t-{uuid.uuid4().hex[:12]}"

@@ -34,6 +34,7 @@ RANKS = {
     "memories.schemas": 5,
     "memories.api": 7,
     "memories.apps": 7,
+    "dashboard": 7.5,
     "server": 8,
     "mcp_server": 8.5,
     "cli": 9,

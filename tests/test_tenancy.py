@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from somafractalmemory.conf import get_config
 from somafractalmemory.memories import tenancy
 from somafractalmemory.memories.models import ApiKey, AuditEntry
 from tests.conftest import Api
 from tests.servers import JsonHandler, local_http
-
-
-@pytest.fixture
-def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Change SFM_* settings for one test (the process-wide config is re-read)."""
-
-    def put(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(f"SFM_{name.upper()}", value)
-        get_config.cache_clear()
-
-    yield put
-    monkeypatch.undo()
-    get_config.cache_clear()
 
 
 def tenant_with_key(name: str | None = None, scopes: tuple[str, ...] = ("read", "write"),

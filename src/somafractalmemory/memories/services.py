@@ -892,6 +892,8 @@ class Query:
         return self.levels or (() if self.types else (0,))
 
     scoring: ranking.Scoring = field(default_factory=ranking.Scoring)
+    reinforce: bool = True
+    """Count the hits as recalled (strength, recency). The dashboard's reads do not."""
 
 
 def _where(query: Query) -> filters.Node | None:
@@ -967,7 +969,8 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         legs = {"lexical": _sql_lexical(tenant, query, where, text, pool)}
     searched = time.perf_counter()
     hits = _score(legs, query, tenant)
-    reinforce(h.memory.id for h in hits)
+    if query.reinforce:
+        reinforce(h.memory.id for h in hits)
     done = time.perf_counter()
     metrics.SEARCHES.labels(mode).inc()
     if vector is not None:

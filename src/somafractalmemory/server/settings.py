@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "ninja",
     "somafractalmemory.memories",
+    "somafractalmemory.dashboard",
 ]
 MIDDLEWARE = [
     "somafractalmemory.memories.api.MetricsMiddleware",

@@ -1,10 +1,10 @@
 """Where a request goes: /api/v2/* to the Ninja API, /healthz and /readyz to probes,
-/metrics to Prometheus."""
+/metrics to Prometheus, the rest to the dashboard."""
 
 from pathlib import Path
 
 import ninja
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 from django.views.static import serve
 
 from somafractalmemory.memories.api import (
@@ -26,6 +26,7 @@ urlpatterns = [
     path("readyz", readyz),
     path("metrics", metrics_view),
     re_path(r"^static/ninja/(?P<path>.+)$", serve, {"document_root": str(NINJA_STATIC)}),
+    path("", include("somafractalmemory.dashboard.urls")),
 ]
 
 handler400 = json_400
