@@ -12,6 +12,7 @@ RANKS = {
     "errors": 0,
     "conf": 1,
     "metrics": 1,
+    "logs": 1,
     "client": 1,  # the SDK: imports nothing of the service
     "retrieval": 2,
     "embedding": 3,

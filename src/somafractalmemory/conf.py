@@ -88,6 +88,13 @@ class Config:
     milvus_timeout: float = field(
         default=10.0, metadata=_doc("Seconds before a Milvus call is abandoned.")
     )
+    log_format: str = field(
+        default="text",
+        metadata=_doc(
+            "`text`, or `json`: one JSON object per line (time, level, logger, message, "
+            "request_id). Every record of a request carries its `X-Request-ID`."
+        ),
+    )
     milvus_index_type: str = field(
         default="auto",
         metadata=_doc(
@@ -350,6 +357,8 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
         raise ConfigError(
             f"setting 'embedder': expected 'local' or 'http', got {config.embedder!r}"
         )
+    if config.log_format not in ("text", "json"):
+        raise ConfigError("setting 'log_format' must be 'text' or 'json'")
     if config.milvus_index_type not in INDEX_TYPES:
         raise ConfigError(f"setting 'milvus_index_type' must be one of {list(INDEX_TYPES)}")
     if config.embedding_runtime not in ("onnx", "torch"):

@@ -25,7 +25,7 @@ from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.responses import Status
 
-from somafractalmemory import __version__, backends, metrics, policy
+from somafractalmemory import __version__, backends, logs, metrics, policy
 from somafractalmemory.conf import get_config
 from somafractalmemory.embedding.cache import cache_health
 from somafractalmemory.errors import (
@@ -719,21 +719,37 @@ def _outbox_depth() -> int:
 metrics.watch_outbox(_outbox_depth)
 
 
-class MetricsMiddleware:
-    """Counts and times every request, by method, route pattern (not path: ids would make a
-    series per memory) and status."""
+ACCESS = logging.getLogger("somafractalmemory.access")
+
+
+class RequestMiddleware:
+    """Per request: an id (the caller's `X-Request-ID` when sane, else new) on every log
+    record and in the answer; one access log line; counts and times for /metrics by method,
+    route pattern (not path: ids would make a series per memory) and status."""
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
-        response: HttpResponse = self.get_response(request)
-        match = getattr(request, "resolver_match", None)
-        route = "/" + match.route if match is not None and match.route else "unmatched"
-        metrics.LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
-        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        return response
+        token = logs.REQUEST_ID.set(logs.request_id(request.headers.get("X-Request-ID")))
+        try:
+            response: HttpResponse = self.get_response(request)
+            response["X-Request-ID"] = logs.REQUEST_ID.get()
+            match = getattr(request, "resolver_match", None)
+            route = "/" + match.route if match is not None and match.route else "unmatched"
+            seconds = time.perf_counter() - started
+            metrics.LATENCY.labels(request.method, route).observe(seconds)
+            metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+            ACCESS.info(
+                "%s %s %s %.1f ms", request.method, request.path_info, response.status_code,
+                seconds * 1000,
+                extra={"method": request.method, "route": route,
+                       "status": response.status_code, "ms": round(seconds * 1000, 2)},
+            )  # fmt: skip
+            return response
+        finally:
+            logs.REQUEST_ID.reset(token)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

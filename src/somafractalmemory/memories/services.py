@@ -11,6 +11,7 @@ import base64
 import binascii
 import bisect
 import contextlib
+import contextvars
 import hashlib
 import hmac
 import json
@@ -932,8 +933,8 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
 
     def leg(search: Any, probe: Any, context: bool) -> Any:
         return _LEG_POOL.submit(
-            search, probe, tenant=tenant, namespace=query.namespace, where=where,
-            top_k=pool, context=context,
+            contextvars.copy_context().run, search, probe, tenant=tenant,
+            namespace=query.namespace, where=where, top_k=pool, context=context,
         )  # fmt: skip
 
     # The legs are independent index calls, run at once; the lexical ones need no vector,

@@ -7,6 +7,7 @@ from typing import Any
 import dj_database_url
 
 from somafractalmemory.conf import get_config
+from somafractalmemory.logs import logging_config
 
 CONFIG = get_config()
 
@@ -28,7 +29,7 @@ INSTALLED_APPS = [
     "somafractalmemory.dashboard",
 ]
 MIDDLEWARE = [
-    "somafractalmemory.memories.api.MetricsMiddleware",
+    "somafractalmemory.memories.api.RequestMiddleware",
     "django.middleware.common.CommonMiddleware",
     "somafractalmemory.memories.api.JsonErrorsMiddleware",
     "somafractalmemory.memories.api.AuthMiddleware",
@@ -100,10 +101,4 @@ CACHES = {
     )
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": "INFO"},
-    "loggers": {"django.request": {"level": "ERROR"}},
-}
+LOGGING = logging_config(CONFIG.log_format)
