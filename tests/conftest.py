@@ -163,8 +163,8 @@ def server_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 class Live:
     """A running `sfm serve` (its base URL) and the environment of its data directory."""
 
-    def __init__(self, base: str, env: dict[str, str]) -> None:
-        self.base, self.env = base, env
+    def __init__(self, base: str, env: dict[str, str], log: Path) -> None:
+        self.base, self.env, self.log = base, env, log
 
     def sfm(self, *args: str) -> str:
         import subprocess
@@ -185,7 +185,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     with server_environment(work / "data") as env:
         port = free_port()
         with server(env, port, work / "server.log"):
-            yield Live(f"http://127.0.0.1:{port}", env)
+            yield Live(f"http://127.0.0.1:{port}", env, work / "server.log")
 
 
 @pytest.fixture

@@ -188,3 +188,14 @@ def test_metrics_on_the_live_server(live: Live, memory: sdk.Memory) -> None:
     assert 'sfm_searches_total{mode="hybrid"}' in text
     assert 'route="/api/v2/memory/search",status="200"' in text
     assert "sfm_outbox_depth" in text and "sfm_embedding_seconds_bucket" in text
+
+
+def test_request_ids_on_the_live_server(live: Live) -> None:
+    answered = httpx.get(f"{live.base}/healthz", headers={"X-Request-ID": "trace-42"}, timeout=10)
+    assert answered.headers["X-Request-ID"] == "trace-42"
+    fresh = httpx.get(f"{live.base}/api/v2/memory/mem_none", timeout=10)
+    assert fresh.status_code == 404 and len(fresh.headers["X-Request-ID"]) == 32
+    deadline = time.monotonic() + 10
+    while "[trace-42] GET /healthz 200" not in live.log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "no access line with the request id in the log"
+        time.sleep(0.2)

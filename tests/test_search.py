@@ -262,3 +262,10 @@ def test_hits_are_read_in_two_queries_and_only_the_top_k_opened(api: Api, namesp
     assert '"memories_memory"."content"' not in reads[0]  # ranking reads nothing sealed
     assert '"memories_memory"."content"' in reads[1]
     assert all(h.memory.content.startswith("Harbour log") for h in found.hits)
+
+
+def test_search_of_an_empty_store_is_hybrid_and_finds_nothing(fresh_index: Any, db: None) -> None:
+    from somafractalmemory.memories import services
+
+    found = services.recall("anything at all")
+    assert found.hits == [] and found.mode == "hybrid" and found.warnings == []

@@ -275,10 +275,17 @@ class MilvusIndex:
     ) -> list[VectorHit]:
         if not tokens:
             return []
-        return self._search(
-            tokens, "context_sparse" if context else "sparse", "BM25",
-            tenant=tenant, namespace=namespace, where=where, top_k=top_k,
-        )  # fmt: skip
+        try:
+            return self._search(
+                tokens, "context_sparse" if context else "sparse", "BM25",
+                tenant=tenant, namespace=namespace, where=where, top_k=top_k,
+            )  # fmt: skip
+        except IndexUnavailable as exc:
+            # Milvus Lite cannot score BM25 before the collection holds a document (its
+            # average length is 0, the scores NaN): nothing to find is not a failure.
+            if "NaN or Inf" in exc.message and self.count() == 0:
+                return []
+            raise
 
     def _search(
         self,
