@@ -350,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.plot = args.plot.with_name("scale-quick.png")
         args.profiles = args.profiles / "quick" if args.profiles else None
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    run.READY_TIMEOUT = 900.0  # a server opening a million memories loads them all first
     when, code = datetime.now(UTC), run.revision()
     others = run.OtherLoad()
     others.start()

@@ -121,11 +121,22 @@ def _warm_up(worker: Any) -> None:
     """Load the model and open the index before the first request, in the worker process."""
     from somafractalmemory import backends
 
+    # Opening a large Milvus Lite file loads all of it (minutes at a million memories):
+    # keep telling the arbiter this worker is alive, or it kills it after `timeout`.
+    opened = threading.Event()
+
+    def alive() -> None:
+        while not opened.wait(5.0):
+            worker.notify()
+
+    threading.Thread(target=alive, name="sfm-warm-up", daemon=True).start()
     try:
         backends.vector_index()
     except SFMError as exc:
         worker.log.error("error [%s]: %s", exc.code, exc.message)
         sys.exit(4)  # gunicorn stops when a worker fails to boot
+    finally:
+        opened.set()
     _background(threading.Event())
 
 
