@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -374,6 +375,27 @@ def _retryable(call: Call, error: httpx.TransportError) -> bool:
     )
 
 
+def _retry_after(
+    call: Call, retries: Retries, attempt: int, outcome: httpx.Response | httpx.TransportError
+) -> float | None:
+    """Seconds to wait before sending `call` again after this outcome, or None: it stands.
+    The retry policy both clients share; they differ only in how they wait."""
+    if attempt >= retries.attempts:
+        return None
+    if isinstance(outcome, httpx.TransportError):
+        return retries.delay(attempt, None) if _retryable(call, outcome) else None
+    return retries.delay(attempt, outcome) if outcome.status_code in RETRIED_STATUS else None
+
+
+def _result(call: Call, outcome: httpx.Response | httpx.TransportError) -> Any:
+    """The answer's JSON, or the error the outcome stands for."""
+    if isinstance(outcome, httpx.TransportError):
+        raise TransportError(f"{call.method} {call.path}: {outcome}") from outcome
+    if outcome.status_code >= 400:
+        raise _error(outcome)
+    return outcome.json()
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     headers = {"User-Agent": "somafractalmemory-client"}
     if api_key:
@@ -410,21 +432,17 @@ class Memory:
         self._http.close()
 
     def _send(self, call: Call) -> Any:
-        for attempt in range(self.retries.attempts + 1):
-            last = attempt == self.retries.attempts
+        for attempt in itertools.count():
             try:
-                response = self._http.request(**call.request())
+                outcome: httpx.Response | httpx.TransportError = self._http.request(
+                    **call.request()
+                )
             except httpx.TransportError as exc:
-                if last or not _retryable(call, exc):
-                    raise TransportError(f"{call.method} {call.path}: {exc}") from exc
-                time.sleep(self.retries.delay(attempt, None))
-                continue
-            if response.status_code in RETRIED_STATUS and not last:
-                time.sleep(self.retries.delay(attempt, response))
-                continue
-            if response.status_code >= 400:
-                raise _error(response)
-            return response.json()
+                outcome = exc
+            wait = _retry_after(call, self.retries, attempt, outcome)
+            if wait is None:
+                return _result(call, outcome)
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def remember(
@@ -562,21 +580,17 @@ class AsyncMemory:
         await self._http.aclose()
 
     async def _send(self, call: Call) -> Any:
-        for attempt in range(self.retries.attempts + 1):
-            last = attempt == self.retries.attempts
+        for attempt in itertools.count():
             try:
-                response = await self._http.request(**call.request())
+                outcome: httpx.Response | httpx.TransportError = await self._http.request(
+                    **call.request()
+                )
             except httpx.TransportError as exc:
-                if last or not _retryable(call, exc):
-                    raise TransportError(f"{call.method} {call.path}: {exc}") from exc
-                await asyncio.sleep(self.retries.delay(attempt, None))
-                continue
-            if response.status_code in RETRIED_STATUS and not last:
-                await asyncio.sleep(self.retries.delay(attempt, response))
-                continue
-            if response.status_code >= 400:
-                raise _error(response)
-            return response.json()
+                outcome = exc
+            wait = _retry_after(call, self.retries, attempt, outcome)
+            if wait is None:
+                return _result(call, outcome)
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
     async def remember(self, content: str, **options: Any) -> Stored:
