@@ -7,6 +7,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,25 @@ def django_db_modify_db_settings() -> None:
         database.setdefault("TEST", {})["NAME"] = f"test_sfm_{uuid.uuid4().hex[:10]}"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clock-shift",
+        type=float,
+        default=0.0,
+        metavar="DAYS",
+        help="Run with this process's wall clock moved DAYS ahead (it keeps ticking): no test "
+        "may depend on today's date. Monotonic clocks and server processes are not moved.",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: starts real server processes")
+    days = config.getoption("--clock-shift")
+    if days:
+        import time_machine
+
+        moved = datetime.now(UTC) + timedelta(days=days)
+        time_machine.travel(moved, tick=True).start()
 
 
 @pytest.fixture
