@@ -41,8 +41,11 @@ def measure(embedder: Any, questions: Sequence[str], texts: Sequence[str]) -> di
     vectors = np.concatenate(
         [embedder.embed(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]
     )
-    return {"single": run.Stats.of(single), "per_second": len(texts) / clock.seconds,
-            "vectors": vectors}  # fmt: skip
+    return {
+        "single": run.Stats.of(single),
+        "per_second": len(texts) / clock.seconds,
+        "vectors": vectors,
+    }
 
 
 def locomo(path: Path | None) -> dict[str, Any] | None:
@@ -71,8 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fast = OnnxEmbedder(cache_dir=Path(tmp))
         fast.embed(["warm-up"])
         export_s = clock.seconds
-        results = {"torch": measure(LocalEmbedder(), questions, texts),
-                   "onnx": measure(fast, questions, texts)}  # fmt: skip
+        results = {
+            "torch": measure(LocalEmbedder(), questions, texts),
+            "onnx": measure(fast, questions, texts),
+        }
     cosines = (results["torch"]["vectors"] * results["onnx"]["vectors"]).sum(axis=1)
     torch_, onnx_ = results["torch"], results["onnx"]
     lines = [
@@ -96,11 +101,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"mean {cosines.mean():.7f}.",
         "",
     ]
-    recall = {name: locomo(path) for name, path in
-              (("torch", args.locomo_torch), ("onnx", args.locomo_onnx))}  # fmt: skip
+    recall = {
+        name: locomo(path)
+        for name, path in (("torch", args.locomo_torch), ("onnx", args.locomo_onnx))
+    }
     if all(recall.values()):
-        lines += ["LoCoMo dev (`bench/locomo_eval.py`, default search) with each runtime:", "",
-                  "| runtime | recall@10 | MRR |", "|---|---:|---:|"]  # fmt: skip
+        lines += [
+            "LoCoMo dev (`bench/locomo_eval.py`, default search) with each runtime:",
+            "",
+            "| runtime | recall@10 | MRR |",
+            "|---|---:|---:|",
+        ]
         for name, found in recall.items():
             assert found is not None
             hybrid = found["hybrid"]

@@ -92,7 +92,7 @@ class Background(threading.Thread):
 def load(n: int, every: int) -> dict[str, int]:
     """N memories: rows in bulk, index records with random unit vectors, follows chains."""
     from somafractalmemory import backends
-    from somafractalmemory.memories import services
+    from somafractalmemory.memories import identity, indexing
     from somafractalmemory.memories.models import Link, Memory
 
     index = backends.vector_index()
@@ -112,25 +112,32 @@ def load(n: int, every: int) -> dict[str, int]:
             counts["subject"] += user == "subject"
             namespace = f"ns-{i % NAMESPACES}"
             memory = Memory(
-                id=services.new_id("mem"), tenant_id="default", namespace=namespace,
-                type="episodic", content=item.content, metadata={**item.metadata, "user_id": user},
-                importance=item.importance, embedding_id=services.new_id("vec"),
-                created_at=start + timedelta(seconds=i), stored_at=now,
-                content_hash=services.content_hash(item.content, "default"),
-                tokens=services.tokens_of(item.content, "default"),
-                size=len(item.content.encode()),
-            )  # fmt: skip
+                id=identity.new_id("mem"),
+                tenant_id="default",
+                namespace=namespace,
+                type="episodic",
+                metadata={**item.metadata, "user_id": user},
+                importance=item.importance,
+                created_at=start + timedelta(seconds=i),
+                stored_at=now,
+            )
+            memory.set_content(item.content)
             rows.append(memory)
             if namespace in last:
-                edges.append(Link(tenant_id="default", source_id=memory.id,
-                                  target_id=last[namespace], kind="follows"))  # fmt: skip
+                follows = Link(
+                    tenant_id="default",
+                    source_id=memory.id,
+                    target_id=last[namespace],
+                    kind="follows",
+                )
+                edges.append(follows)
             last[namespace] = memory.id
         Memory.objects.bulk_create(rows)
         Link.objects.bulk_create(edges)
         counts["links"] += len(edges)
         vectors = rng.standard_normal((len(rows), backends.embedder().dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        index.upsert([services.vector_record(m, v) for m, v in zip(rows, vectors, strict=True)])
+        index.upsert([indexing.vector_record(m, v) for m, v in zip(rows, vectors, strict=True)])
         progress.update(min(at + CHUNK, n))
     return counts
 
@@ -153,13 +160,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra: dict[str, str] = {}
         if args.backend == "postgres+redis":
             run.flush_redis()
-            extra = {"SFM_DATABASE_URL": stack.enter_context(run.postgres_database()),
-                     "SFM_REDIS_URL": run.REDIS_URL}  # fmt: skip
+            extra = {
+                "SFM_DATABASE_URL": stack.enter_context(run.postgres_database()),
+                "SFM_REDIS_URL": run.REDIS_URL,
+            }
         run.use_env(run.settings_env(tmp / "data", config, extra))
         run.start_django()
         run.open_backends()
         from somafractalmemory import backends
-        from somafractalmemory.memories import erasure, services
+        from somafractalmemory.memories import services
+        from somafractalmemory.memories.jobs import erasure
         from somafractalmemory.memories.models import Memory
 
         clock = run.Clock()
@@ -175,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         clock = run.Clock()
         for memory_id in ids:
-            services.forget(memory_id)
+            services.delete(memory_id)
         one_by_one_ms = clock.ms / len(ids)
 
         background = Background(corpus.questions(300))

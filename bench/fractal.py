@@ -6,7 +6,7 @@ auto-linking on store.
 
 Embedded default settings in a fresh temporary data directory. For each size n, n synthetic
 memories (bench/corpus.py, stored as episodes, as many per day at every size) go into a
-namespace of their own; then `hierarchy.consolidate` runs on it three times: from scratch,
+namespace of their own; then `consolidation.consolidate` runs on it three times: from scratch,
 again with nothing new (idempotent), and after 1% more episodes (incremental). Then single
 stores (as `POST /memory/store` does them) and batches of 200 into the largest namespace,
 alternating auto-linking on and off so that both see the same machine. The report replaces
@@ -76,23 +76,23 @@ def at_density(items: Sequence[Any], factor: float) -> list[Any]:
 
 
 def consolidation(n: int, items: Sequence[Any], extra: Sequence[Any]) -> Scaling:
-    from somafractalmemory.memories import hierarchy
+    from somafractalmemory.memories.jobs import consolidation
 
     namespace = f"fractal-{n}"
     stored = store_all(items, namespace)
     run.log(f"[consolidate] {n:,} episodes stored in {stored:.1f} s")
     clock = run.Clock()
-    result = hierarchy.consolidate(namespace).as_dict()
+    result = consolidation.consolidate(namespace).as_dict()
     first = clock.seconds
     run.log(f"[consolidate] {n:,}: {first:.1f} s, {result['created']:,} parents")
     clock = run.Clock()
-    again = hierarchy.consolidate(namespace).as_dict()
+    again = consolidation.consolidate(namespace).as_dict()
     again_s = clock.seconds
     if again["created"] or again["updated"] or again["refreshed"]:
         raise RuntimeError(f"re-run changed the tree: {again}")
     store_all(extra, namespace)
     clock = run.Clock()
-    hierarchy.consolidate(namespace)
+    consolidation.consolidate(namespace)
     incremental = clock.seconds
     return Scaling(n, stored, first, again_s, incremental, len(extra), result)
 
@@ -107,11 +107,15 @@ def set_auto_link(on: bool) -> None:
 
 def store_costs(items: Sequence[Any], namespace: str, singles: int) -> dict[str, run.Stats]:
     """Single stores and batches, alternating auto-linking on and off."""
-    from somafractalmemory.memories import services
+    from somafractalmemory.memories import linking
     from somafractalmemory.memories.services import store_many
 
-    times: dict[str, list[float]] = {"single on": [], "single off": [], "batch on": [],
-                                     "batch off": []}  # fmt: skip
+    times: dict[str, list[float]] = {
+        "single on": [],
+        "single off": [],
+        "batch on": [],
+        "batch off": [],
+    }
     pool = iter(replace(i, namespace=namespace) for i in items)
     for k in range(singles):
         on = k % 2 == 0
@@ -130,7 +134,7 @@ def store_costs(items: Sequence[Any], namespace: str, singles: int) -> dict[str,
         # A batch's links to the index are made on a background thread after the answer:
         # wait for them (untimed above), so that they do not slow the next batch down.
         clock = run.Clock()
-        services._LINK_POOL.submit(lambda: None).result()
+        linking.POOL.submit(lambda: None).result()
         if on:
             background.append(clock.ms)
     set_auto_link(True)

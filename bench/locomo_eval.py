@@ -165,18 +165,18 @@ def store(conversation: Conversation, namespace: str) -> dict[str, str]:
 
 
 def search(text: str, namespace: str, mode: str) -> list[str]:
-    from somafractalmemory.memories import hierarchy, links
+    from somafractalmemory.memories import links, recall, tree
     from somafractalmemory.memories.models import Memory
-    from somafractalmemory.memories.services import Query, recall
+    from somafractalmemory.memories.services import Query
 
     if mode in FLAT:
         query = Query(namespace=namespace, top_k=TOP_K, mode=mode)  # default: level 0
-        return [h.memory.id for h in recall(text, query).hits]
+        return [h.memory.id for h in recall.recall(text, query).hits]
     if mode == "zoom":
-        zoomed = hierarchy.zoom(text, Query(namespace=namespace, top_k=TOP_K))
+        zoomed = recall.zoom(text, Query(namespace=namespace, top_k=TOP_K))
         return [h.memory.id for h in zoomed.hits]
-    every = tuple(range(hierarchy.MAX_LEVEL + 1))
-    hits = recall(text, Query(namespace=namespace, top_k=TOP_K, levels=every)).hits
+    every = tuple(range(tree.MAX_LEVEL + 1))
+    hits = recall.recall(text, Query(namespace=namespace, top_k=TOP_K, levels=every)).hits
     order = {m: n for n, m in enumerate(search(text, namespace, "hybrid"))}
     ranked: list[str] = []
     for hit in hits:
@@ -192,7 +192,7 @@ def search(text: str, namespace: str, mode: str) -> list[str]:
 
 
 def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
-    from somafractalmemory.memories import hierarchy
+    from somafractalmemory.memories.jobs import consolidation
 
     scores = {mode: Score() for mode in MODES}
     by_category: dict[str, defaultdict[str, Score]] = {mode: defaultdict(Score) for mode in MODES}
@@ -203,11 +203,11 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
         started = time.perf_counter()
         ids = store(conversation, namespace)
         stored_s = time.perf_counter() - started
-        tree = hierarchy.consolidate(namespace).as_dict()
+        made = consolidation.consolidate(namespace).as_dict()
         print(
             f"[{number}/{len(conversations)}] {conversation.sample_id}: {len(ids)} turns stored "
             f"in {stored_s:.1f} s, consolidated in {time.perf_counter() - started - stored_s:.1f}"
-            f" s ({tree['created']} parents); {len(conversation.questions)} questions",
+            f" s ({made['created']} parents); {len(conversation.questions)} questions",
             file=sys.stderr,
         )
         for question in conversation.questions:

@@ -540,7 +540,7 @@ def measure_search(
     filtered_vectors = backends.embedder().embed(queries.filtered)
     filtered_found, filtered_index_only = time_index_only(filtered_vectors, FILTER)
     sub_exact, filtered_numpy = time_numpy(np.ascontiguousarray(matrix[mask]), filtered_vectors)
-    from somafractalmemory.memories.services import candidate_pool
+    from somafractalmemory.memories.recall import candidate_pool
 
     return SearchResults(
         pool=candidate_pool(TOP_K),

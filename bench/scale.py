@@ -62,7 +62,7 @@ class Point:
 def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None:
     """Rows in bulk and their index records, for memories number offset.. of the corpus."""
     from somafractalmemory import backends
-    from somafractalmemory.memories import services
+    from somafractalmemory.memories import identity, indexing
     from somafractalmemory.memories.models import Memory
 
     index = backends.vector_index()
@@ -72,19 +72,21 @@ def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None
     for at in range(0, len(items), CHUNK):
         rows = []
         for i, item in enumerate(items[at : at + CHUNK], start=offset + at):
-            rows.append(Memory(
-                id=services.new_id("mem"), tenant_id="default",
-                namespace=f"ns-{i % NAMESPACES}", type="episodic", content=item.content,
-                metadata=item.metadata, importance=item.importance,
-                embedding_id=services.new_id("vec"),
-                created_at=start + timedelta(seconds=i), stored_at=now,
-                content_hash=services.content_hash(item.content, "default"),
-                tokens=services.tokens_of(item.content, "default"),
-                size=len(item.content.encode()),
-            ))  # fmt: skip
+            memory = Memory(
+                id=identity.new_id("mem"),
+                tenant_id="default",
+                namespace=f"ns-{i % NAMESPACES}",
+                type="episodic",
+                metadata=item.metadata,
+                importance=item.importance,
+                created_at=start + timedelta(seconds=i),
+                stored_at=now,
+            )
+            memory.set_content(item.content)
+            rows.append(memory)
         Memory.objects.bulk_create(rows)
         part = vectors[at : at + len(rows)]
-        index.upsert([services.vector_record(m, v) for m, v in zip(rows, part, strict=True)])
+        index.upsert([indexing.vector_record(m, v) for m, v in zip(rows, part, strict=True)])
         progress.update(offset + at + len(rows))
 
 
@@ -103,21 +105,31 @@ def engine_and_numpy(
     exact, brute = run.time_numpy(matrix, questions)
     embedder = backends.embedder()
     backends.reset()
-    index = MilvusIndex(get_config().effective_milvus_uri, model=embedder.name,
-                        dim=embedder.dim, index_type="AUTOINDEX")  # fmt: skip
+    index = MilvusIndex(
+        get_config().effective_milvus_uri,
+        model=embedder.name,
+        dim=embedder.dim,
+        index_type="AUTOINDEX",
+    )
     try:
         latencies, approximate = [], []
         for n, vector in enumerate(questions):
             clock = run.Clock()
-            hits = index.search(vector, tenant="default", namespace=None, where=None,
-                                top_k=run.TOP_K)  # fmt: skip
+            hits = index.search(
+                vector, tenant="default", namespace=None, where=None, top_k=run.TOP_K
+            )
             if n >= run.WARM_UP:
                 latencies.append(clock.ms)
             approximate.append([h.id for h in hits])
     finally:
         index.close()
-    return (engine, brute, run.recall_at_k(found, exact, ids), run.Stats.of(latencies),
-            run.recall_at_k(approximate, exact, ids))  # fmt: skip
+    return (
+        engine,
+        brute,
+        run.recall_at_k(found, exact, ids),
+        run.Stats.of(latencies),
+        run.recall_at_k(approximate, exact, ids),
+    )
 
 
 def server_pid(port: int) -> int:
@@ -141,11 +153,23 @@ def profiled(base: str, target: Path | None) -> Iterator[None]:
     target.parent.mkdir(parents=True, exist_ok=True)
     pid = server_pid(int(base.rsplit(":", 1)[1]))
     spy = subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-         "--subprocesses", "--nonblocking", "--rate", "200", "--format", "raw",
-         "--output", str(target)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--nonblocking",
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(target),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     time.sleep(1.0)  # attached before the first timed request
     try:
         yield
@@ -168,8 +192,12 @@ def hot_frames(stacks: Path, top: int = 25) -> list[tuple[str, float, float]]:
             continue
         n = int(count)
         total += n
-        names = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1]
-                 + ")" if " (" in f else f for f in frames.split(";")]  # fmt: skip
+        names = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            if " (" in f
+            else f
+            for f in frames.split(";")
+        ]
         for name in set(names):
             inclusive[name] = inclusive.get(name, 0) + n
         own[names[-1]] = own.get(names[-1], 0) + n
@@ -211,8 +239,9 @@ def plot(points: Sequence[Point], path: Path) -> None:
     for label, name, colour in series:
         stats = [getattr(p, name) for p in points]
         axes.plot(sizes, [s.p50 for s in stats], "o-", color=colour, label=f"{label} p50")
-        axes.plot(sizes, [s.p99 for s in stats], "x--", color=colour, alpha=0.6,
-                  label=f"{label} p99")  # fmt: skip
+        axes.plot(
+            sizes, [s.p99 for s in stats], "x--", color=colour, alpha=0.6, label=f"{label} p99"
+        )
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("memories in the collection")
@@ -381,9 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_s = load_clock.seconds
             loaded = size
             ids = [
-                m for m, _ in sorted(Memory.objects.values_list("id", "created_at"),
-                                     key=lambda row: row[1])
-            ]  # fmt: skip
+                m
+                for m, _ in sorted(
+                    Memory.objects.values_list("id", "created_at"), key=lambda row: row[1]
+                )
+            ]
             first = run.WARM_UP + 3 * number * args.queries
             asked = questions[first : first + args.queries]
             vectors = backends.embedder().embed(asked)
@@ -392,15 +423,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine, brute, recall = measured[:3]
             backends.reset()  # one process owns the Lite file: the server's turn
             connections.close_all()
-            later = [questions[first + k * args.queries : first + (k + 1) * args.queries]
-                     for k in (1, 2)]  # fmt: skip
+            later = [
+                questions[first + k * args.queries : first + (k + 1) * args.queries] for k in (1, 2)
+            ]
             run.log(f"[{size:,}] HTTP search, {args.queries} questions")
             profile = args.profiles / f"search-{size // 1000}k.txt" if args.profiles else None
-            http, server = over_http(env, tmp / f"server-{size}.log",
-                                     [questions[: run.WARM_UP], *later], profile)  # fmt: skip
+            http, server = over_http(
+                env, tmp / f"server-{size}.log", [questions[: run.WARM_UP], *later], profile
+            )
             points.append(Point(size, load_s, http, server, *measured))
-            run.log(f"[{size:,}] HTTP p50 {http.p50:.1f} ms, engine p50 {engine.p50:.2f} ms, "
-                    f"numpy p50 {brute.p50:.2f} ms, recall@10 {recall:.3f}")  # fmt: skip
+            run.log(
+                f"[{size:,}] HTTP p50 {http.p50:.1f} ms, engine p50 {engine.p50:.2f} ms, "
+                f"numpy p50 {brute.p50:.2f} ms, recall@10 {recall:.3f}"
+            )
     info = run.RunInfo(when, code, "", *others.finish(), clock.seconds)
     plot(points, args.plot)
     body = render(points, args, info)

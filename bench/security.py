@@ -74,9 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: crypto.open_sealed(key, "content", sealed)
             ),
         }
-        facts = {"tenant": "default", "key_id": "k", "scopes": ["read", "write"],
-                 "allowed_namespaces": [], "action": "memory.read", "namespace": "ns",
-                 "resource": ""}  # fmt: skip
+        facts = {
+            "tenant": "default",
+            "key_id": "k",
+            "scopes": ["read", "write"],
+            "allowed_namespaces": [],
+            "action": "memory.read",
+            "namespace": "ns",
+            "resource": "",
+        }
         rows["policy decision (Rego in process)"] = per_call_us(lambda: policy.decide(facts))
         tenancy.create_tenant("bench")
         secret = tenancy.create_key("bench", ["read"]).secret

@@ -50,8 +50,9 @@ def test_remember_recall_get_update_forget(memory: sdk.Memory) -> None:
     assert again.deduplicated and again.id == stored.id
     memory.remember("Bob's dentist appointment is on Tuesday", namespace=space)
 
-    found = memory.recall("where does Alice like to sit on a plane?", namespace=space, top_k=2,
-                          explain=True)  # fmt: skip
+    found = memory.recall(
+        "where does Alice like to sit on a plane?", namespace=space, top_k=2, explain=True
+    )
     assert isinstance(found, sdk.Recall) and len(found) == 2 and found.mode == "hybrid"
     best = next(iter(found))
     assert best.id == stored.id and best.metadata == {"user": "alice"}
@@ -139,8 +140,9 @@ def test_rate_limited_requests_are_retried_after_retry_after(live: Live) -> None
 
 
 def test_unreachable_service_raises_after_retries() -> None:
-    with sdk.Memory(f"http://127.0.0.1:{free_port()}",
-                    retries=sdk.Retries(attempts=2, backoff=0.01)) as memory:  # fmt: skip
+    with sdk.Memory(
+        f"http://127.0.0.1:{free_port()}", retries=sdk.Retries(attempts=2, backoff=0.01)
+    ) as memory:
         clock = time.monotonic()
         with pytest.raises(sdk.TransportError):
             memory.recall("anything")
@@ -152,8 +154,9 @@ def test_async_client(live: Live) -> None:
 
     async def scenario() -> None:
         async with sdk.AsyncMemory(live.base) as memory:
-            stored = await memory.remember("Carol's cat is called Miso", namespace=space,
-                                           metadata={"user": "carol"})  # fmt: skip
+            stored = await memory.remember(
+                "Carol's cat is called Miso", namespace=space, metadata={"user": "carol"}
+            )
             more = await memory.batch([{"content": "Carol lives in Lyon", "namespace": space}])
             found = await memory.recall("what is the name of Carol's pet?", namespace=space)
             assert found.hits[0].id == stored.id

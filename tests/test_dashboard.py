@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from somafractalmemory.memories import hierarchy, services, tenancy
+from somafractalmemory.memories import services, tenancy
+from somafractalmemory.memories.jobs import consolidation
 from somafractalmemory.memories.models import Memory
 from tests.conftest import Api, Live
 
@@ -21,8 +22,9 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def store(api: Api, namespace: str, text: str, **fields: Any) -> str:
-    return str(api.ok("POST", "/memory/store", {"content": text, "namespace": namespace,
-                                                **fields})["id"])  # fmt: skip
+    return str(
+        api.ok("POST", "/memory/store", {"content": text, "namespace": namespace, **fields})["id"]
+    )
 
 
 def page(api: Api, path: str, status: int = 200) -> str:
@@ -63,11 +65,18 @@ def test_search_shows_the_score_breakdown_and_does_not_reinforce(api: Api, names
 
 def test_memory_page_shows_links_hierarchy_and_graph(api: Api, namespace: str) -> None:
     start = datetime(2025, 4, 1, tzinfo=UTC)
-    ids = [store(api, namespace, f"Sprint {i}: the migration to Postgres slipped again",
-                 created_at=(start + timedelta(days=i)).isoformat()) for i in range(5)]  # fmt: skip
+    ids = [
+        store(
+            api,
+            namespace,
+            f"Sprint {i}: the migration to Postgres slipped again",
+            created_at=(start + timedelta(days=i)).isoformat(),
+        )
+        for i in range(5)
+    ]
     other = store(api, namespace, "The database team hired a new DBA")
     api.ok("POST", f"/memory/{ids[0]}/links", {"target": other, "kind": "related"})
-    hierarchy.start(namespace, tenant="default", wait=True)
+    consolidation.start(namespace, tenant="default", wait=True)
     parents = api.ok("GET", f"/memory/{ids[0]}/parents")["memories"]
     assert parents
     html = page(api, f"/memory/{ids[0]}")
@@ -125,10 +134,18 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,900",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -151,8 +168,12 @@ def test_dashboard_in_headless_chromium(live: Live, chromium: Any, tmp_path: Pat
     space = f"ui-{uuid.uuid4().hex[:8]}"
     with Client(live.base) as memory:
         memory.remember("Kenji waters the bonsai every Sunday morning", namespace=space)
-        memory.remember("Kenji's bonsai is a 30-year-old juniper", namespace=space,
-                        type="semantic", importance=0.8)  # fmt: skip
+        memory.remember(
+            "Kenji's bonsai is a 30-year-old juniper",
+            namespace=space,
+            type="semantic",
+            importance=0.8,
+        )
     wait = WebDriverWait(chromium, 30)
     chromium.get(live.base + "/")
     assert "SomaFractalMemory" in chromium.title

@@ -39,8 +39,11 @@ def raw_dump() -> str:
 
 def test_raw_rows_hold_no_plaintext(api: Api, namespace: str) -> None:
     content = f"The {SECRET_WORDS[0]} {SECRET_WORDS[1]} hides in {SECRET_WORDS[2]}."
-    stored = api.ok("POST", "/memory/store", {"content": content, "namespace": namespace,
-                                              "metadata": {"place": SECRET_WORDS[2]}})  # fmt: skip
+    stored = api.ok(
+        "POST",
+        "/memory/store",
+        {"content": content, "namespace": namespace, "metadata": {"place": SECRET_WORDS[2]}},
+    )
     dump = raw_dump()
     for word in SECRET_WORDS:
         assert word.lower() not in dump.lower(), word

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from somafractalmemory import backends
-from somafractalmemory.memories import erasure, jobs, services
+from somafractalmemory.memories import identity, indexing
+from somafractalmemory.memories.jobs import erasure, runner
 from somafractalmemory.memories.models import AuditEntry, Job, Link, Memory, VectorTask
 from somafractalmemory.retrieval import lexical
 from tests.conftest import Api
@@ -66,8 +67,15 @@ def hits(api: Api, query: str, namespace: str | None = None, **fields: Any) -> l
 def test_purge_by_filter_erases_the_subject_and_keeps_the_rest(api: Api, namespace: str) -> None:
     stored = store_both(api, namespace)
     elsewhere = f"{namespace}-b"
-    far = api.ok("POST", "/memory/store", {"content": f"{SECRET} likes tea.",
-                 "namespace": elsewhere, "metadata": {"user_id": "u-subject"}})["id"]  # fmt: skip
+    far = api.ok(
+        "POST",
+        "/memory/store",
+        {
+            "content": f"{SECRET} likes tea.",
+            "namespace": elsewhere,
+            "metadata": {"user_id": "u-subject"},
+        },
+    )["id"]
     consolidate(api, namespace)
     mixed = [
         p
@@ -76,8 +84,11 @@ def test_purge_by_filter_erases_the_subject_and_keeps_the_rest(api: Api, namespa
         & set(stored["subject"])
     ]
     assert mixed, "consolidation put the subject's episodes into parents"
-    api.ok("POST", f"/memory/{stored['other'][0]}/links",
-           {"target": stored["subject"][1], "kind": "about"})  # fmt: skip
+    api.ok(
+        "POST",
+        f"/memory/{stored['other'][0]}/links",
+        {"target": stored["subject"][1], "kind": "about"},
+    )
     assert hits(api, SECRET, namespace)  # the query vector is cached now
 
     spec = {"filters": {"user_id": "u-subject"}}
@@ -115,7 +126,7 @@ def test_purge_by_filter_erases_the_subject_and_keeps_the_rest(api: Api, namespa
     assert not Link.objects.filter(source_id__in=gone).exists()
     assert not Link.objects.filter(target_id__in=gone).exists()
     # The neighbours' context (vector and tokens) no longer holds the erased words.
-    token = lexical.keyed_tokens(SECRET.lower(), services.lexical_key("default"))
+    token = lexical.keyed_tokens(SECRET.lower(), identity.lexical_key("default"))
     context_hits = backends.vector_index().search_lexical(
         token, tenant="default", namespace=namespace, where=None, top_k=10, context=True
     )
@@ -141,11 +152,15 @@ def test_erasure_refuses_an_empty_filter_and_bad_input(api: Api, namespace: str)
 
 def test_deleting_a_namespace_leaves_other_tenants_alone(api: Api, namespace: str) -> None:
     for n in range(3):
-        api.ok("POST", "/memory/store", {"content": f"Mine {n}: the boat is blue.",
-               "namespace": namespace})  # fmt: skip
+        api.ok(
+            "POST",
+            "/memory/store",
+            {"content": f"Mine {n}: the boat is blue.", "namespace": namespace},
+        )
     _, theirs = tenant_with_key()
-    kept = theirs.ok("POST", "/memory/store", {"content": "Theirs: the boat is red.",
-                     "namespace": namespace})["id"]  # fmt: skip
+    kept = theirs.ok(
+        "POST", "/memory/store", {"content": "Theirs: the boat is red.", "namespace": namespace}
+    )["id"]
     consolidate(api, namespace)
 
     plan = api.ok("DELETE", f"/namespaces/{namespace}?dry_run=true")
@@ -169,8 +184,11 @@ def test_a_namespace_limited_key_erases_only_its_namespace(namespace: str, db: N
 
     name, full = tenant_with_key()
     limited = Api(tenancy.create_key(name, ["read", "write"], namespaces=[namespace]).secret)
-    full.ok("POST", "/memory/store", {"content": "x", "namespace": f"{namespace}-other",
-            "metadata": {"k": 1}})  # fmt: skip
+    full.ok(
+        "POST",
+        "/memory/store",
+        {"content": "x", "namespace": f"{namespace}-other", "metadata": {"k": 1}},
+    )
     assert limited.error(403, "POST", "/memory/purge", {"filters": {"k": 1}}) == "forbidden"
     assert limited.error(403, "DELETE", f"/namespaces/{namespace}-other") == "forbidden"
     assert limited.ok("DELETE", f"/namespaces/{namespace}")["memories"] == 0
@@ -179,27 +197,42 @@ def test_a_namespace_limited_key_erases_only_its_namespace(namespace: str, db: N
 def test_an_interrupted_purge_is_resumed(api: Api, namespace: str) -> None:
     stored = store_both(api, namespace)
     consolidate(api, namespace)
-    parents = [p["id"] for p in api.ok("GET", "/memory", namespace=namespace,
-               type="semantic")["memories"]]  # fmt: skip
+    parents = [
+        p["id"] for p in api.ok("GET", "/memory", namespace=namespace, type="semantic")["memories"]
+    ]
     # A day later: one more of the subject's episodes, and another's right after it.
-    lone = api.ok("POST", "/memory/store", {"content": f"{SECRET} flew home on Sunday.",
-                  "namespace": namespace, "metadata": {"user_id": "u-subject"},
-                  "created_at": "2024-05-02T09:00:00Z"})["id"]  # fmt: skip
-    api.ok("POST", "/memory/store", {"content": "Bea stayed one more night.",
-           "namespace": namespace, "metadata": {"user_id": "u-other"},
-           "created_at": "2024-05-02T09:01:00Z"})  # fmt: skip
+    lone = api.ok(
+        "POST",
+        "/memory/store",
+        {
+            "content": f"{SECRET} flew home on Sunday.",
+            "namespace": namespace,
+            "metadata": {"user_id": "u-subject"},
+            "created_at": "2024-05-02T09:00:00Z",
+        },
+    )["id"]
+    api.ok(
+        "POST",
+        "/memory/store",
+        {
+            "content": "Bea stayed one more night.",
+            "namespace": namespace,
+            "metadata": {"user_id": "u-other"},
+            "created_at": "2024-05-02T09:01:00Z",
+        },
+    )
     # What a purge killed after its first chunk leaves: that episode's row and vector gone
     # (its neighbour's context still holds its words), its place and the parents recorded,
     # its job running for a process that no longer exists.
     gone = Memory.objects.get(id=lone)
     Memory.objects.filter(id=lone).delete()
     backends.vector_index().delete([lone])
-    dead = f"{jobs.HOLDER.rsplit(':', 1)[0]}:{2**22 + 12345}"
+    dead = f"{runner.HOLDER.rsplit(':', 1)[0]}:{2**22 + 12345}"
     params = {"namespace": namespace, "filters": {"user_id": "u-subject"}, "all": False}
-    job = jobs.create("default", erasure.KIND, {**params, "holder": dead})
+    job = runner.create("default", erasure.KIND, {**params, "holder": dead})
     state = {"parents": parents, "episodes": [erasure._place(gone)]}
     Job.objects.filter(id=job.id).update(status=Job.Status.RUNNING, result=state)
-    alive = jobs.create("default", erasure.KIND, {**params, "holder": jobs.HOLDER})
+    alive = runner.create("default", erasure.KIND, {**params, "holder": runner.HOLDER})
     Job.objects.filter(id=alive.id).update(status=Job.Status.RUNNING)
 
     found = erasure.interrupted()
@@ -208,7 +241,7 @@ def test_an_interrupted_purge_is_resumed(api: Api, namespace: str) -> None:
     assert done.memories == 3 and done.neighbours_rewritten >= 1
     assert not Memory.objects.filter(id__in=stored["subject"]).exists()
     assert not hits(api, SECRET, namespace, levels=[0, 1, 2], mode="lexical")
-    token = lexical.keyed_tokens(SECRET.lower(), services.lexical_key("default"))
+    token = lexical.keyed_tokens(SECRET.lower(), identity.lexical_key("default"))
     assert not backends.vector_index().search_lexical(
         token, tenant="default", namespace=namespace, where=None, top_k=10, context=True
     )  # the lone episode's neighbour was rewritten from the recorded place
@@ -229,16 +262,20 @@ def test_spans_next_to_deleted_episodes() -> None:
     keys = [(t0 + timedelta(minutes=n), t0, f"e{n}") for n in range(6)]
     gone = [keys[2]]
     left = [k for k in keys if k not in gone]
-    spans = services.spans_next_to(left, gone, timedelta(minutes=2))
+    spans = indexing.spans_next_to(left, gone, timedelta(minutes=2))
     assert spans == {"e1": ["e0", "e1", "e3"], "e3": ["e1", "e3", "e4"]}
     # Two in a row gone: the survivors around them now neighbour each other if near enough.
     gone = [keys[2], keys[3]]
     left = [k for k in keys if k not in gone]
-    assert services.spans_next_to(left, gone, timedelta(minutes=3)) == {
-        "e1": ["e0", "e1", "e4"], "e4": ["e1", "e4", "e5"]}  # fmt: skip
-    assert services.spans_next_to(left, gone, timedelta(minutes=2)) == {
-        "e1": ["e0", "e1"], "e4": ["e4", "e5"]}  # fmt: skip
-    assert services.spans_next_to(left, gone, timedelta(seconds=30)) == {}
+    assert indexing.spans_next_to(left, gone, timedelta(minutes=3)) == {
+        "e1": ["e0", "e1", "e4"],
+        "e4": ["e1", "e4", "e5"],
+    }
+    assert indexing.spans_next_to(left, gone, timedelta(minutes=2)) == {
+        "e1": ["e0", "e1"],
+        "e4": ["e4", "e5"],
+    }
+    assert indexing.spans_next_to(left, gone, timedelta(seconds=30)) == {}
 
 
 def test_planning_parents(api: Api, namespace: str) -> None:
@@ -321,8 +358,10 @@ def test_purge_leaves_no_trace_in_any_file(tmp_path: Path, server_env: dict[str,
                 stored[who].append(http.post("/memory/store", json=body).json()["id"])
         job = http.post("/memory/consolidate", json={"namespace": "trip", "wait": True}).json()
         assert job["status"] == "succeeded"
-        http.post(f"/memory/{stored['other'][0]}/links",
-                  json={"target": stored["subject"][0], "kind": "about"})  # fmt: skip
+        http.post(
+            f"/memory/{stored['other'][0]}/links",
+            json={"target": stored["subject"][0], "kind": "about"},
+        )
         assert http.post("/memory/search", json={"query": SECRET}).json()["memories"]
         ids = stored["subject"]
         marks = ",".join("?" * len(ids))
@@ -341,8 +380,9 @@ def test_purge_leaves_no_trace_in_any_file(tmp_path: Path, server_env: dict[str,
         for memory_id in ids:
             assert http.get(f"/memory/{memory_id}").status_code == 404
             assert http.get(f"/graph/{memory_id}").status_code == 404
-        lexical_hits = http.post("/memory/search", json={"query": SECRET, "mode": "lexical",
-                                 "levels": [0, 1, 2, 3]}).json()["memories"]  # fmt: skip
+        lexical_hits = http.post(
+            "/memory/search", json={"query": SECRET, "mode": "lexical", "levels": [0, 1, 2, 3]}
+        ).json()["memories"]
         assert lexical_hits == []
         listed = http.get("/memory", params={"limit": 100}).json()["memories"]
         listed += http.get("/memory", params={"type": "semantic"}).json()["memories"]
@@ -371,13 +411,17 @@ def test_a_purge_killed_half_way_is_finished_by_doctor(
     with server(server_env, port, log) as process, httpx.Client(base_url=base, timeout=120) as http:
         for start in range(0, 1500, 500):
             items = [
-                {"content": f"Subject note {n}: {SECRET} visited room {n}.", "namespace": "n",
-                 "metadata": {"user_id": "u-subject"}}
+                {
+                    "content": f"Subject note {n}: {SECRET} visited room {n}.",
+                    "namespace": "n",
+                    "metadata": {"user_id": "u-subject"},
+                }
                 for n in range(start, start + 500)
-            ]  # fmt: skip
+            ]
             assert http.post("/memory/batch", json={"memories": items}).is_success
-        kept = http.post("/memory/store", json={"content": "Bea visited room 7.",
-                         "namespace": "n"}).json()["id"]  # fmt: skip
+        kept = http.post(
+            "/memory/store", json={"content": "Bea visited room 7.", "namespace": "n"}
+        ).json()["id"]
 
         def erase() -> None:
             with contextlib.suppress(httpx.HTTPError):  # the server dies under it
@@ -397,8 +441,11 @@ def test_a_purge_killed_half_way_is_finished_by_doctor(
 
     doctor = subprocess.run(
         [sys.executable, "-m", "somafractalmemory.cli", "doctor"],
-        env=server_env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "index matches SQL" in doctor.stdout
     if left > 1:
@@ -417,14 +464,18 @@ def test_cli_purge_asks_exports_and_erases(tmp_path: Path, server_env: dict[str,
     base = f"http://127.0.0.1:{port}/api/v2"
     with server(server_env, port, tmp_path / "server.log"), httpx.Client(base_url=base) as http:
         for n, user in enumerate(["u1", "u1", "u2"]):
-            body = {"content": f"Note {n} of {user}: {SECRET}.", "namespace": "cli",
-                    "metadata": {"user_id": user}}  # fmt: skip
+            body = {
+                "content": f"Note {n} of {user}: {SECRET}.",
+                "namespace": "cli",
+                "metadata": {"user_id": user},
+            }
             assert http.post("/memory/store", json=body).is_success
 
     def sfm(*args: str, answer: str = "") -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "somafractalmemory.cli", "purge", *args]
-        return subprocess.run(command, env=server_env, input=answer, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            command, env=server_env, input=answer, capture_output=True, text=True, timeout=300
+        )
 
     bad = sfm("--filter", "{user_id: u1}")
     assert bad.returncode == 2 and "validation_error" in bad.stderr
@@ -442,8 +493,10 @@ def test_cli_purge_asks_exports_and_erases(tmp_path: Path, server_env: dict[str,
     assert json.loads(done.stdout.splitlines()[-1])["memories"] == 2
     assert "purge: erasing: 2/2" in done.stderr  # progress
     lines = [json.loads(line) for line in saved.read_text().splitlines()]
-    assert sorted(line["content"] for line in lines) == [f"Note 0 of u1: {SECRET}.",
-                                                         f"Note 1 of u1: {SECRET}."]  # fmt: skip
+    assert sorted(line["content"] for line in lines) == [
+        f"Note 0 of u1: {SECRET}.",
+        f"Note 1 of u1: {SECRET}.",
+    ]
     assert all(
         line["metadata"] == {"user_id": "u1"} and line["namespace"] == "cli" for line in lines
     )

@@ -55,10 +55,20 @@ def test_only_faded_and_unimportant_memories_are_forgettable(kept: float, imp: f
 def test_forgetting_archives_faded_memories_and_restore_brings_them_back(
     api: Api, namespace: str
 ) -> None:
-    old = store(api, namespace, "The office wifi password was tulip-42 in 1998.",
-                created_at="1998-05-01T10:00:00Z", importance=0.1)  # fmt: skip
-    vital = store(api, namespace, "The office alarm code was 7731 in 1998.",
-                  created_at="1998-05-01T11:00:00Z", importance=0.9)  # fmt: skip
+    old = store(
+        api,
+        namespace,
+        "The office wifi password was tulip-42 in 1998.",
+        created_at="1998-05-01T10:00:00Z",
+        importance=0.1,
+    )
+    vital = store(
+        api,
+        namespace,
+        "The office alarm code was 7731 in 1998.",
+        created_at="1998-05-01T11:00:00Z",
+        importance=0.9,
+    )
     fresh = store(api, namespace, "The office wifi password is now lilac-77.", importance=0.1)
 
     body = {"namespace": namespace, "wait": True, "dry_run": True}

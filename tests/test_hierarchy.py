@@ -106,11 +106,20 @@ def test_new_and_changed_episodes_fold_in_incrementally(api: Api, namespace: str
     stored = store_day(api, namespace)
     consolidate(api, namespace)
     (trip,) = parents_of(api, stored["travel"][0])
-    late = store(api, namespace, "We land in Paris the evening before the conference starts.",
-                 created_at=at(DAY1, 30))  # fmt: skip
+    late = store(
+        api,
+        namespace,
+        "We land in Paris the evening before the conference starts.",
+        created_at=at(DAY1, 30),
+    )
     result = consolidate(api, namespace)
-    assert result["levels"][0] == {"level": 0, "considered": 1, "created": 0, "updated": 1,
-                                   "folded": 1}  # fmt: skip
+    assert result["levels"][0] == {
+        "level": 0,
+        "considered": 1,
+        "created": 0,
+        "updated": 1,
+        "folded": 1,
+    }
     assert late in children_of(api, trip["id"])
     assert len(listed(api, namespace, "semantic")) == 2
 
@@ -166,8 +175,9 @@ def test_consolidation_runs_as_a_job() -> None:
 def test_search_expands_hits_and_zooms_from_summaries_to_episodes(api: Api, namespace: str) -> None:
     stored = store_day(api, namespace)
     consolidate(api, namespace)
-    expanded = search(api, namespace, "sourdough rye starter", types=["semantic"],
-                      expand="children")  # fmt: skip
+    expanded = search(
+        api, namespace, "sourdough rye starter", types=["semantic"], expand="children"
+    )
     top = expanded["memories"][0]
     assert top["level"] == 1
     assert sorted(c["id"] for c in top["children"]) == sorted(stored["baking"])
@@ -189,13 +199,23 @@ def test_search_expands_hits_and_zooms_from_summaries_to_episodes(api: Api, name
 
 
 def test_links_made_on_store_and_by_clients(api: Api, namespace: str) -> None:
-    first = store(api, namespace, "The staging database password rotates every Monday.",
-                  created_at=at(DAY1, 0))  # fmt: skip
-    second = store(api, namespace, "The staging database password is rotated each Monday.",
-                   created_at=at(DAY1, 1))  # fmt: skip
+    first = store(
+        api,
+        namespace,
+        "The staging database password rotates every Monday.",
+        created_at=at(DAY1, 0),
+    )
+    second = store(
+        api,
+        namespace,
+        "The staging database password is rotated each Monday.",
+        created_at=at(DAY1, 1),
+    )
     other = store(api, namespace, "Lunch with Maria on Thursday at noon.", created_at=at(DAY1, 2))
-    edges = {(e["source"], e["target"], e["kind"])
-             for e in api.ok("GET", f"/memory/{second}/links")["links"]}  # fmt: skip
+    edges = {
+        (e["source"], e["target"], e["kind"])
+        for e in api.ok("GET", f"/memory/{second}/links")["links"]
+    }
     assert (second, first, "similar") in edges and (second, first, "follows") in edges
     assert (other, second, "follows") in edges
     assert not any(e[2] == "similar" and other in e[:2] for e in edges)
@@ -215,10 +235,14 @@ def test_links_made_on_store_and_by_clients(api: Api, namespace: str) -> None:
     assert api.error(422, "POST", f"/memory/{other}/links", {"target": other, "kind": "x"}) == (
         "validation_error"
     )
-    assert api.error(422, "POST", f"/memory/{other}/links",
-                     {"target": first, "kind": "Bad Kind"}) == "validation_error"  # fmt: skip
-    assert api.error(404, "POST", f"/memory/{other}/links",
-                     {"target": "mem_nope", "kind": "x"}) == "memory_not_found"  # fmt: skip
+    assert (
+        api.error(422, "POST", f"/memory/{other}/links", {"target": first, "kind": "Bad Kind"})
+        == "validation_error"
+    )
+    assert (
+        api.error(404, "POST", f"/memory/{other}/links", {"target": "mem_nope", "kind": "x"})
+        == "memory_not_found"
+    )
     assert api.error(422, "GET", f"/graph/{first}", depth=9) == "validation_error"
     # Deleting a memory deletes its links in both directions.
     api.ok("DELETE", f"/memory/{second}")
@@ -229,10 +253,10 @@ def test_links_made_on_store_and_by_clients(api: Api, namespace: str) -> None:
 def test_scheduled_consolidation_covers_namespaces_with_new_episodes(
     api: Api, namespace: str
 ) -> None:
-    from somafractalmemory.memories import hierarchy, maintenance
+    from somafractalmemory.memories.jobs import consolidation, maintenance
 
     store_day(api, namespace)
-    assert ("default", namespace) in hierarchy.namespaces_to_consolidate()
+    assert ("default", namespace) in consolidation.namespaces_to_consolidate()
     assert maintenance.consolidate_due() >= 1
     assert len(listed(api, namespace, "semantic")) == 2
     # What remains unfolded (here: nothing) is all a later run looks at.
@@ -248,8 +272,12 @@ def test_memories_left_alone_are_looked_at_again_only_when_something_new_arrives
     assert first["levels"][0]["considered"] == 7 and parents_of(api, lone) == []
     again = consolidate(api, namespace)
     assert [level["considered"] for level in again["levels"]] == [0] * len(again["levels"])
-    store(api, namespace, "The plumber will service the boiler again next year.",
-          created_at=at(DAY1, 8))  # fmt: skip
+    store(
+        api,
+        namespace,
+        "The plumber will service the boiler again next year.",
+        created_at=at(DAY1, 8),
+    )
     later = consolidate(api, namespace)
     assert later["levels"][0]["considered"] == 2  # the new one and the one left alone
     (pair,) = parents_of(api, lone)
@@ -268,11 +296,15 @@ def test_batches_link_within_the_batch_at_once_and_to_the_index_soon_after() -> 
     api = Api()
     namespace = f"batch-{time.monotonic_ns()}"
     old = store(api, namespace, "The staging database password rotates every Monday.")
-    body = {"memories": [
-        {"content": "The staging database password is rotated each Monday.",
-         "namespace": namespace},
-        {"content": "Staging database passwords rotate on Mondays.", "namespace": namespace},
-    ]}  # fmt: skip
+    body = {
+        "memories": [
+            {
+                "content": "The staging database password is rotated each Monday.",
+                "namespace": namespace,
+            },
+            {"content": "Staging database passwords rotate on Mondays.", "namespace": namespace},
+        ]
+    }
     first, second = (m["id"] for m in api.ok("POST", "/memory/batch", body)["memories"])
 
     def similar(memory_id: str) -> set[str]:
@@ -297,18 +329,18 @@ def test_batches_link_within_the_batch_at_once_and_to_the_index_soon_after() -> 
 def test_a_parent_deleted_while_it_is_refreshed_stays_deleted(
     api: Api, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from somafractalmemory.memories import services
+    from somafractalmemory.memories import services, tree
 
     stored = store_day(api, namespace)
     consolidate(api, namespace)
     (parent,) = parents_of(api, stored["baking"][0])
-    original = services.save_parents
+    original = tree.save_parents
 
     def delete_first(tenant: str, made: Any) -> Any:
-        services.forget(parent["id"], tenant=tenant)  # a client's DELETE commits first
+        services.delete(parent["id"], tenant=tenant)  # a client's DELETE commits first
         return original(tenant, made)
 
-    monkeypatch.setattr(services, "save_parents", delete_first)
+    monkeypatch.setattr(tree, "save_parents", delete_first)
     api.ok("DELETE", f"/memory/{stored['baking'][0]}")
     monkeypatch.undo()
     assert api.error(404, "GET", f"/memory/{parent['id']}") == "memory_not_found"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
-from somafractalmemory.memories import services
+from somafractalmemory.memories import fulltext, identity, services
 from somafractalmemory.memories.models import Memory
-from somafractalmemory.retrieval import filters, lexical
+from somafractalmemory.retrieval import filters
 from tests.test_filters import DOCS, reference, specs
 
 
@@ -22,7 +22,7 @@ def scope(namespace: str) -> Any:
 
 
 def find(namespace: str, text: str, limit: int) -> list[tuple[str, float]]:
-    return lexical.search(scope(namespace), services.tokens_of(text, "default").split(), limit)
+    return fulltext.search(scope(namespace), identity.tokens_of(text, "default").split(), limit)
 
 
 @pytest.mark.django_db
@@ -50,7 +50,7 @@ def test_lexical_index_follows_updates_and_deletes(namespace: str) -> None:
     services.update(memory.id, {"content": "The spare key is with the neighbour"})
     assert find(namespace, "plant", 5) == []
     assert [i for i, _ in find(namespace, "neighbour", 5)] == [memory.id]
-    services.forget(memory.id)
+    services.delete(memory.id)
     assert find(namespace, "neighbour", 5) == []
 
 
@@ -62,3 +62,15 @@ def test_python_filters_agree_with_the_reference(spec: dict[str, Any]) -> None:
     columns = {"id": "m", "type": "episodic", "importance": 0.5, "created_at": 0}
     got = [filters.matches(node, filters.Facts(columns, doc)) for doc in DOCS]
     assert got == [reference(spec, doc) for doc in DOCS]
+
+
+@pytest.mark.parametrize("text", ["Running with the dogs, at dawn!", "x " * 40_000, "Ünïcode 42"])
+def test_the_sealing_migration_keeps_what_it_wrote(text: str) -> None:
+    """Migration 0006 keeps a frozen copy of the keyed tokens and hash; today it must still
+    write what the live code writes (a database migrated now finds its memories)."""
+    import importlib
+
+    sealed = importlib.import_module("somafractalmemory.memories.migrations.0006_sealed")
+    assert sealed.tokens_of(text, "t1") == identity.tokens_of(text, "t1")
+    assert sealed.content_hash(text, "t1") == identity.content_hash(text, "t1")
+    assert sealed.tokens_of(text, "t1") != identity.tokens_of(text, "t2")

@@ -45,17 +45,35 @@ async def scenario(client: Client) -> None:
     space = f"mcp-{uuid.uuid4().hex[:8]}"
     listed = await client.list_tools()
     assert {tool.name for tool in listed.tools} == TOOLS
-    first = payload(await client.call_tool("remember", {
-        "content": "Erin is allergic to peanuts", "namespace": space, "type": "semantic",
-        "importance": 0.9, "metadata": {"user": "erin"}}))  # fmt: skip
-    second = payload(await client.call_tool("remember", {
-        "content": "Erin ordered the pad thai without peanuts", "namespace": space}))  # fmt: skip
+    first = payload(
+        await client.call_tool(
+            "remember",
+            {
+                "content": "Erin is allergic to peanuts",
+                "namespace": space,
+                "type": "semantic",
+                "importance": 0.9,
+                "metadata": {"user": "erin"},
+            },
+        )
+    )
+    second = payload(
+        await client.call_tool(
+            "remember", {"content": "Erin ordered the pad thai without peanuts", "namespace": space}
+        )
+    )
     assert first["id"].startswith("mem_") and not first["deduplicated"]
-    hits = payload(await client.call_tool("recall", {
-        "query": "what food allergy does Erin have?", "namespace": space, "top_k": 2}))  # fmt: skip
+    hits = payload(
+        await client.call_tool(
+            "recall", {"query": "what food allergy does Erin have?", "namespace": space, "top_k": 2}
+        )
+    )
     assert hits[0]["id"] == first["id"] and hits[0]["metadata"] == {"user": "erin"}
-    linked = payload(await client.call_tool("link", {
-        "source": second["id"], "target": first["id"], "kind": "caused_by"}))  # fmt: skip
+    linked = payload(
+        await client.call_tool(
+            "link", {"source": second["id"], "target": first["id"], "kind": "caused_by"}
+        )
+    )
     assert linked["kind"] == "caused_by"
     shown = payload(await client.call_tool("get_memory", {"memory_id": first["id"]}))
     assert shown["type"] == "semantic" and shown["importance"] == 0.9
@@ -82,10 +100,22 @@ def test_mcp_over_streamable_http(live: Live, tmp_path: Any) -> None:
     port = free_port()
     log = (tmp_path / "mcp.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "somafractalmemory.cli", "mcp", "--transport", "http",
-         "--port", str(port), "--url", live.base],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "somafractalmemory.cli",
+            "mcp",
+            "--transport",
+            "http",
+            "--port",
+            str(port),
+            "--url",
+            live.base,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

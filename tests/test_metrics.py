@@ -29,8 +29,9 @@ def test_metrics_count_requests_stores_searches_and_denials(api: Api, namespace:
     for i in range(3):
         text = f"metric note {i}: the deploy finished at {10 + i} o'clock"
         api.ok("POST", "/memory/store", {"content": text, "namespace": namespace})
-    api.ok("POST", "/memory/search", {"query": "when did the deploy finish?",
-                                      "namespace": namespace})  # fmt: skip
+    api.ok(
+        "POST", "/memory/search", {"query": "when did the deploy finish?", "namespace": namespace}
+    )
     api.error(404, "GET", "/memory/mem_nope")
     after = scrape(api)
 

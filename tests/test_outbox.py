@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from somafractalmemory import backends
-from somafractalmemory.memories import maintenance, services
+from somafractalmemory.memories import indexing, services
+from somafractalmemory.memories.jobs import maintenance
 from somafractalmemory.memories.models import Memory, VectorTask
 from somafractalmemory.vectors.milvus import MilvusIndex
 from tests.conftest import Api, server_environment
@@ -80,9 +81,9 @@ def test_delete_while_the_index_is_down_is_paid_later(
 
 
 def test_backoff_doubles_and_caps() -> None:
-    delays = [services.backoff_seconds(n) for n in range(1, 12)]
+    delays = [indexing.backoff_seconds(n) for n in range(1, 12)]
     assert delays[:4] == [1, 2, 4, 8]
-    assert max(delays) == services.MAX_BACKOFF_SECONDS
+    assert max(delays) == indexing.MAX_BACKOFF_SECONDS
     assert delays == sorted(delays)
 
 
@@ -93,7 +94,11 @@ def test_reindex_rebuilds_an_empty_index(
     ids = {m["id"] for m in api.ok("POST", "/memory/batch", {"memories": items})["memories"]}
     fresh_index.reset()
     seen: list[tuple[int, int]] = []
-    report = maintenance.reindex(progress=lambda done, total: seen.append((done, total)))
+
+    def progress(done: int, total: int, stage: str = "") -> None:
+        seen.append((done, total))
+
+    report = maintenance.reindex(progress=progress)
     total = Memory.objects.count()
     assert report.indexed == total and seen[-1] == (total, total)
     assert ids <= dict(fresh_index.entries()).keys()
@@ -174,21 +179,25 @@ def test_cli_consolidate_and_forget(server_env: dict[str, str]) -> None:
     forgot = run_sfm("forget", "--dry-run", env=server_env)
     assert forgot.returncode == 0, forgot.stderr
     assert json.loads(forgot.stdout) == {
-        "tenant": "default", "considered": 0, "archived": 0, "deleted": 0, "dry_run": True,
+        "tenant": "default",
+        "considered": 0,
+        "archived": 0,
+        "deleted": 0,
+        "dry_run": True,
         "sample": [],
-    }  # fmt: skip
+    }
 
 
 def test_doctor_keeps_archived_memories_out_of_the_index(
     api: Api, namespace: str, fresh_index: MilvusIndex
 ) -> None:
-    from somafractalmemory.memories import forgetting
+    from somafractalmemory.memories.jobs import forgetting
 
     kept = api.ok("POST", "/memory/store", {"content": "Kept note", "namespace": namespace})["id"]
     gone = api.ok("POST", "/memory/store", {"content": "Old note", "namespace": namespace})["id"]
     forgetting.archive([gone])
     assert set(fresh_index.embedding_ids([kept, gone])) == {kept}
-    fresh_index.upsert([services.vector_record(Memory.objects.get(id=gone), unit_vector())])
+    fresh_index.upsert([indexing.vector_record(Memory.objects.get(id=gone), unit_vector())])
     drift = maintenance.doctor(repair=True)
     assert drift.orphaned == [gone] and not drift.missing
     assert maintenance.doctor().clean

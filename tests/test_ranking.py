@@ -74,14 +74,29 @@ def test_rank_blends_recency_and_importance_per_type() -> None:
     ages = {"old": 365 * DAY, "new": 0.0, "vital": 365 * DAY}
     types = {"old": "episodic", "new": "episodic", "vital": "episodic"}
     importance = {"old": 0.5, "new": 0.5, "vital": 1.0}
-    pure = rank(relevance, ages=ages, types=types, importance=importance,
-                scoring=Scoring(weights=Weights(1, 0, 0)))  # fmt: skip
+    pure = rank(
+        relevance,
+        ages=ages,
+        types=types,
+        importance=importance,
+        scoring=Scoring(weights=Weights(1, 0, 0)),
+    )
     assert [i for i, _ in pure] == ["old", "new", "vital"]  # ties by id
-    blended = rank(relevance, ages=ages, types=types, importance=importance,
-                   scoring=Scoring(weights=Weights(0.6, 0.3, 0.1)))  # fmt: skip
+    blended = rank(
+        relevance,
+        ages=ages,
+        types=types,
+        importance=importance,
+        scoring=Scoring(weights=Weights(0.6, 0.3, 0.1)),
+    )
     assert blended[0][0] == "new"
-    by_importance = rank(relevance, ages=ages, types=types, importance=importance,
-                         scoring=Scoring(weights=Weights(0.5, 0.0, 0.5)))  # fmt: skip
+    by_importance = rank(
+        relevance,
+        ages=ages,
+        types=types,
+        importance=importance,
+        scoring=Scoring(weights=Weights(0.5, 0.0, 0.5)),
+    )
     assert by_importance[0][0] == "vital"
     # A semantic memory keeps its recency far longer than an episodic one.
     lives = HalfLives()

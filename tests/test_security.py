@@ -55,9 +55,10 @@ def test_no_request_makes_a_server_error(case: Any) -> None:
 def settle_background() -> None:
     """Let the job and link threads finish what a request queued before the test database
     is flushed: its TRUNCATE waits on their locks while they wait on it (a deadlock)."""
-    from somafractalmemory.memories import jobs, services
+    from somafractalmemory.memories import linking
+    from somafractalmemory.memories.jobs import runner
 
-    for pool in (jobs._POOL, services._LINK_POOL):  # one thread each: first in, first out
+    for pool in (runner._POOL, linking.POOL):  # one thread each: first in, first out
         pool.submit(lambda: None).result(timeout=300)
 
 

@@ -20,8 +20,9 @@ from tests.conftest import Api
 from tests.servers import JsonHandler, local_http
 
 
-def tenant_with_key(name: str | None = None, scopes: tuple[str, ...] = ("read", "write"),
-                    **limits: int) -> tuple[str, Api]:  # fmt: skip
+def tenant_with_key(
+    name: str | None = None, scopes: tuple[str, ...] = ("read", "write"), **limits: int
+) -> tuple[str, Api]:
     name = name or f"t{uuid.uuid4().hex[:10]}"
     tenancy.create_tenant(name, **limits)
     made = tenancy.create_key(name, scopes)
@@ -31,11 +32,14 @@ def tenant_with_key(name: str | None = None, scopes: tuple[str, ...] = ("read", 
 def seed(api: Api, namespace: str) -> dict[str, str]:
     """Memories, a tree, links and a job in `namespace` of the caller's tenant."""
     ids = {}
-    for n, text in enumerate(["The vault code is 4412 and changes monthly.",
-                              "The vault code 4412 is shared with Ana only.",
-                              "Ana keeps the vault key in the blue drawer."]):  # fmt: skip
-        body = {"content": text, "namespace": namespace,
-                "created_at": f"2024-05-01T10:0{n}:00Z"}  # fmt: skip
+    for n, text in enumerate(
+        [
+            "The vault code is 4412 and changes monthly.",
+            "The vault code 4412 is shared with Ana only.",
+            "Ana keeps the vault key in the blue drawer.",
+        ]
+    ):
+        body = {"content": text, "namespace": namespace, "created_at": f"2024-05-01T10:0{n}:00Z"}
         ids[f"m{n}"] = api.ok("POST", "/memory/store", body)["id"]
     job = api.ok("POST", "/memory/consolidate", {"namespace": namespace, "wait": True})
     ids["job"] = job["id"]
@@ -79,8 +83,10 @@ def test_another_tenant_sees_nothing_of_mine(api: Api, namespace: str) -> None:
     assert bob.error(404, "GET", f"/jobs/{mine['job']}") == "job_not_found"
     # Linking from Bob's memory to Alice's: her memory does not exist for him.
     own = bob.ok("POST", "/memory/store", {"content": "Bob's note", "namespace": namespace})
-    assert bob.error(404, "POST", f"/memory/{own['id']}/links",
-                     {"target": mine["m0"], "kind": "x"}) == "memory_not_found"  # fmt: skip
+    assert (
+        bob.error(404, "POST", f"/memory/{own['id']}/links", {"target": mine["m0"], "kind": "x"})
+        == "memory_not_found"
+    )
     # Same namespace name, other tenant: search, list, consolidate and usage see only Bob's.
     found = bob.ok("POST", "/memory/search", {"query": "vault code 4412", "namespace": namespace})
     assert [m["id"] for m in found["memories"]] == [own["id"]]
@@ -116,8 +122,11 @@ def test_keys_scopes_and_namespace_allow_lists(api: Api, namespace: str) -> None
     assert reader.ok("GET", f"/memory/{stored['id']}")["content"] == "Quarterly goals"
     denied = reader.call("POST", "/memory/store", {"content": "x", "namespace": namespace})
     assert denied.status_code == 403
-    assert denied.json()["error"] == {"code": "forbidden", "details": None,
-                                      "message": 'this key lacks the "write" scope'}  # fmt: skip
+    assert denied.json()["error"] == {
+        "code": "forbidden",
+        "details": None,
+        "message": 'this key lacks the "write" scope',
+    }
     assert scoped.ok("POST", "/memory/search", {"query": "goals", "namespace": namespace})
     assert scoped.error(403, "POST", "/memory/search", {"query": "goals"}) == "forbidden"
     other = scoped.call("POST", "/memory/store", {"content": "x", "namespace": "elsewhere"})
@@ -172,8 +181,10 @@ def test_requests_per_minute_and_quotas(api: Api, namespace: str) -> None:
     assert over.status_code == 403 and over.json()["error"]["code"] == "quota_exceeded"
     assert small.ok("GET", "/usage")["memories"] == 2
     _, tiny = tenant_with_key(max_bytes=10)
-    assert tiny.error(403, "POST", "/memory/batch",
-                      {"memories": [{"content": "0123456789A"}]}) == "quota_exceeded"  # fmt: skip
+    assert (
+        tiny.error(403, "POST", "/memory/batch", {"memories": [{"content": "0123456789A"}]})
+        == "quota_exceeded"
+    )
 
 
 READ_ONLY = """package sfm.authz
@@ -251,8 +262,11 @@ def test_opa_server_decides_and_its_failure_denies(api: Api, settings_env: Any) 
 def run_sfm(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "somafractalmemory.cli", *args],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_tenants_and_keys(server_env: dict[str, str]) -> None:
@@ -305,24 +319,32 @@ def test_a_path_prefix_does_not_skip_authentication(api: Api, settings_env: Any)
     from django.test import Client
 
     settings_env(auth="required")
-    prefixed = Client().post("/api/v2/admin/keys", {"scopes": ["admin"]},
-                             content_type="application/json", SCRIPT_NAME="/x")  # fmt: skip
+    prefixed = Client().post(
+        "/api/v2/admin/keys",
+        {"scopes": ["admin"]},
+        content_type="application/json",
+        SCRIPT_NAME="/x",
+    )
     assert prefixed.status_code == 401 and prefixed.json()["error"]["code"] == "unauthorized"
 
 
 def test_namespace_limited_keys_see_nothing_beyond_through_links(api: Api, namespace: str) -> None:
     name, writer = tenant_with_key()
-    inside = writer.ok("POST", "/memory/store", {"content": "Team offsite plan",
-                                                 "namespace": namespace})["id"]  # fmt: skip
-    outside = writer.ok("POST", "/memory/store", {"content": "HR salary review",
-                                                  "namespace": "hr"})["id"]  # fmt: skip
+    inside = writer.ok(
+        "POST", "/memory/store", {"content": "Team offsite plan", "namespace": namespace}
+    )["id"]
+    outside = writer.ok(
+        "POST", "/memory/store", {"content": "HR salary review", "namespace": "hr"}
+    )["id"]
     writer.ok("POST", f"/memory/{inside}/links", {"target": outside, "kind": "about"})
     limited = Api(tenancy.create_key(name, ["read", "write"], namespaces=[namespace]).secret)
     graph = limited.ok("GET", f"/graph/{inside}", depth=2)
     assert [n["id"] for n in graph["nodes"]] == [inside] and graph["edges"] == []
     assert limited.ok("GET", f"/memory/{inside}/links")["links"] == []
-    assert limited.error(403, "POST", f"/memory/{inside}/links",
-                         {"target": outside, "kind": "x"}) == "forbidden"  # fmt: skip
+    assert (
+        limited.error(403, "POST", f"/memory/{inside}/links", {"target": outside, "kind": "x"})
+        == "forbidden"
+    )
     job = limited.ok("POST", "/memory/consolidate", {"namespace": namespace, "wait": True})
     assert limited.ok("GET", f"/jobs/{job['id']}")["status"] == "succeeded"
     # `derived_from` edges are the hierarchy: only consolidation makes them.

@@ -29,19 +29,29 @@ QUESTIONS = (
 def sfm(
     env: dict[str, str], *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "somafractalmemory.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300, input=stdin)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "somafractalmemory.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        input=stdin,
+    )
 
 
 def snapshot(memory: sdk.Memory) -> dict[str, Any]:
     """Everything a client can see: each memory's fields and links, and search answers."""
     records = {}
     for m in [*memory.list(page_size=500), *memory.list(page_size=500, archived=True)]:
-        fields = {k: v for k, v in vars(m).items()
-                  if k not in ("embedding_id", "updated_at", "access_count",
-                               "last_accessed_at", "strength")}  # fmt: skip
-        fields["links"] = sorted((x.source, x.target, x.kind, round(x.weight, 4))
-                                 for x in memory.links(m.id))  # fmt: skip
+        fields = {
+            k: v
+            for k, v in vars(m).items()
+            if k
+            not in ("embedding_id", "updated_at", "access_count", "last_accessed_at", "strength")
+        }
+        fields["links"] = sorted(
+            (x.source, x.target, x.kind, round(x.weight, 4)) for x in memory.links(m.id)
+        )
         records[m.id] = fields
     answers = {q: [h.id for h in memory.recall(q, top_k=3)] for q in QUESTIONS}
     return {"memories": records, "answers": answers}
@@ -49,16 +59,29 @@ def snapshot(memory: sdk.Memory) -> dict[str, Any]:
 
 def populate(memory: sdk.Memory) -> None:
     start = datetime(2025, 2, 1, 9, tzinfo=UTC)
-    a = memory.remember("Alice prefers the window seat on long flights", importance=0.9,
-                        metadata={"user": "alice"}, created_at=start)  # fmt: skip
+    a = memory.remember(
+        "Alice prefers the window seat on long flights",
+        importance=0.9,
+        metadata={"user": "alice"},
+        created_at=start,
+    )
     later = start + timedelta(hours=1)
-    b = memory.remember("Bob's dentist appointment is on Tuesday at 3 pm", namespace="bob",
-                        metadata={"user": "bob"}, created_at=later)  # fmt: skip
+    b = memory.remember(
+        "Bob's dentist appointment is on Tuesday at 3 pm",
+        namespace="bob",
+        metadata={"user": "bob"},
+        created_at=later,
+    )
     memory.remember("Carol's cat is called Miso", type="semantic", created_at=start)
     memory.link(a.id, b.id, "related", 0.5)
-    memory.batch({"content": f"Standup {i}: the launch slipped because of the payment bug",
-                  "namespace": "team", "created_at": (start + timedelta(days=i)).isoformat()}
-                 for i in range(8))  # fmt: skip
+    memory.batch(
+        {
+            "content": f"Standup {i}: the launch slipped because of the payment bug",
+            "namespace": "team",
+            "created_at": (start + timedelta(days=i)).isoformat(),
+        }
+        for i in range(8)
+    )
     assert memory.consolidate("team").status == "succeeded"
 
 
@@ -92,8 +115,15 @@ def test_export_then_import_reproduces_memories_links_and_answers(tmp_path: Path
 
 
 def test_import_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> None:
-    good = {"format": "sfm-memory/1", "id": "mem_ok1", "tenant": "default", "namespace": "n",
-            "type": "episodic", "content": "fine", "created_at": "2025-01-01T00:00:00"}  # fmt: skip
+    good = {
+        "format": "sfm-memory/1",
+        "id": "mem_ok1",
+        "tenant": "default",
+        "namespace": "n",
+        "type": "episodic",
+        "content": "fine",
+        "created_at": "2025-01-01T00:00:00",
+    }
     bad = dict(good, id="mem_bad", created_at="yesterday")
     with server_environment(tmp_path / "data") as env:
         path = tmp_path / "bad.jsonl"
@@ -112,16 +142,24 @@ def test_service_commands(tmp_path: Path) -> None:
         port = free_port()
         env = {**env, "SFM_URL": f"http://127.0.0.1:{port}"}
         with server(env, port, tmp_path / "server.log"):
-            stored = sfm(env, "store", "Dana's flight lands at 6 pm", "--metadata",
-                         '{"user": "dana"}', "--importance", "0.7")  # fmt: skip
+            stored = sfm(
+                env,
+                "store",
+                "Dana's flight lands at 6 pm",
+                "--metadata",
+                '{"user": "dana"}',
+                "--importance",
+                "0.7",
+            )
             assert stored.returncode == 0, stored.stderr
             memory_id = stored.stdout.strip()
             assert memory_id.startswith("mem_")
             table = sfm(env, "search", "when does Dana land?", "-k", "3")
             assert table.returncode == 0 and memory_id in table.stdout
             assert "Dana's flight" in table.stdout
-            found = json.loads(sfm(env, "search", "Dana", "--json", "--filter",
-                                   '{"user": "dana"}').stdout)  # fmt: skip
+            found = json.loads(
+                sfm(env, "search", "Dana", "--json", "--filter", '{"user": "dana"}').stdout
+            )
             assert [h["id"] for h in found["memories"]] == [memory_id]
             shown = json.loads(sfm(env, "get", memory_id, "--json").stdout)
             assert shown["metadata"] == {"user": "dana"} and shown["importance"] == 0.7

@@ -83,8 +83,11 @@ def test_nearest_answers_many_vectors_like_search(index: VectorIndex) -> None:
     ]
     assert [[h.id for h in hits] for hits in many] == [[h.id for h in hits] for hits in one_by_one]
     assert many[0][0].id == f"mem_{tenant}_3"
-    assert all(h.id.startswith(f"mem_{tenant}_") and h.id != f"mem_{tenant}_101"
-               for hits in many for h in hits)  # fmt: skip
+    assert all(
+        h.id.startswith(f"mem_{tenant}_") and h.id != f"mem_{tenant}_101"
+        for hits in many
+        for h in hits
+    )
     assert index.nearest(probes[:0], tenant=tenant, namespace="ns", top_k=4) == []
 
 

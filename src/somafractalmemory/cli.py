@@ -142,10 +142,10 @@ def _warm_up(worker: Any) -> None:
 
 def _background(stop: threading.Event) -> None:
     """The outbox worker and the scheduled jobs, on daemon threads of this process."""
-    from somafractalmemory.memories import maintenance, services
+    from somafractalmemory.memories.jobs import maintenance
 
     for target, name in (
-        (services.run_outbox_worker, "sfm-outbox"),
+        (maintenance.run_outbox_worker, "sfm-outbox"),
         (maintenance.run_schedules, "sfm-schedule"),
     ):
         threading.Thread(target=target, args=(stop,), name=name, daemon=True).start()
@@ -159,6 +159,7 @@ def worker(
     _django()
     from somafractalmemory import backends
     from somafractalmemory.memories import services
+    from somafractalmemory.memories.jobs import maintenance
 
     try:
         backends.vector_index()
@@ -166,13 +167,12 @@ def worker(
         _fail(exc)
     typer.echo(f"outbox worker running; {services.outbox_depth()} writes owed", err=True)
     stop = threading.Event()
-    from somafractalmemory.memories import maintenance
 
     threading.Thread(
         target=maintenance.run_schedules, args=(stop,), name="sfm-schedule", daemon=True
     ).start()
     try:
-        services.run_outbox_worker(stop, interval=interval)
+        maintenance.run_outbox_worker(stop, interval=interval)
     except KeyboardInterrupt:
         stop.set()
 
@@ -200,7 +200,7 @@ def reindex(
 ) -> None:
     """Rebuild the vector index from SQL (also after changing the embedding model)."""
     _django()
-    from somafractalmemory.memories import maintenance, services
+    from somafractalmemory.memories import services
 
     try:
         if pending:
@@ -210,7 +210,7 @@ def reindex(
             if owed:
                 raise typer.Exit(1)
             return
-        report = maintenance.reindex(drop=drop, progress=_progress("reindex"))
+        report = services.reindex(drop=drop, progress=_progress("reindex"))
     except SFMError as exc:
         _fail(exc)
         return
@@ -225,19 +225,20 @@ def doctor(
     when drift remains."""
     _django()
     from somafractalmemory import backends
-    from somafractalmemory.memories import erasure, maintenance
+    from somafractalmemory.memories import services
+    from somafractalmemory.memories.jobs import erasure
 
     try:
         backends.vector_index()  # first: a locked index is the answer to everything else
         for job in erasure.interrupted():
             done = erasure.resume(job, progress=_progress(f"resuming purge {job.id}"))
             typer.echo(f"finished interrupted purge {job.id}: {json.dumps(done.as_dict())}")
-        drift = maintenance.doctor(repair=repair, progress=_progress("repair"))
+        drift = services.doctor(repair=repair, progress=_progress("repair"))
         for kind in ("missing", "orphaned", "stale"):
             ids = getattr(drift, kind)
             typer.echo(f"{kind}: {len(ids)}" + (f" (e.g. {', '.join(ids[:5])})" if ids else ""))
         if repair and not drift.clean:
-            drift = maintenance.doctor()  # check the repair
+            drift = services.doctor()  # check the repair
             typer.echo("repaired" if drift.clean else "drift remains after repair")
     except SFMError as exc:
         _fail(exc)
@@ -260,16 +261,16 @@ def consolidate(
     """Fold episodes into semantic memories and summaries (idempotent, incremental)."""
     _django()
     from somafractalmemory.conf import get_config
-    from somafractalmemory.memories import hierarchy
+    from somafractalmemory.memories.jobs import consolidation
     from somafractalmemory.memories.models import DEFAULT_TENANT
 
     try:
         if all_namespaces:
-            targets = hierarchy.namespaces_to_consolidate()
+            targets = consolidation.namespaces_to_consolidate()
         else:
             targets = [(DEFAULT_TENANT, n) for n in namespace or [get_config().namespace]]
         for tenant, name in targets:
-            done = hierarchy.consolidate(name, tenant=tenant, report=_progress())
+            done = consolidation.consolidate(name, tenant=tenant, report=_progress())
             typer.echo(json.dumps({"tenant": tenant, **done.as_dict()}))
     except SFMError as exc:
         _fail(exc)
@@ -282,12 +283,11 @@ def forget(
 ) -> None:
     """Archive faded, unimportant memories (restorable; see forget_threshold/forget_floor)."""
     _django()
-    from somafractalmemory.memories import forgetting
-    from somafractalmemory.memories.models import Tenant
+    from somafractalmemory.memories import services, tenancy
 
     try:
-        for tenant in Tenant.objects.values_list("id", flat=True):
-            done = forgetting.forget(
+        for tenant in [t.id for t in tenancy.list_tenants()]:
+            done = services.archive_faded(
                 tenant=tenant, namespace=namespace, dry_run=dry_run, report=_progress()
             )
             typer.echo(json.dumps({"tenant": tenant, **done.as_dict()}))
@@ -317,8 +317,7 @@ def purge(
     """Erase memories and every trace of them: rows, vectors, links, the text of parents
     that summarized them, cached queries. Exit 0 done, 1 declined, 2 refused."""
     _django()
-    from somafractalmemory.memories import erasure
-    from somafractalmemory.memories import export as exporting
+    from somafractalmemory.memories import services
 
     try:
         try:
@@ -326,7 +325,7 @@ def purge(
         except json.JSONDecodeError as exc:
             raise ValidationFailed(f"--filter is not JSON: {exc}") from exc
         args: dict[str, Any] = {"tenant": tenant, "namespace": namespace, "spec": spec}
-        plan = erasure.purge(**args, everything=everything, dry_run=True)
+        plan = services.purge(**args, everything=everything, dry_run=True)
         typer.echo(json.dumps(plan.as_dict()))
         if dry_run or not plan.memories:
             return
@@ -341,10 +340,10 @@ def purge(
         def write(ids: list[str]) -> None:
             if export:
                 with open(export, "w", encoding="utf-8") as stream:
-                    written = exporting.write(ids, stream)
+                    written = services.export(ids, stream)
                 typer.echo(f"exported {written} memories to {export}", err=True)
 
-        done = erasure.purge(
+        done = services.purge(
             **args, everything=everything, actor="cli", progress=_progress("purge"), before=write
         )
         typer.echo(json.dumps(done.as_dict()))
@@ -410,8 +409,9 @@ def store(
     """Store a memory through the running service; prints its id."""
     meta = _json_option(metadata, "--metadata")
     with _service(url, api_key) as memory:
-        stored = memory.remember(content, namespace=namespace, type=type,
-                                 importance=importance, metadata=meta)  # fmt: skip
+        stored = memory.remember(
+            content, namespace=namespace, type=type, importance=importance, metadata=meta
+        )
     if as_json:
         _print_json(stored)
     else:
@@ -508,12 +508,12 @@ def export_(
     """Write a tenant's memories with every field, their links and hierarchy, as JSON lines
     (read from SQL: works while the server runs)."""
     _django()
-    from somafractalmemory.memories import export
+    from somafractalmemory.memories.jobs import transfer
 
-    ids = list(export.memory_ids(tenant, namespace or ()))
+    ids = list(transfer.memory_ids(tenant, namespace or ()))
     with contextlib.ExitStack() as stack:
         out = sys.stdout if path == "-" else stack.enter_context(open(path, "w", encoding="utf-8"))
-        written = export.write(ids, out, progress=_progress("export"))
+        written = transfer.write(ids, out, progress=_progress("export"))
     typer.echo(f"exported {written} memories of tenant {tenant!r}", err=True)
 
 
@@ -530,24 +530,28 @@ def import_(
     _django()
     from django.core.management import call_command
 
-    from somafractalmemory.memories import export
+    from somafractalmemory.memories import services
 
     call_command("migrate", interactive=False, verbosity=0)
     try:
         with contextlib.ExitStack() as stack:
             source = sys.stdin if path == "-" else stack.enter_context(open(path, encoding="utf-8"))
-            done = export.load(source, tenant=tenant, progress=_progress("import"))
+            done = services.load(source, tenant=tenant, progress=_progress("import"))
     except OSError as exc:
         _fail(ValidationFailed(f"cannot read {path}: {exc.strerror}"))
         return
     except SFMError as exc:
         _fail(exc)
         return
-    typer.echo(f"imported {done.memories} memories ({done.skipped} already there), "
-               f"{done.links} links")  # fmt: skip
+    typer.echo(
+        f"imported {done.memories} memories ({done.skipped} already there), {done.links} links"
+    )
     if done.owed:
-        typer.echo(f"{done.owed} vectors are owed: the running server writes them, or run "
-                   "`sfm reindex --pending` when it is stopped", err=True)  # fmt: skip
+        typer.echo(
+            f"{done.owed} vectors are owed: the running server writes them, or run "
+            "`sfm reindex --pending` when it is stopped",
+            err=True,
+        )
 
 
 tenant_app = typer.Typer(help="Tenants: create, list, delete.", no_args_is_help=True)
@@ -586,15 +590,14 @@ def tenant_create(
 def tenant_list() -> None:
     """Tenants with their memory counts and limits."""
     _django()
-    from django.db.models import Count
+    from somafractalmemory.memories import tenancy
 
-    from somafractalmemory.memories.models import Tenant
-
-    for t in Tenant.objects.annotate(n=Count("memories")).order_by("id"):
+    counts = tenancy.memory_counts()
+    for t in tenancy.list_tenants():
         limits = (
             f"max_memories={t.max_memories} max_bytes={t.max_bytes} rpm={t.requests_per_minute}"
         )
-        typer.echo(f"{t.id}\t{t.n} memories\t{limits}")
+        typer.echo(f"{t.id}\t{counts.get(t.id, 0)} memories\t{limits}")
 
 
 @tenant_app.command("delete")

@@ -128,8 +128,12 @@ class Recall:
 
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> Recall:
-        return cls([Hit.of(h) for h in data["memories"]], float(data["latency_ms"]),
-                   str(data.get("mode", "")), list(data.get("warnings", [])))  # fmt: skip
+        return cls(
+            [Hit.of(h) for h in data["memories"]],
+            float(data["latency_ms"]),
+            str(data.get("mode", "")),
+            list(data.get("warnings", [])),
+        )
 
 
 @dataclass(frozen=True)
@@ -209,9 +213,16 @@ class TransportError(Exception):
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: BadRequest, 422: BadRequest, 429: RateLimited, 503: Unavailable,
-}  # fmt: skip
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: BadRequest,
+    422: BadRequest,
+    429: RateLimited,
+    503: Unavailable,
+}
 
 
 def _error(response: httpx.Response) -> ApiError:
@@ -297,10 +308,16 @@ class _Calls:
         return Call("DELETE", f"/memory/{memory_id}", safe=True)
 
     @staticmethod
-    def page(namespace: str | None, types: Iterable[str], archived: bool, limit: int,
-             cursor: str | None) -> Call:  # fmt: skip
-        params = {"namespace": namespace, "type": list(types) or None, "limit": limit,
-                  "cursor": cursor, "archived": "true" if archived else None}  # fmt: skip
+    def page(
+        namespace: str | None, types: Iterable[str], archived: bool, limit: int, cursor: str | None
+    ) -> Call:
+        params = {
+            "namespace": namespace,
+            "type": list(types) or None,
+            "limit": limit,
+            "cursor": cursor,
+            "archived": "true" if archived else None,
+        }
         return Call("GET", "/memory", params=params, safe=True)
 
     @staticmethod
@@ -419,8 +436,12 @@ class Memory:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retries = retries or Retries()
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=_headers(api_key),
-                                  timeout=timeout, transport=transport)  # fmt: skip
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers=_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
 
     def __enter__(self) -> Memory:
         return self
@@ -458,11 +479,19 @@ class Memory:
     ) -> Stored:
         """Store one memory; the same content again in the namespace returns the stored one
         (unless `dedupe=False`)."""
-        return Stored.of(self._send(_Calls.remember(
-            content, namespace=namespace, type=type, importance=importance,
-            metadata=dict(metadata) if metadata is not None else None, created_at=created_at,
-            dedupe=dedupe,
-        )))  # fmt: skip
+        return Stored.of(
+            self._send(
+                _Calls.remember(
+                    content,
+                    namespace=namespace,
+                    type=type,
+                    importance=importance,
+                    metadata=dict(metadata) if metadata is not None else None,
+                    created_at=created_at,
+                    dedupe=dedupe,
+                )
+            )
+        )
 
     def batch(self, items: Iterable[str | Mapping[str, Any]]) -> builtins.list[Stored]:
         """Store many memories (texts, or dicts with the fields of `remember`), sent in
@@ -490,12 +519,25 @@ class Memory:
         zoom: bool | None = None,
     ) -> Recall:
         """The memories that best answer `query`, best first."""
-        return Recall.of(self._send(_Calls.recall(
-            query, top_k=top_k, namespace=namespace, filters=filters, mode=mode,
-            types=types, levels=list(levels) if levels is not None else None,
-            created_after=created_after, created_before=created_before, min_score=min_score,
-            explain=explain, expand=expand, zoom=zoom,
-        )))  # fmt: skip
+        return Recall.of(
+            self._send(
+                _Calls.recall(
+                    query,
+                    top_k=top_k,
+                    namespace=namespace,
+                    filters=filters,
+                    mode=mode,
+                    types=types,
+                    levels=list(levels) if levels is not None else None,
+                    created_after=created_after,
+                    created_before=created_before,
+                    min_score=min_score,
+                    explain=explain,
+                    expand=expand,
+                    zoom=zoom,
+                )
+            )
+        )
 
     def get(self, memory_id: str) -> MemoryRecord:
         return MemoryRecord.of(self._send(_Calls.get(memory_id)))
@@ -567,8 +609,12 @@ class AsyncMemory:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retries = retries or Retries()
-        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=_headers(api_key),
-                                       timeout=timeout, transport=transport)  # fmt: skip
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/"),
+            headers=_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
 
     async def __aenter__(self) -> AsyncMemory:
         return self

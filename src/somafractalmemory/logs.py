@@ -35,8 +35,11 @@ class JsonFormatter(logging.Formatter):
     `extra` fields given to the call; the traceback as `exception`."""
 
     STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-        "message", "asctime", "request_id", "taskName",
-    }  # fmt: skip
+        "message",
+        "asctime",
+        "request_id",
+        "taskName",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         line = {

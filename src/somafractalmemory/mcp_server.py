@@ -27,16 +27,28 @@ INSTRUCTIONS = (
 
 
 def _hit(hit: Hit) -> dict[str, Any]:
-    return {"id": hit.id, "content": hit.content, "score": round(hit.score, 4), "type": hit.type,
-            "namespace": hit.namespace, "created_at": hit.created_at.isoformat(),
-            "metadata": hit.metadata}  # fmt: skip
+    return {
+        "id": hit.id,
+        "content": hit.content,
+        "score": round(hit.score, 4),
+        "type": hit.type,
+        "namespace": hit.namespace,
+        "created_at": hit.created_at.isoformat(),
+        "metadata": hit.metadata,
+    }
 
 
 def _record(record: MemoryRecord) -> dict[str, Any]:
-    return {"id": record.id, "content": record.content, "type": record.type,
-            "namespace": record.namespace, "importance": record.importance,
-            "metadata": record.metadata, "level": record.level,
-            "created_at": record.created_at.isoformat()}  # fmt: skip
+    return {
+        "id": record.id,
+        "content": record.content,
+        "type": record.type,
+        "namespace": record.namespace,
+        "importance": record.importance,
+        "metadata": record.metadata,
+        "level": record.level,
+        "created_at": record.created_at.isoformat(),
+    }
 
 
 @asynccontextmanager
@@ -68,8 +80,9 @@ def build(url: str, api_key: str | None = None) -> MCPServer:
         """Store one memory: an event (`episodic`) or a fact (`semantic`), with an importance
         from 0 to 1 and optional metadata. The same content again returns the stored one."""
         async with _refusals(), memory() as m:
-            stored = await m.remember(content, namespace=namespace, type=type,
-                                      importance=importance, metadata=metadata)  # fmt: skip
+            stored = await m.remember(
+                content, namespace=namespace, type=type, importance=importance, metadata=metadata
+            )
         return {"id": stored.id, "deduplicated": stored.deduplicated}
 
     @server.tool()
@@ -105,8 +118,12 @@ def build(url: str, api_key: str | None = None) -> MCPServer:
         """Link two memories (directed, typed: e.g. `related`, `contradicts`, `caused_by`)."""
         async with _refusals(), memory() as m:
             made = await m.link(source, target, kind, weight)
-        return {"source": made.source, "target": made.target, "kind": made.kind,
-                "weight": made.weight}  # fmt: skip
+        return {
+            "source": made.source,
+            "target": made.target,
+            "kind": made.kind,
+            "weight": made.weight,
+        }
 
     return server
 

@@ -18,18 +18,35 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # Milliseconds matter here: searches take 10-100 ms, stores of a batch seconds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
 
-REQUESTS = Counter("sfm_http_requests", "HTTP requests answered.",
-                   ["method", "route", "status"], registry=REGISTRY)  # fmt: skip
-LATENCY = Histogram("sfm_http_request_duration_seconds", "Time to answer an HTTP request.",
-                    ["method", "route"], buckets=BUCKETS, registry=REGISTRY)  # fmt: skip
+REQUESTS = Counter(
+    "sfm_http_requests", "HTTP requests answered.", ["method", "route", "status"], registry=REGISTRY
+)
+LATENCY = Histogram(
+    "sfm_http_request_duration_seconds",
+    "Time to answer an HTTP request.",
+    ["method", "route"],
+    buckets=BUCKETS,
+    registry=REGISTRY,
+)
 STORED = Counter("sfm_memories_stored", "Memories stored (new rows).", registry=REGISTRY)
 SEARCHES = Counter("sfm_searches", "Searches answered, by mode.", ["mode"], registry=REGISTRY)
-EMBEDDING = Histogram("sfm_embedding_seconds", "Time in the embedding model, per call.",
-                      ["kind"], buckets=BUCKETS, registry=REGISTRY)  # fmt: skip
-INDEX = Histogram("sfm_vector_index_seconds", "Time in vector index calls.",
-                  ["operation"], buckets=BUCKETS, registry=REGISTRY)  # fmt: skip
-DENIALS = Counter("sfm_quota_denials", "Requests refused by a quota or rate limit.",
-                  ["code"], registry=REGISTRY)  # fmt: skip
+EMBEDDING = Histogram(
+    "sfm_embedding_seconds",
+    "Time in the embedding model, per call.",
+    ["kind"],
+    buckets=BUCKETS,
+    registry=REGISTRY,
+)
+INDEX = Histogram(
+    "sfm_vector_index_seconds",
+    "Time in vector index calls.",
+    ["operation"],
+    buckets=BUCKETS,
+    registry=REGISTRY,
+)
+DENIALS = Counter(
+    "sfm_quota_denials", "Requests refused by a quota or rate limit.", ["code"], registry=REGISTRY
+)
 OUTBOX = Gauge("sfm_outbox_depth", "Vector writes owed (the outbox).", registry=REGISTRY)
 
 

@@ -1,7 +1,7 @@
 """The dashboard's pages. Each page authenticates like the API (the key a login stored in an
-HttpOnly cookie, or no key when `auth` is optional) and reads through the API's own
-authorization (`allow`, `_owned`, `_visible`), so it shows exactly what the key may read.
-Reading in the dashboard does not reinforce memories (it is not the agent recalling)."""
+HttpOnly cookie, or no key when `auth` is optional) and asks the API's own authorization
+(`memories/access.py`), so it shows exactly what the key may read. Reading in the dashboard
+does not reinforce memories (it is not the agent recalling)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count
-from django.db.models.functions import TruncDate
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import SFMError
-from somafractalmemory.memories import api, links, services, tenancy
+from somafractalmemory.memories import access, links, services, tenancy
 from somafractalmemory.memories.models import Memory
+from somafractalmemory.memories.schemas import LinkOut, NamespaceOut, SearchHitOut
 from somafractalmemory.retrieval import ranking
 
 COOKIE = "sfm_dashboard_key"
@@ -34,8 +33,8 @@ def _principal(request: HttpRequest) -> tenancy.Principal:
     key = request.COOKIES.get(COOKIE)
     if not key and get_config().auth == "required":
         raise LoginNeeded
-    caller = tenancy.authenticate(f"Bearer {key}" if key else None,
-                                  request.META.get("REMOTE_ADDR", ""))  # fmt: skip
+    header = f"Bearer {key}" if key else None
+    caller = tenancy.authenticate(header, request.META.get("REMOTE_ADDR", ""))
     request.principal = caller  # type: ignore[attr-defined]
     return caller
 
@@ -53,8 +52,8 @@ def page(view: Any) -> Any:
         except SFMError as exc:
             if exc.code in ("unauthorized", "invalid_api_key"):
                 return HttpResponseRedirect("/login")
-            return render(request, "dashboard/error.html",
-                          {"error": exc, "caller": None}, status=exc.status)  # fmt: skip
+            context = {"error": exc, "caller": None}
+            return render(request, "dashboard/error.html", context, status=exc.status)
         context.setdefault("caller", caller)
         context["login"] = bool(request.COOKIES.get(COOKIE))
         return render(request, f"dashboard/{view.__name__}.html", context)
@@ -72,27 +71,24 @@ class Bar:
     y: float
 
 
-def activity(request: HttpRequest, tenant: str) -> list[Bar]:
+def activity(tenant: str, within: tuple[str, ...]) -> list[Bar]:
     """Memories stored per day over the last ACTIVITY_DAYS days (bars of an SVG chart)."""
     since = (datetime.now(UTC) - timedelta(days=ACTIVITY_DAYS - 1)).date()
-    rows = Memory.objects.filter(tenant_id=tenant, stored_at__date__gte=since)
-    allowed = api.principal(request).namespaces
-    if allowed:
-        rows = rows.filter(namespace__in=allowed)
-    counts = dict(rows.annotate(day=TruncDate("stored_at")).values("day")
-                  .annotate(n=Count("id")).values_list("day", "n"))  # fmt: skip
+    counts = services.stored_per_day(tenant, since, within)
     days = [since + timedelta(days=i) for i in range(ACTIVITY_DAYS)]
     top = max(counts.values(), default=0) or 1
     heights = [100 * counts.get(day, 0) / top for day in days]
-    return [Bar(day.isoformat(), counts.get(day, 0), h, 20.0 * i, 110 - h)
-            for i, (day, h) in enumerate(zip(days, heights, strict=True))]  # fmt: skip
+    return [
+        Bar(day.isoformat(), counts.get(day, 0), h, 20.0 * i, 110 - h)
+        for i, (day, h) in enumerate(zip(days, heights, strict=True))
+    ]
 
 
 @page
 def home(request: HttpRequest) -> dict[str, Any]:
-    listed = api.list_namespaces(request).namespaces
-    tenant = api.principal(request).tenant
-    bars = activity(request, tenant)
+    tenant, within = access.readable(request)
+    listed = [NamespaceOut.of(n) for n in services.namespaces(tenant=tenant, within=within)]
+    bars = activity(tenant, access.principal(request).namespaces)
     return {
         "namespaces": listed,
         "totals": {
@@ -111,12 +107,13 @@ def search(request: HttpRequest) -> dict[str, Any]:
     namespace = request.GET.get("namespace") or None
     if not text:
         return {"query": "", "namespace": namespace or "", "hits": None}
-    tenant = api.allow(request, api.READ, namespace=namespace)
+    tenant = access.allow(request, access.READ, namespace=namespace)
     scoring = ranking.Scoring()
-    query = services.Query(namespace=namespace, top_k=SEARCH_TOP_K, scoring=scoring,
-                           reinforce=False)  # fmt: skip
-    found = services.recall(text, query, tenant=tenant)
-    hits = [api._hit_out(hit, scoring) for hit in found.hits]
+    query = services.Query(
+        namespace=namespace, top_k=SEARCH_TOP_K, scoring=scoring, reinforce=False
+    )
+    found = services.search(text, query, tenant=tenant)
+    hits = [SearchHitOut.of(hit, explain=scoring) for hit in found.hits]
     return {
         "query": text,
         "namespace": namespace or "",
@@ -132,7 +129,7 @@ def _ancestors(request: HttpRequest, tenant: str, memory_id: str) -> list[list[M
     levels, frontier, seen = [], [memory_id], {memory_id}
     while frontier:
         above = {p.id: p for i in frontier for p in links.parents(tenant, i) if p.id not in seen}
-        found = api._visible(request, list(above.values()))
+        found = access.visible(request, list(above.values()))
         if not found:
             break
         levels.append(found)
@@ -157,25 +154,29 @@ def _layout(centre: Memory, nodes: list[Memory]) -> list[Node]:
     placed = [Node(centre.id, centre.content[:40], centre.level, 200.0, 150.0, True)]
     for i, n in enumerate(others):
         angle = 2 * math.pi * i / max(len(others), 1)
-        placed.append(Node(n.id, n.content[:40], n.level, 200 + 140 * math.cos(angle),
-                           150 + 110 * math.sin(angle), False))  # fmt: skip
+        x, y = 200 + 140 * math.cos(angle), 150 + 110 * math.sin(angle)
+        placed.append(Node(n.id, n.content[:40], n.level, x, y, False))
     return placed
 
 
 @page
 def memory(request: HttpRequest, memory_id: str) -> dict[str, Any]:
-    tenant, row = api._owned(request, api.READ, memory_id)
-    edges = api.list_links(request, memory_id, kinds=[]).links
+    tenant, row = access.owned(request, access.READ, memory_id)
+    within = access.principal(request).namespaces
+    edges = [LinkOut.of(e) for e in links.of(tenant, memory_id, within=within)]
     found = links.graph(tenant, memory_id, depth=1, kinds=[])
-    nodes = api._visible(request, found.nodes)
+    nodes = access.visible(request, found.nodes)
     placed = {n.id: n for n in _layout(row, nodes)}
-    lines = [(placed[e.source], placed[e.target], e.kind) for e in found.edges
-             if e.source in placed and e.target in placed]  # fmt: skip
+    lines = [
+        (placed[e.source], placed[e.target], e.kind)
+        for e in found.edges
+        if e.source in placed and e.target in placed
+    ]
     return {
         "memory": row,
         "links": edges,
         "ancestors": _ancestors(request, tenant, memory_id),
-        "children": api._visible(request, links.children(tenant, memory_id)),
+        "children": access.visible(request, links.children(tenant, memory_id)),
         "nodes": list(placed.values()),
         "lines": lines,
         "truncated": found.truncated,
@@ -193,11 +194,17 @@ def login(request: HttpRequest) -> HttpResponse:
             error = exc
         else:
             response = HttpResponseRedirect("/")
-            response.set_cookie(COOKIE, key, httponly=True, samesite="Strict",
-                                secure=request.is_secure(), max_age=7 * 24 * 3600)  # fmt: skip
+            response.set_cookie(
+                COOKIE,
+                key,
+                httponly=True,
+                samesite="Strict",
+                secure=request.is_secure(),
+                max_age=7 * 24 * 3600,
+            )
             return response
-    return render(request, "dashboard/login.html", {"error": error, "caller": None},
-                  status=401 if error else 200)  # fmt: skip
+    context = {"error": error, "caller": None}
+    return render(request, "dashboard/login.html", context, status=401 if error else 200)
 
 
 def logout(request: HttpRequest) -> HttpResponse:

@@ -1,4 +1,5 @@
-"""The SQL full-text index (SQLite FTS5 with triggers, PostgreSQL GIN), for migrations.
+"""The SQL full-text index (SQLite FTS5 with triggers, PostgreSQL GIN): its schema, which
+migrations install, and `search` over it, the only raw SQL of the service.
 
 Version 1 (migrations 0003-0005) indexed the plaintext `content`; version 2 (0006 on)
 indexes the keyed `tokens` column, since content is sealed. Migrations name the version they
@@ -12,6 +13,12 @@ renumbers rowids. Any later migration that alters `memories_memory` must end by 
 from __future__ import annotations
 
 from typing import Any
+
+from django.db import connection
+from django.db.models import BooleanField, FloatField, QuerySet
+from django.db.models.expressions import RawSQL
+
+from somafractalmemory.retrieval.lexical import MAX_TERMS
 
 CURRENT = 2
 
@@ -68,3 +75,53 @@ def uninstall(schema_editor: Any) -> None:
     vendor = schema_editor.connection.vendor
     for sql in {"sqlite": SQLITE_DOWN, "postgresql": POSTGRES_DOWN}.get(vendor, []):
         schema_editor.execute(sql)
+
+
+# -- search ----------------------------------------------------------------------------
+
+
+def search(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+    """(memory id, score) of the best matches of keyed `tokens` among `queryset` (the
+    caller's tenant and namespace, applied inside the query), best first."""
+    tokens = [t for t in tokens if t.isalnum()][:MAX_TERMS]
+    if not tokens:
+        return []
+    if connection.vendor == "postgresql":
+        return _postgres(queryset, tokens, limit)
+    return _sqlite(queryset, tokens, limit)
+
+
+def _sqlite(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+    match = " OR ".join(f'"{t}"' for t in tokens)
+    inner, params = queryset.values("id").query.sql_with_params()
+    sql = (
+        "SELECT m.id, -bm25(memories_fts) AS score FROM memories_fts "
+        "JOIN memories_memory m ON m.rowid = memories_fts.rowid "
+        f"WHERE memories_fts MATCH %s AND m.id IN ({inner}) ORDER BY score DESC LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [match, *params, limit])
+        return [(str(row[0]), float(row[1])) for row in cursor.fetchall()]
+
+
+def _postgres(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+    tsquery = " | ".join(tokens)
+    vector = "to_tsvector('simple', tokens)"
+    rows = (
+        queryset.alias(
+            lexical_hit=RawSQL(
+                f"{vector} @@ to_tsquery('simple', %s)", (tsquery,), output_field=BooleanField()
+            )
+        )
+        .filter(lexical_hit=True)
+        .annotate(
+            lexical_score=RawSQL(
+                f"ts_rank_cd({vector}, to_tsquery('simple', %s))",
+                (tsquery,),
+                output_field=FloatField(),
+            )
+        )
+        .order_by("-lexical_score", "id")
+        .values_list("id", "lexical_score")[:limit]
+    )
+    return [(str(i), float(s)) for i, s in rows]

@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from somafractalmemory.errors import LinkNotFound, MemoryNotFound, ValidationFailed
-from somafractalmemory.memories.models import Link, Memory
+from somafractalmemory.memories.models import EPISODE_ORDER, Link, Memory
 
 KIND = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_DEPTH = 5
@@ -100,12 +100,17 @@ def remove(tenant: str, source: str, target: str, kind: str) -> None:
         )
 
 
-def of(tenant: str, memory_id: str, kinds: Sequence[str] = ()) -> list[Edge]:
-    """Every link into or out of a memory."""
+def of(
+    tenant: str, memory_id: str, kinds: Sequence[str] = (), *, within: Sequence[str] = ()
+) -> list[Edge]:
+    """Every link into or out of a memory (only those with both ends in the namespaces
+    `within`, when given)."""
     _memory(tenant, memory_id)
     query = Link.objects.filter(Q(source_id=memory_id) | Q(target_id=memory_id), tenant_id=tenant)
     if kinds:
         query = query.filter(kind__in=list(kinds))
+    if within:
+        query = query.filter(source__namespace__in=list(within), target__namespace__in=list(within))
     return [_edge(link) for link in query.order_by("kind", "source_id", "target_id")]
 
 
@@ -115,7 +120,7 @@ def children(tenant: str, memory_id: str) -> list[Memory]:
     return list(
         Memory.objects.filter(
             tenant_id=tenant, links_in__source_id=memory_id, links_in__kind=Link.DERIVED_FROM
-        ).order_by("created_at", "stored_at", "id")
+        ).order_by(*EPISODE_ORDER)
     )
 
 

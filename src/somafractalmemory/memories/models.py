@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from somafractalmemory import crypto
 from somafractalmemory.conf import get_config
+from somafractalmemory.memories import identity
+from somafractalmemory.retrieval import filters
 
 DEFAULT_TENANT = "default"
+EPISODE_ORDER = ("created_at", "stored_at", "id")
+"""An episode's place in its namespace: event time, then arrival, then id."""
+DELETE_ATTEMPTS = 5
+T = TypeVar("T")
 
 
 class MemoryType(models.TextChoices):
@@ -188,6 +195,46 @@ class Memory(models.Model):
         if self.last_accessed_at and self.last_accessed_at > self.created_at:
             return self.last_accessed_at
         return self.created_at
+
+    @property
+    def place(self) -> tuple[datetime, datetime, str]:
+        """Its place among episodes (EPISODE_ORDER)."""
+        return (self.created_at, self.stored_at, self.id)
+
+    def set_content(self, text: str) -> None:
+        """Set the content and what derives from it: keyed hash and tokens, size, a new
+        embedding id; consolidation looks at the memory again."""
+        self.content = text
+        self.content_hash = identity.content_hash(text, self.tenant_id)
+        self.tokens = identity.tokens_of(text, self.tenant_id)
+        self.size = len(text.encode("utf-8"))
+        self.embedding_id = identity.new_id("vec")
+        self.considered_at = None
+
+    def facts(self) -> filters.Facts:
+        """What the filter language sees of this memory (`filters.matches`)."""
+        return filters.Facts(
+            columns={
+                "id": self.id,
+                "type": self.type,
+                "importance": self.importance,
+                "created_at": int(self.created_at.timestamp() * 1000),
+            },
+            metadata=self.metadata,
+        )
+
+
+def retry_integrity(work: Callable[[], T], attempts: int = DELETE_ATTEMPTS) -> T:
+    """Run `work` (a transaction that deletes rows) again when it fails on an IntegrityError:
+    a link to a row was committed between Django collecting the row's links and deleting
+    the row (auto-linking of a concurrent store). Collecting again finds it."""
+    for attempt in range(attempts):
+        try:
+            return work()
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class VectorTask(models.Model):

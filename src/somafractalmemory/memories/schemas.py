@@ -1,12 +1,24 @@
-"""Typed request and response bodies of the v2 API. Unknown fields are rejected."""
+"""Typed request and response bodies of the v2 API, and their converters from the domain's
+objects (`of`). Unknown fields are rejected."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from ninja import Schema
 from pydantic import ConfigDict, Field
+
+from somafractalmemory.memories.remember import NewMemory
+
+if TYPE_CHECKING:
+    from somafractalmemory.memories.browse import NamespaceStats
+    from somafractalmemory.memories.links import Edge
+    from somafractalmemory.memories.models import Memory
+    from somafractalmemory.memories.recall import Hit
+    from somafractalmemory.memories.remember import Stored
+    from somafractalmemory.retrieval.ranking import Scoring
 
 MAX_TOP_K = 100
 MemoryTypeName = Literal["episodic", "semantic", "summary"]
@@ -38,6 +50,9 @@ class StoreIn(Strict):
         "raised to the larger of the two) instead of storing it again.",
     )
 
+    def to_new(self) -> NewMemory:
+        return NewMemory(**self.model_dump())
+
 
 class NearDuplicateOut(Schema):
     id: str
@@ -51,6 +66,18 @@ class StoreOut(Schema):
     created_at: datetime
     deduplicated: bool = False
     near_duplicates: list[NearDuplicateOut] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, stored: Stored) -> StoreOut:
+        m = stored.memory
+        return cls(
+            id=m.id,
+            embedding_id=m.embedding_id,
+            importance=m.importance,
+            created_at=m.created_at,
+            deduplicated=stored.deduplicated,
+            near_duplicates=[NearDuplicateOut(id=i, score=s) for i, s in stored.near_duplicates],
+        )
 
 
 class BatchIn(Strict):
@@ -129,6 +156,10 @@ class RelatedOut(Schema):
     level: int
     created_at: datetime
 
+    @classmethod
+    def of(cls, m: Memory) -> RelatedOut:
+        return cls(id=m.id, content=m.content, type=m.type, level=m.level, created_at=m.created_at)
+
 
 class SearchHitOut(Schema):
     id: str
@@ -143,6 +174,37 @@ class SearchHitOut(Schema):
     explain: ExplainOut | None = None
     children: list[RelatedOut] | None = None
     parents: list[RelatedOut] | None = None
+
+    @classmethod
+    def of(
+        cls, hit: Hit, *, explain: Scoring | None = None, expand: str | None = None
+    ) -> SearchHitOut:
+        """A hit; with `explain` (the scoring it was ranked by), each part of its score;
+        with `expand`, its `children` or `parents`."""
+        m = hit.memory
+        out = cls(
+            id=m.id,
+            content=m.content,
+            score=round(hit.score, 4),
+            type=m.type,
+            level=m.level,
+            namespace=m.namespace,
+            importance=m.importance,
+            metadata=m.metadata,
+            created_at=m.created_at,
+        )
+        if explain is not None and hit.components is not None:
+            out.explain = ExplainOut(
+                relevance=round(hit.components.relevance, 6),
+                recency=round(hit.components.recency, 6),
+                importance=hit.components.importance,
+                retention=round(hit.retention, 6),
+                weights=dataclasses.asdict(explain.weights),
+                legs={name: {"rank": r, "score": round(s, 6)} for name, (r, s) in hit.legs.items()},
+            )
+        if expand is not None:
+            setattr(out, expand, [RelatedOut.of(r) for r in hit.related])
+        return out
 
 
 class SearchOut(Schema):
@@ -192,6 +254,12 @@ class ErrorOut(Schema):
     error: ErrorBody
 
 
+ERRORS: dict[int | frozenset[int], Any] = {
+    frozenset({400, 401, 403, 404, 409, 413, 422, 429, 503}): ErrorOut,
+}
+"""The error answers every route declares (the envelope of `errors.SFMError`)."""
+
+
 class MemoriesOut(Schema):
     memories: list[MemoryOut]
 
@@ -207,6 +275,10 @@ class LinkOut(Schema):
     target: str
     kind: str
     weight: float
+
+    @classmethod
+    def of(cls, edge: Edge) -> LinkOut:
+        return cls(source=edge.source, target=edge.target, kind=edge.kind, weight=edge.weight)
 
 
 class LinksOut(Schema):
@@ -281,6 +353,10 @@ class NamespaceOut(Schema):
     by_level: dict[int, int]
     first: datetime | None = Field(description="Earliest event time.")
     last: datetime | None = Field(description="Latest event time.")
+
+    @classmethod
+    def of(cls, stats: NamespaceStats) -> NamespaceOut:
+        return cls(**vars(stats))
 
 
 class NamespacesOut(Schema):

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
 from somafractalmemory import backends, crypto
 from somafractalmemory.conf import get_config
@@ -32,6 +32,7 @@ from somafractalmemory.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from somafractalmemory.memories.identity import new_id
 from somafractalmemory.memories.models import (
     DEFAULT_TENANT,
     ApiKey,
@@ -40,7 +41,6 @@ from somafractalmemory.memories.models import (
     Tenant,
     forget_data_key,
 )
-from somafractalmemory.memories.services import new_id
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,14 @@ def authenticate(header: str | None, client: str) -> Principal:
         or not hmac.compare_digest(found.digest, digest(key))
     ):
         _limit_failures(client, peek=False)
-        audit(DEFAULT_TENANT if found is None else found.tenant_id, "anonymous", "auth.denied",
-              resource=found.id if found else "", outcome="denied",
-              details={"client": client, "revoked": bool(found)})  # fmt: skip
+        audit(
+            DEFAULT_TENANT if found is None else found.tenant_id,
+            "anonymous",
+            "auth.denied",
+            resource=found.id if found else "",
+            outcome="denied",
+            details={"client": client, "revoked": bool(found)},
+        )
         raise Unauthorized("unknown or revoked API key")
     now = datetime.now(UTC)
     if found.last_used_at is None or (now - found.last_used_at).total_seconds() > 60:
@@ -233,6 +238,20 @@ def usage(tenant: str) -> dict[str, Any]:
 # -- tenants and keys (admin) ------------------------------------------------------------
 
 
+def ensure_tenant(tenant: str) -> None:
+    Tenant.objects.get_or_create(id=tenant)
+
+
+def list_tenants() -> list[Tenant]:
+    return list(Tenant.objects.order_by("id"))
+
+
+def memory_counts() -> dict[str, int]:
+    """Each tenant's number of memories (archived included)."""
+    counted = Tenant.objects.annotate(n=Count("memories")).values_list("id", "n")
+    return dict(counted)
+
+
 def create_tenant(name: str, **limits: int | None) -> Tenant:
     import re
 
@@ -341,9 +360,13 @@ def audit(
     """Record an admin action, a denial or a deletion (counts and ids, never content)."""
     try:
         AuditEntry.objects.create(
-            tenant=tenant, actor=actor, action=action, resource=resource[:200],
-            outcome=outcome, details=details or {},
-        )  # fmt: skip
+            tenant=tenant,
+            actor=actor,
+            action=action,
+            resource=resource[:200],
+            outcome=outcome,
+            details=details or {},
+        )
     except Exception as exc:  # an audit failure must not turn a denial into a 500
         log.error("audit entry lost (%s %s %s): %s", tenant, action, resource, exc)
 

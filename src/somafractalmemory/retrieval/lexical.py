@@ -1,10 +1,9 @@
-"""Lexical retrieval: the analyzer for the BM25 leg in the vector index, and full-text
-search inside the SQL database (SQLite FTS5 BM25 / PostgreSQL), used when the index is down.
+"""Lexical tokens: the analyzer behind the BM25 leg in the vector index and the SQL
+full-text index (`memories/fulltext.py`, used when the index is down).
 
-Neither sees plaintext: each stemmed word is replaced by an HMAC keyed per tenant, so both
-indexes hold opaque tokens (the SQL one indexes the `tokens` column, not the sealed content),
-and a query can only match tokens made with its own tenant's key. SQL full text runs where
-the rows are, restricted by the caller's queryset (tenant, namespace) inside the query.
+Neither index sees plaintext: each stemmed word is replaced by an HMAC keyed per tenant, so
+both hold opaque tokens (the SQL one indexes the `tokens` column, not the sealed content), and
+a query can only match tokens made with its own tenant's key. Pure: no Django, no I/O.
 """
 
 from __future__ import annotations
@@ -12,10 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-
-from django.db import connection
-from django.db.models import BooleanField, FloatField, QuerySet
-from django.db.models.expressions import RawSQL
 
 MAX_TERMS = 64
 MAX_INDEXED_CHARS = 65_000  # the index's text field holds 65,535 characters
@@ -53,49 +48,3 @@ def keyed_tokens(text: str, key: bytes) -> str:
     return (
         tokens[:MAX_INDEXED_CHARS].rsplit(" ", 1)[0] if len(tokens) > MAX_INDEXED_CHARS else tokens
     )
-
-
-def search(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
-    """(memory id, score) of the best matches of keyed `tokens` among `queryset`, best first."""
-    tokens = [t for t in tokens if t.isalnum()][:MAX_TERMS]
-    if not tokens:
-        return []
-    if connection.vendor == "postgresql":
-        return _postgres(queryset, tokens, limit)
-    return _sqlite(queryset, tokens, limit)
-
-
-def _sqlite(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
-    match = " OR ".join(f'"{t}"' for t in tokens)
-    inner, params = queryset.values("id").query.sql_with_params()
-    sql = (
-        "SELECT m.id, -bm25(memories_fts) AS score FROM memories_fts "
-        "JOIN memories_memory m ON m.rowid = memories_fts.rowid "
-        f"WHERE memories_fts MATCH %s AND m.id IN ({inner}) ORDER BY score DESC LIMIT %s"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [match, *params, limit])
-        return [(str(row[0]), float(row[1])) for row in cursor.fetchall()]
-
-
-def _postgres(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
-    tsquery = " | ".join(tokens)
-    vector = "to_tsvector('simple', tokens)"
-    rows = (
-        queryset.alias(
-            lexical_hit=RawSQL(
-                f"{vector} @@ to_tsquery('simple', %s)", (tsquery,), output_field=BooleanField()
-            )
-        )
-        .filter(lexical_hit=True)
-        .annotate(
-            lexical_score=RawSQL(
-                f"ts_rank_cd({vector}, to_tsquery('simple', %s))",
-                (tsquery,),
-                output_field=FloatField(),
-            )
-        )
-        .order_by("-lexical_score", "id")
-        .values_list("id", "lexical_score")[:limit]
-    )
-    return [(str(i), float(s)) for i, s in rows]

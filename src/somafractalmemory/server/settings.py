@@ -29,10 +29,10 @@ INSTALLED_APPS = [
     "somafractalmemory.dashboard",
 ]
 MIDDLEWARE = [
-    "somafractalmemory.memories.api.RequestMiddleware",
+    "somafractalmemory.server.middleware.RequestMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "somafractalmemory.memories.api.JsonErrorsMiddleware",
-    "somafractalmemory.memories.api.AuthMiddleware",
+    "somafractalmemory.server.middleware.JsonErrorsMiddleware",
+    "somafractalmemory.server.middleware.AuthMiddleware",
 ]
 TEMPLATES = [
     {

@@ -7,8 +7,8 @@ import ninja
 from django.urls import include, path, re_path
 from django.views.static import serve
 
-from somafractalmemory.memories.api import (
-    api,
+from somafractalmemory.server.api import api
+from somafractalmemory.server.probes import (
     healthz,
     json_400,
     json_404,

@@ -240,8 +240,11 @@ class MilvusIndex:
             np.asarray(vector, dtype=np.float32).tolist(),
             "context_vector" if context else "vector",
             "COSINE",
-            tenant=tenant, namespace=namespace, where=where, top_k=top_k,
-        )  # fmt: skip
+            tenant=tenant,
+            namespace=namespace,
+            where=where,
+            top_k=top_k,
+        )
 
     def nearest(
         self, vectors: npt.NDArray[np.float32], *, tenant: str, namespace: str, top_k: int
@@ -277,9 +280,14 @@ class MilvusIndex:
             return []
         try:
             return self._search(
-                tokens, "context_sparse" if context else "sparse", "BM25",
-                tenant=tenant, namespace=namespace, where=where, top_k=top_k,
-            )  # fmt: skip
+                tokens,
+                "context_sparse" if context else "sparse",
+                "BM25",
+                tenant=tenant,
+                namespace=namespace,
+                where=where,
+                top_k=top_k,
+            )
         except IndexUnavailable as exc:
             # Milvus Lite cannot score BM25 before the collection holds a document (its
             # average length is 0, the scores NaN): nothing to find is not a failure.

@@ -1,4 +1,4 @@
-"""The fractal memory: consolidation level by level, and searches that use the tree.
+"""The fractal memory's consolidation, level by level (searches over the tree: `recall`).
 
 Consolidation folds the memories of one level that have no parent yet into parents one level
 up (episodes -> semantic memories -> summaries -> summaries of summaries), grouping them by
@@ -11,7 +11,6 @@ one parent or made nothing new. Re-running with nothing new changes nothing.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,16 +19,16 @@ from django.utils import timezone
 
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import ConsolidationBusy
-from somafractalmemory.memories import jobs, links, services
-from somafractalmemory.memories.models import DEFAULT_TENANT, Link, Memory
+from somafractalmemory.memories import indexing, links, tree
+from somafractalmemory.memories.identity import sources_hash_of
+from somafractalmemory.memories.jobs import runner
+from somafractalmemory.memories.models import DEFAULT_TENANT, EPISODE_ORDER, Link, Memory
 from somafractalmemory.retrieval import grouping
 
-MAX_LEVEL = 6
 WINDOW_GROWTH = 7
 SIMILARITY_STEP = 0.1
 MIN_SIMILARITY = 0.2
 CHUNK = 200
-Report = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -83,10 +82,10 @@ def _refresh_changed(tenant: str, namespace: str) -> int:
     stale = []
     for p in sorted(parents, key=lambda p: p.level):  # lowest first: refresh climbs
         children = [c for c in kids.get(p.id, []) if c in hashes]
-        key = services.sources_hash_of([(c, hashes[c]) for c in children])
+        key = sources_hash_of([(c, hashes[c]) for c in children])
         if key != p.sources_hash:
             stale.append(p.id)
-    services.refresh_parents(tenant, stale)
+    tree.refresh_parents(tenant, stale)
     return len(stale)
 
 
@@ -98,7 +97,7 @@ def _unfolded(tenant: str, namespace: str, level: int, since: Any, until: Any) -
         query = query.filter(created_at__gte=since)
     if until is not None:
         query = query.filter(created_at__lt=until)
-    return list(query.order_by("created_at", "stored_at", "id"))
+    return list(query.order_by(*EPISODE_ORDER))
 
 
 def _near_new(items: list[Memory], window: float) -> list[Memory]:
@@ -116,7 +115,7 @@ def _near_new(items: list[Memory], window: float) -> list[Memory]:
 
 
 def _consolidate_level(
-    tenant: str, namespace: str, level: int, since: Any, until: Any, report: Report
+    tenant: str, namespace: str, level: int, since: Any, until: Any, report: runner.Progress
 ) -> LevelResult:
     result = LevelResult(level)
     span = (since, until) if level == 0 else (None, None)
@@ -135,7 +134,7 @@ def _consolidate_level(
         if (p.span_end or p.created_at).timestamp() >= low - window
         and p.created_at.timestamp() <= high + window
     ]
-    vectors = services.vectors_of([*items, *seeds_rows])
+    vectors = indexing.vectors_of([*items, *seeds_rows])
     sizes = {k: len(v) for k, v in links.child_ids([p.id for p in seeds_rows]).items()}
     seeds = [
         grouping.seed(
@@ -154,7 +153,7 @@ def _consolidate_level(
     )
     rows = {m.id: m for m in items}
     seed_rows = {p.id: p for p in seeds_rows}
-    made: list[tuple[Memory | None, str, int, Sequence[Memory]]] = []
+    made: list[tree.Made] = []
     for g in groups:
         new = [rows[i] for i in g.members]
         if g.key is not None:
@@ -170,12 +169,12 @@ def _consolidate_level(
         result.folded += len(new)
     for start in range(0, len(made), CHUNK):
         report(start, len(made), f"level {level}: saving parents")
-        services.save_parents(tenant, made[start : start + CHUNK])
+        tree.save_parents(tenant, made[start : start + CHUNK])
     # Left alone (too far from anything) until something new arrives at this level.
     Memory.objects.filter(id__in=[m.id for m in items]).update(considered_at=timezone.now())
     updated = [p.id for p, *_ in made if p is not None]
     above = links.parent_ids(updated)
-    services.refresh_parents(tenant, [g for gs in above.values() for g in gs])
+    tree.refresh_parents(tenant, [g for gs in above.values() for g in gs])
     report(len(made), len(made), f"level {level}: done")
     return result
 
@@ -186,19 +185,18 @@ def consolidate(
     tenant: str = DEFAULT_TENANT,
     since: datetime | None = None,
     until: datetime | None = None,
-    report: Report | None = None,
+    report: runner.Progress = runner.quiet,
 ) -> Consolidation:
     """Consolidate one namespace (episodes in [since, until) when given)."""
-    report = report or (lambda done, total, stage: None)
     outcome = Consolidation(namespace)
-    with jobs.lease(f"consolidate:{tenant}:{namespace}", 3600) as acquired:
+    with runner.lease(f"consolidate:{tenant}:{namespace}", 3600) as acquired:
         if not acquired:
             raise ConsolidationBusy(
                 f"namespace {namespace!r} is being consolidated already; try again when done",
                 details={"namespace": namespace},
             )
         outcome.refreshed = _refresh_changed(tenant, namespace)
-        for level in range(MAX_LEVEL):
+        for level in range(tree.MAX_LEVEL):
             result = _consolidate_level(tenant, namespace, level, since, until, report)
             outcome.levels.append(result)
             parents = Memory.objects.filter(
@@ -223,13 +221,13 @@ def start(
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
     }
-    job = jobs.create(tenant, "consolidate", params)
+    job = runner.create(tenant, "consolidate", params)
 
-    def work(progress: jobs.Progress) -> dict[str, Any]:
+    def work(progress: runner.Progress) -> dict[str, Any]:
         done = consolidate(namespace, tenant=tenant, since=since, until=until, report=progress)
         return done.as_dict()
 
-    return jobs.run(job, work) if wait else jobs.submit(job, work)
+    return runner.run(job, work) if wait else runner.submit(job, work)
 
 
 def namespaces_to_consolidate(tenant: str | None = None) -> list[tuple[str, str]]:
@@ -240,66 +238,3 @@ def namespaces_to_consolidate(tenant: str | None = None) -> list[tuple[str, str]
     if tenant is not None:
         query = query.filter(tenant_id=tenant)
     return sorted(set(query.values_list("tenant_id", "namespace")))
-
-
-# -- searches over the tree -------------------------------------------------------------------
-
-
-def expand(hits: Sequence[Memory], direction: str, *, tenant: str) -> dict[str, list[Memory]]:
-    """Each hit's children or parents (one level)."""
-    ids = [m.id for m in hits]
-    related = links.child_ids(ids) if direction == "children" else links.parent_ids(ids)
-    rows = Memory.objects.in_bulk([r for rs in related.values() for r in rs])
-    out: dict[str, list[Memory]] = {}
-    for memory_id, others in related.items():
-        found = [rows[o] for o in others if o in rows and rows[o].tenant_id == tenant]
-        out[memory_id] = sorted(found, key=lambda m: (m.created_at, m.id))
-    return out
-
-
-ZOOM_PARENTS = 3
-
-
-def zoom(text: str, query: services.Query, *, tenant: str = DEFAULT_TENANT) -> services.Recall:
-    """Best consolidated memories first, then the best episodes under them. Falls back to a
-    plain search of episodes when nothing is consolidated yet."""
-    top = services.recall(
-        text,
-        services.Query(
-            namespace=query.namespace,
-            top_k=ZOOM_PARENTS,
-            mode=query.mode,
-            filters=query.filters,
-            types=("semantic", "summary"),
-            levels=tuple(range(1, MAX_LEVEL + 1)),
-            scoring=query.scoring,
-        ),
-        tenant=tenant,
-    )
-    under = sorted(links.descendants([h.memory.id for h in top.hits], max_nodes=1000))
-    parts = [f for f in (query.filters, {"id": {"$in": under[:1000]}} if under else None) if f]
-    episodes = services.recall(
-        text,
-        services.Query(
-            namespace=query.namespace,
-            top_k=query.top_k,
-            mode=query.mode,
-            filters={"$and": parts} if parts else None,
-            types=("episodic",),
-            created_after=query.created_after,
-            created_before=query.created_before,
-            min_score=query.min_score,
-            scoring=query.scoring,
-        ),
-        tenant=tenant,
-    )
-    return services.Recall(
-        hits=episodes.hits,
-        latency_ms=top.latency_ms + episodes.latency_ms,
-        embedding_ms=top.embedding_ms + episodes.embedding_ms,
-        index_ms=top.index_ms + episodes.index_ms,
-        mode=episodes.mode,
-        warnings=top.warnings
-        + episodes.warnings
-        + ([] if under else ["zoom: nothing consolidated matched; episodes searched directly"]),
-    )

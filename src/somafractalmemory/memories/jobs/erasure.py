@@ -28,14 +28,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Q
 
 from somafractalmemory import backends
 from somafractalmemory.embedding.cache import forget_tenant
 from somafractalmemory.errors import ConsolidationBusy, FilterRequired
-from somafractalmemory.memories import jobs, links, services, tenancy
-from somafractalmemory.memories.models import Job, Link, Memory, VectorTask
+from somafractalmemory.memories import indexing, links, tenancy, tree
+from somafractalmemory.memories.jobs import runner
+from somafractalmemory.memories.jobs.runner import Progress
+from somafractalmemory.memories.models import Job, Link, Memory, VectorTask, retry_integrity
 from somafractalmemory.retrieval import filters
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 CHUNK = 500
 KIND = "purge"
 RESUMED = "job_resumed"
-Report = Callable[[int, int, str], None]
 
 
 @dataclass
@@ -65,10 +66,6 @@ class Erased:
         return asdict(self)
 
 
-def _quiet(done: int, total: int, stage: str = "") -> None:
-    pass
-
-
 def matching(tenant: str, namespace: str | None, where: filters.Node | None) -> list[Memory]:
     """The tenant's memories (of `namespace`, if given) that `where` matches; only the
     fields the erasure needs are loaded."""
@@ -80,7 +77,7 @@ def matching(tenant: str, namespace: str | None, where: filters.Node | None) -> 
     if where is None:
         return list(scope.only(*fields).order_by("id"))
     rows = scope.only(*fields, "metadata").order_by("id").iterator(chunk_size=2000)
-    return [m for m in rows if filters.matches(where, services.facts_of(m))]
+    return [m for m in rows if filters.matches(where, m.facts())]
 
 
 def plan_parents(erased: set[str]) -> tuple[set[str], set[str]]:
@@ -116,7 +113,7 @@ def purge(
     spec: Any = None,
     everything: bool = False,
     dry_run: bool = False,
-    progress: Report | None = None,
+    progress: Progress = runner.quiet,
     before: Callable[[list[str]], None] | None = None,
 ) -> Erased:
     """Erase the tenant's memories that `spec` (the search filter language) matches, in
@@ -128,7 +125,6 @@ def purge(
             "refusing to erase without a filter: give filters, or all: true to erase "
             + ("the whole namespace" if namespace else "every namespace of the tenant"),
         )
-    report = progress or _quiet
     found = matching(tenant, namespace, where)
     ids = [m.id for m in found]
     names = sorted({m.namespace for m in found})
@@ -148,11 +144,16 @@ def purge(
     if not found:  # nothing to erase: no job, and no scrub of the whole index
         erased = Erased(namespaces=[namespace] if namespace else [])
     else:
-        params = {"namespace": namespace, "filters": spec, "all": everything,
-                  "holder": jobs.HOLDER}  # fmt: skip
+        params = {
+            "namespace": namespace,
+            "filters": spec,
+            "all": everything,
+            "holder": runner.HOLDER,
+        }
         with _consolidation_paused(tenant, names if namespace is None else [namespace]):
-            job = jobs.create(tenant, KIND, params)
-            jobs.run(job, lambda p: _erase(job, found, _both(p, report), params), reraise=True)
+            job = runner.create(tenant, KIND, params)
+            work = _erase_with(job, found, progress, params)
+            runner.run(job, work, reraise=True)
         erased = Erased(**(job.result or {}))
     tenancy.audit(
         tenant,
@@ -164,12 +165,19 @@ def purge(
     return erased
 
 
-def _both(first: Report, second: Report) -> Report:
-    def report(done: int, total: int, stage: str = "") -> None:
-        first(done, total, stage)
-        second(done, total, stage)
+def _erase_with(
+    job: Job, found: list[Memory], progress: Progress, params: dict[str, Any]
+) -> runner.Work:
+    """The purge's work for its job: it reports to the job and to `progress` both."""
 
-    return report
+    def work(beat: Progress) -> dict[str, Any]:
+        def report(done: int, total: int, stage: str = "") -> None:
+            beat(done, total, stage)
+            progress(done, total, stage)
+
+        return _erase(job, found, report, params)
+
+    return work
 
 
 @contextmanager
@@ -178,7 +186,7 @@ def _consolidation_paused(tenant: str, names: Sequence[str]) -> Iterator[None]:
     memories being erased into new parents meanwhile."""
     with ExitStack() as held:
         for name in sorted(set(names)):
-            if not held.enter_context(jobs.lease(f"consolidate:{tenant}:{name}", 3600)):
+            if not held.enter_context(runner.lease(f"consolidate:{tenant}:{name}", 3600)):
                 raise ConsolidationBusy(
                     f"namespace {name!r} is being consolidated; erase again when it is done",
                     details={"namespace": name},
@@ -189,7 +197,7 @@ def _consolidation_paused(tenant: str, names: Sequence[str]) -> Iterator[None]:
 def _erase(
     job: Job,
     found: list[Memory],
-    report: Report,
+    report: Progress,
     params: dict[str, Any],
 ) -> dict[str, Any]:
     tenant, namespace = job.tenant_id, params["namespace"]
@@ -199,18 +207,13 @@ def _erase(
     doomed = set(ids)
     # A resumed purge starts from what the interrupted one recorded (see _erase_chunk).
     parents: set[str] = set((job.result or {}).get("parents", []))
-    index = backends.vector_index()
     report(0, len(ids), "erasing")
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         deleted, links_gone, tasks, above = _erase_chunk(job, chunk, doomed)
         parents |= above
         erased.links += links_gone
-        try:
-            index.delete(chunk)
-            services.settle(tasks)
-        except Exception as exc:  # committed: the outbox deletes them later
-            log.warning("vector deletes owed for %d erased memories: %s", len(chunk), exc)
+        indexing.unindex(chunk, tasks)
         erased.memories += deleted
         report(start + len(chunk), len(ids), "erasing")
     erased.vectors = sum(m.archived_at is None for m in found)
@@ -218,8 +221,8 @@ def _erase(
     earlier = [_from_place(tenant, p) for p in (job.result or {}).get("episodes", [])]
     seen = {m.id for m in found}
     gone = [*found, *(m for m in earlier if m.id not in seen)]
-    erased.neighbours_rewritten = services.rewrite_neighbours(gone)
-    refreshed = services.refresh_parents(tenant, sorted(parents - doomed))
+    erased.neighbours_rewritten = indexing.rewrite_neighbours(gone)
+    refreshed = tree.refresh_parents(tenant, sorted(parents - doomed))
     erased.parents_resummarized = refreshed.resummarized
     erased.parents_removed = refreshed.removed
     report(1, 1, "rewriting neighbours and parents")
@@ -244,39 +247,29 @@ def _erase_chunk(
 ) -> tuple[int, int, list[VectorTask], set[str]]:
     """One transaction: the rows, their links both ways, outbox deletes of their vectors,
     and the parents to refresh recorded in the job (so that a resumed purge has them)."""
-    for attempt in range(services.DELETE_ATTEMPTS):
-        try:
-            with transaction.atomic():
-                rows_here = list(
-                    Memory.objects.filter(tenant_id=job.tenant_id, id__in=chunk).only(*PLACE)
-                )
-                above = {p for ps in links.parent_ids(chunk).values() for p in ps} - doomed
-                gone = Link.objects.filter(Q(source_id__in=chunk) | Q(target_id__in=chunk))
-                links_gone = gone.delete()[0]
-                rows = Memory.objects.filter(tenant_id=job.tenant_id, id__in=chunk).delete()
-                erased = rows[1].get(Memory._meta.label, 0)
-                tasks = VectorTask.objects.bulk_create(
-                    VectorTask(
-                        memory_id=i,
-                        action=VectorTask.Action.DELETE,
-                        next_attempt_at=services.grace(),
-                    )
-                    for i in chunk
-                )
-                state = job.result or {}
-                places = [_place(m) for m in rows_here if m.type == "episodic"]
-                job.result = {
-                    "parents": sorted(above | set(state.get("parents", []))),
-                    "episodes": [*state.get("episodes", []), *places],
-                }
-                job.heartbeat_at = datetime.now(UTC)
-                job.save(update_fields=["result", "heartbeat_at"])
-            return erased, links_gone, tasks, above
-        except IntegrityError:
-            # A concurrent store linked to one of them after its links were deleted.
-            if attempt == services.DELETE_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+
+    def erase() -> tuple[int, int, list[VectorTask], set[str]]:
+        with transaction.atomic():
+            rows_here = list(
+                Memory.objects.filter(tenant_id=job.tenant_id, id__in=chunk).only(*PLACE)
+            )
+            above = {p for ps in links.parent_ids(chunk).values() for p in ps} - doomed
+            gone = Link.objects.filter(Q(source_id__in=chunk) | Q(target_id__in=chunk))
+            links_gone = gone.delete()[0]
+            rows = Memory.objects.filter(tenant_id=job.tenant_id, id__in=chunk).delete()
+            erased = rows[1].get(Memory._meta.label, 0)
+            tasks = indexing.owe(chunk, VectorTask.Action.DELETE)
+            state = job.result or {}
+            places = [_place(m) for m in rows_here if m.type == "episodic"]
+            job.result = {
+                "parents": sorted(above | set(state.get("parents", []))),
+                "episodes": [*state.get("episodes", []), *places],
+            }
+            job.heartbeat_at = datetime.now(UTC)
+            job.save(update_fields=["result", "heartbeat_at"])
+        return erased, links_gone, tasks, above
+
+    return retry_integrity(erase)
 
 
 PLACE = ("id", "tenant_id", "namespace", "type", "created_at", "stored_at")
@@ -284,15 +277,24 @@ PLACE = ("id", "tenant_id", "namespace", "type", "created_at", "stored_at")
 
 def _place(memory: Memory) -> list[str]:
     """Where an erased episode stood, for rewriting its neighbours after a crash."""
-    return [memory.namespace, memory.created_at.isoformat(), memory.stored_at.isoformat(),
-            memory.id]  # fmt: skip
+    return [
+        memory.namespace,
+        memory.created_at.isoformat(),
+        memory.stored_at.isoformat(),
+        memory.id,
+    ]
 
 
 def _from_place(tenant: str, place: Sequence[str]) -> Memory:
     namespace, created, stored, memory_id = place
-    return Memory(id=memory_id, tenant_id=tenant, namespace=namespace, type="episodic",
-                  created_at=datetime.fromisoformat(created),
-                  stored_at=datetime.fromisoformat(stored))  # fmt: skip
+    return Memory(
+        id=memory_id,
+        tenant_id=tenant,
+        namespace=namespace,
+        type="episodic",
+        created_at=datetime.fromisoformat(created),
+        stored_at=datetime.fromisoformat(stored),
+    )
 
 
 def scrub() -> bool:
@@ -315,19 +317,19 @@ def interrupted() -> list[Job]:
     """Purge jobs that did not finish: their process died (or stopped beating), or they
     failed half way. Resuming finishes them."""
     unfinished = Job.objects.filter(kind=KIND).exclude(status=Job.Status.SUCCEEDED)
-    stale = datetime.now(UTC) - jobs.STALE_AFTER
+    stale = datetime.now(UTC) - runner.STALE_AFTER
 
     def given_up(job: Job) -> bool:
         holder = str(job.params.get("holder", ""))
-        if (job.error or {}).get("code") == RESUMED or jobs.holder_alive(holder):
+        if (job.error or {}).get("code") == RESUMED or runner.holder_alive(holder):
             return False
         beat = job.heartbeat_at or job.created_at
-        return job.status == Job.Status.FAILED or jobs.holder_dead(holder) or beat < stale
+        return job.status == Job.Status.FAILED or runner.holder_dead(holder) or beat < stale
 
     return [job for job in unfinished.order_by("created_at") if given_up(job)]
 
 
-def resume(job: Job, progress: Report | None = None) -> Erased:
+def resume(job: Job, progress: Progress = runner.quiet) -> Erased:
     """Finish an interrupted purge: what still matches goes, the parents it recorded are
     refreshed. The old job is marked interrupted; a new one does the work."""
     params = job.params
@@ -337,12 +339,16 @@ def resume(job: Job, progress: Report | None = None) -> Erased:
         job.status, job.finished_at = Job.Status.FAILED, datetime.now(UTC)
         job.error = {"code": RESUMED, "message": "resumed by a later job", "details": None}
         job.save(update_fields=["status", "error", "finished_at"])
-        again = jobs.create(job.tenant_id, KIND, {**params, "holder": jobs.HOLDER})
+        again = runner.create(job.tenant_id, KIND, {**params, "holder": runner.HOLDER})
         again.result = job.result  # what the first run recorded, kept if this one fails too
         again.save(update_fields=["result"])
-        report = progress or _quiet
-        jobs.run(again, lambda p: _erase(again, found, _both(p, report), params), reraise=True)
+        runner.run(again, _erase_with(again, found, progress, params), reraise=True)
     erased = Erased(**(again.result or {}))
-    tenancy.audit(job.tenant_id, "system", "memory.purge.resumed", resource=job.id,
-                  details={"filters": params.get("filters"), **erased.as_dict()})  # fmt: skip
+    tenancy.audit(
+        job.tenant_id,
+        "system",
+        "memory.purge.resumed",
+        resource=job.id,
+        details={"filters": params.get("filters"), **erased.as_dict()},
+    )
     return erased

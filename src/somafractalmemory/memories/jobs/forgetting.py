@@ -10,34 +10,23 @@ unless `archive_retention_days` is set.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 
-from somafractalmemory import backends
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import MemoryNotFound
-from somafractalmemory.memories import jobs, services
+from somafractalmemory.memories import indexing, remember
+from somafractalmemory.memories.jobs import runner
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, VectorTask
+from somafractalmemory.memories.recall import retention
 from somafractalmemory.retrieval import ranking
 
-log = logging.getLogger(__name__)
 CHUNK = 1000
 SAMPLE = 20
-
-
-def retention(memory: Memory, now: datetime, half_lives: ranking.HalfLives | None = None) -> float:
-    half_lives = half_lives or ranking.HalfLives()
-    return ranking.retention(
-        (now - memory.last_seen).total_seconds(),
-        half_lives.seconds(memory.type),
-        memory.importance,
-        memory.strength,
-    )
 
 
 @dataclass
@@ -53,18 +42,17 @@ class Forgetting:
         return vars(self).copy()
 
 
-def forget(
+def archive_faded(
     *,
     tenant: str = DEFAULT_TENANT,
     namespace: str | None = None,
     dry_run: bool = False,
     now: datetime | None = None,
-    report: Callable[[int, int, str], None] | None = None,
+    report: runner.Progress = runner.quiet,
 ) -> Forgetting:
     """Archive faded, unimportant memories (and delete archived ones past retention)."""
     config = get_config()
     now = now or datetime.now(UTC)
-    report = report or (lambda done, total, stage: None)
     outcome = Forgetting(dry_run=dry_run)
     scope = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=True)
     if namespace is not None:
@@ -103,7 +91,7 @@ def _expire(tenant: str, namespace: str | None, now: datetime) -> int:
     deleted = 0
     for memory_id in list(old.values_list("id", flat=True)):
         try:
-            services.forget(memory_id, tenant=tenant)
+            remember.delete(memory_id, tenant=tenant)
             deleted += 1
         except MemoryNotFound:
             pass  # deleted meanwhile
@@ -118,33 +106,22 @@ def archive(
         changed = Memory.objects.filter(
             tenant_id=tenant, id__in=list(ids), archived_at__isnull=True
         ).update(archived_at=now or datetime.now(UTC))
-        tasks = VectorTask.objects.bulk_create(
-            VectorTask(
-                memory_id=i, action=VectorTask.Action.DELETE, next_attempt_at=services.grace()
-            )
-            for i in ids
-        )
-    try:
-        backends.vector_index().delete(list(ids))
-        services.settle(tasks)
-    except Exception as exc:  # committed: the outbox worker removes them later
-        log.warning("archived memories stay in the index until the outbox is paid: %s", exc)
+        tasks = indexing.owe(ids, VectorTask.Action.DELETE)
+    indexing.unindex(ids, tasks)
     return changed
 
 
 def restore(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
     """Bring an archived memory back into search, as if just recalled."""
-    memory = services.get(memory_id, tenant=tenant)
+    memory = remember.get(memory_id, tenant=tenant)
     if memory.archived_at is None:
         return memory
     memory.archived_at = None
     memory.last_accessed_at = datetime.now(UTC)
     with transaction.atomic():
         memory.save(update_fields=["archived_at", "last_accessed_at", "updated_at"])
-        task = VectorTask.objects.create(
-            memory_id=memory.id, action=VectorTask.Action.UPSERT, next_attempt_at=services.grace()
-        )
-    services.index_or_owe([memory], None, [task])
+        tasks = indexing.owe([memory.id])
+    indexing.index_or_owe([memory], None, tasks)
     return memory
 
 
@@ -156,11 +133,10 @@ def start(
     wait: bool = False,
 ) -> Any:
     """Forgetting as a job: queued on the job thread, or run to the end with `wait`."""
-    job = jobs.create(tenant, "forget", {"namespace": namespace, "dry_run": dry_run})
+    job = runner.create(tenant, "forget", {"namespace": namespace, "dry_run": dry_run})
 
-    def work(progress: jobs.Progress) -> dict[str, Any]:
-        return forget(
-            tenant=tenant, namespace=namespace, dry_run=dry_run, report=progress
-        ).as_dict()
+    def work(progress: runner.Progress) -> dict[str, Any]:
+        faded = archive_faded(tenant=tenant, namespace=namespace, dry_run=dry_run, report=progress)
+        return faded.as_dict()
 
-    return jobs.run(job, work) if wait else jobs.submit(job, work)
+    return runner.run(job, work) if wait else runner.submit(job, work)

@@ -1,4 +1,5 @@
-"""Keeping the vector index true to SQL (`reindex`, `doctor`), and the scheduled jobs.
+"""Keeping the vector index true to SQL (`reindex`, `doctor`), the outbox worker, and the
+scheduled jobs.
 
 The index holds every memory that is not archived; archived memories are out of it on
 purpose (forgetting), so for `doctor` an archived memory in the index is orphaned.
@@ -9,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from django.db import close_old_connections
 from django.db.models import QuerySet
@@ -18,14 +20,14 @@ from django.db.models import QuerySet
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import ConsolidationBusy
-from somafractalmemory.memories import forgetting, hierarchy
-from somafractalmemory.memories.models import Memory, Tenant, VectorTask
-from somafractalmemory.memories.services import write_vectors
+from somafractalmemory.memories import tenancy
+from somafractalmemory.memories.indexing import drain_outbox, write_vectors
+from somafractalmemory.memories.jobs import consolidation, forgetting
+from somafractalmemory.memories.jobs.runner import Progress, quiet
+from somafractalmemory.memories.models import Memory, VectorTask
+from somafractalmemory.memories.recall import flush_reinforcements
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
-"""Called with (done, total) as work advances."""
 
 CHUNK = 1000
 
@@ -54,7 +56,7 @@ class ReindexReport:
     removed: int = 0
 
 
-def reindex(*, drop: bool = False, progress: Progress | None = None) -> ReindexReport:
+def reindex(*, drop: bool = False, progress: Progress = quiet) -> ReindexReport:
     """Re-embed every memory into the current model's collection, then remove orphans.
 
     Without `drop` the collection keeps answering while it is rebuilt; with it, the rebuild
@@ -69,8 +71,7 @@ def reindex(*, drop: bool = False, progress: Progress | None = None) -> ReindexR
     for chunk in _chunks():
         write_vectors(chunk)
         report.indexed += len(chunk)
-        if progress:
-            progress(report.indexed, total)
+        progress(report.indexed, total)
     known = set(_indexed().values_list("id", flat=True))
     orphans = [mid for mid, _ in index.entries() if mid not in known]
     index.delete(orphans)
@@ -94,7 +95,7 @@ class Drift:
         return not (self.missing or self.orphaned or self.stale)
 
 
-def doctor(*, repair: bool = False, progress: Progress | None = None) -> Drift:
+def doctor(*, repair: bool = False, progress: Progress = quiet) -> Drift:
     """Compare SQL and the index; with `repair`, make the index match SQL."""
     index = backends.vector_index()
     indexed = dict(index.entries())
@@ -112,21 +113,37 @@ def doctor(*, repair: bool = False, progress: Progress | None = None) -> Drift:
         for chunk in _chunks(todo):
             write_vectors(chunk)
             done += len(chunk)
-            if progress:
-                progress(done, len(todo))
+            progress(done, len(todo))
         index.delete(drift.orphaned)
     return drift
 
 
-# -- scheduled jobs ------------------------------------------------------------------------
+# -- the outbox worker and the scheduled jobs ---------------------------------------------
+
+
+def run_outbox_worker(stop: threading.Event, *, interval: float = 1.0) -> None:
+    """Drain the outbox (and write noted recalls) until `stop` is set; sleeps `interval`
+    when there is nothing due. Tasks left by a previous process are due at once."""
+    started = datetime.now(UTC)
+    while not stop.is_set():
+        try:
+            flush_reinforcements()
+            paid = drain_outbox(owed_before=started)
+        except Exception as exc:  # the worker must outlive any one failure
+            log.warning("outbox worker: %s", exc)
+            paid = 0
+        finally:
+            close_old_connections()
+        if not paid:
+            stop.wait(interval)
 
 
 def consolidate_due() -> int:
     """Consolidate every namespace that has episodes without a parent; returns how many."""
     done = 0
-    for tenant, namespace in hierarchy.namespaces_to_consolidate():
+    for tenant, namespace in consolidation.namespaces_to_consolidate():
         try:
-            hierarchy.consolidate(namespace, tenant=tenant)
+            consolidation.consolidate(namespace, tenant=tenant)
             done += 1
         except ConsolidationBusy:
             continue  # another process is on it
@@ -135,9 +152,7 @@ def consolidate_due() -> int:
 
 def forget_due() -> int:
     """Run forgetting for every tenant; returns how many memories it archived."""
-    return sum(
-        forgetting.forget(tenant=t).archived for t in Tenant.objects.values_list("id", flat=True)
-    )
+    return sum(forgetting.archive_faded(tenant=t.id).archived for t in tenancy.list_tenants())
 
 
 def run_schedules(stop: threading.Event) -> None:

@@ -1,4 +1,4 @@
-"""Background jobs (consolidation, forgetting) and SQL leases that keep them single.
+"""Background jobs (consolidation, forgetting, erasure) and SQL leases that keep them single.
 
 A job is a row: queued -> running -> succeeded | failed, with progress and a heartbeat. Jobs
 run on one thread per process; `run` executes inline instead (`"wait": true`). A job whose
@@ -17,13 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import IntegrityError, connections, transaction
 
 from somafractalmemory.errors import JobNotFound, SFMError
+from somafractalmemory.memories.identity import new_id
 from somafractalmemory.memories.models import Job, Lease
-from somafractalmemory.memories.services import ensure_tenant, new_id
+from somafractalmemory.memories.tenancy import ensure_tenant
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,20 @@ HOLDER = f"{socket.gethostname()}:{os.getpid()}"
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sfm-job")
 
 
-class Progress:
-    """Called by the work as it goes: `progress(done, total, stage)`; written at most once
-    a second (and at the end), which is also the job's heartbeat."""
+class Progress(Protocol):
+    """How long work reports as it goes: `progress(done, total, stage)`. Jobs, the CLI and
+    the benchmarks each pass their own."""
+
+    def __call__(self, done: int, total: int, stage: str = "") -> None: ...
+
+
+def quiet(done: int, total: int, stage: str = "") -> None:
+    """A `Progress` that reports nothing."""
+
+
+class JobProgress:
+    """A job's `Progress`: written to its row at most once a second (and at the end), which
+    is also the job's heartbeat."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -66,7 +78,7 @@ def run(job: Job, work: Work, *, reraise: bool = False) -> Job:
     job.heartbeat_at = job.started_at
     job.save(update_fields=["status", "started_at", "heartbeat_at"])
     try:
-        job.result = work(Progress(job))
+        job.result = work(JobProgress(job))
         job.status = Job.Status.SUCCEEDED
     except SFMError as exc:
         job.status, job.error = Job.Status.FAILED, exc.to_dict()["error"]

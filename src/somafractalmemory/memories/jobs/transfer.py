@@ -6,7 +6,7 @@ outgoing links (a parent's `derived_from` links are its place in the hierarchy).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -14,8 +14,13 @@ from typing import IO, Any
 from django.db import transaction
 from django.db.models import Q
 
+from somafractalmemory import backends
 from somafractalmemory.errors import Conflict, IndexUnavailable, ValidationFailed
-from somafractalmemory.memories.models import Link, Memory, MemoryType, VectorTask
+from somafractalmemory.memories import indexing, links
+from somafractalmemory.memories.identity import sources_hash_of
+from somafractalmemory.memories.jobs.runner import Progress, quiet
+from somafractalmemory.memories.models import Link, Memory, MemoryType, data_key
+from somafractalmemory.memories.tenancy import ensure_tenant
 
 FORMAT = "sfm-memory/1"
 CHUNK = 500
@@ -52,7 +57,7 @@ def record(memory: Memory, links_out: list[Link]) -> dict[str, Any]:
     }
 
 
-def write(ids: Iterable[str], stream: IO[str], progress: Progress | None = None) -> int:
+def write(ids: Iterable[str], stream: IO[str], progress: Progress = quiet) -> int:
     """Write the memories with these ids (those that exist) to `stream`; returns how many."""
     ids = list(ids)
     written = 0
@@ -67,8 +72,7 @@ def write(ids: Iterable[str], stream: IO[str], progress: Progress | None = None)
                 line = record(rows[memory_id], out.get(memory_id, []))
                 stream.write(json.dumps(line, ensure_ascii=False) + "\n")
                 written += 1
-        if progress:
-            progress(start + len(chunk), len(ids))
+        progress(start + len(chunk), len(ids))
     return written
 
 
@@ -92,7 +96,6 @@ class Imported:
     """Memories whose vectors the outbox still owes (the index was not available)."""
 
 
-Progress = Callable[[int, int], None]
 REQUIRED = ("id", "tenant", "namespace", "type", "content", "created_at")
 
 
@@ -117,91 +120,97 @@ def parse(stream: IO[str]) -> list[dict[str, Any]]:
         try:
             item = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValidationFailed(f"line {line}: not JSON ({exc.msg})",
-                                   details={"line": line}) from None  # fmt: skip
+            raise ValidationFailed(
+                f"line {line}: not JSON ({exc.msg})", details={"line": line}
+            ) from None
         if not isinstance(item, dict) or item.get("format") != FORMAT:
             raise ValidationFailed(f"line {line}: not an {FORMAT} record", details={"line": line})
         missing = [k for k in REQUIRED if not item.get(k)]
         if missing:
-            raise ValidationFailed(f"line {line}: missing {', '.join(missing)}",
-                                   details={"line": line, "missing": missing})  # fmt: skip
+            raise ValidationFailed(
+                f"line {line}: missing {', '.join(missing)}",
+                details={"line": line, "missing": missing},
+            )
         if item["type"] not in MemoryType.values:
-            raise ValidationFailed(f"line {line}: unknown type {item['type']!r}",
-                                   details={"line": line})  # fmt: skip
-        for name in ("created_at", "stored_at", "span_end", "archived_at", "last_accessed_at",
-                     "considered_at"):  # fmt: skip
+            raise ValidationFailed(
+                f"line {line}: unknown type {item['type']!r}", details={"line": line}
+            )
+        for name in (
+            "created_at",
+            "stored_at",
+            "span_end",
+            "archived_at",
+            "last_accessed_at",
+            "considered_at",
+        ):
             item[name] = _when(item.get(name), line, name)
         records.append(item)
     return records
 
 
 def _row(item: dict[str, Any], tenant: str) -> Memory:
-    from somafractalmemory.memories import services
-
-    content = item["content"]
-    return Memory(
-        id=item["id"], tenant_id=tenant, namespace=item["namespace"], type=item["type"],
-        level=int(item.get("level") or 0), content=content,
-        metadata=item.get("metadata") or {}, importance=float(item.get("importance", 0.5)),
-        embedding_id=services.new_id("vec"), created_at=item["created_at"],
-        stored_at=item.get("stored_at") or item["created_at"], span_end=item.get("span_end"),
-        archived_at=item.get("archived_at"), access_count=int(item.get("access_count") or 0),
-        last_accessed_at=item.get("last_accessed_at"), considered_at=item.get("considered_at"),
+    memory = Memory(
+        id=item["id"],
+        tenant_id=tenant,
+        namespace=item["namespace"],
+        type=item["type"],
+        level=int(item.get("level") or 0),
+        metadata=item.get("metadata") or {},
+        importance=float(item.get("importance", 0.5)),
+        created_at=item["created_at"],
+        stored_at=item.get("stored_at") or item["created_at"],
+        span_end=item.get("span_end"),
+        archived_at=item.get("archived_at"),
+        access_count=int(item.get("access_count") or 0),
+        last_accessed_at=item.get("last_accessed_at"),
         strength=float(item.get("strength", 1.0)),
-        content_hash=services.content_hash(content, tenant),
-        tokens=services.tokens_of(content, tenant), size=len(content.encode("utf-8")),
-    )  # fmt: skip
+    )
+    memory.set_content(item["content"])
+    memory.considered_at = item.get("considered_at")  # where consolidation had got to
+    return memory
 
 
-def load(
-    stream: IO[str], *, tenant: str | None = None, progress: Progress | None = None
-) -> Imported:
+def load(stream: IO[str], *, tenant: str | None = None, progress: Progress = quiet) -> Imported:
     """Import an export: each memory into its own tenant (or all into `tenant`), with its
     links and place in the hierarchy. The whole file is checked before anything is written;
     memories already there are skipped, so running it again changes nothing. Vectors are
     written as each chunk is stored when the index is available, else owed to the outbox
     (a running server's worker, or `sfm reindex --pending`, writes them)."""
-    from somafractalmemory import backends
-    from somafractalmemory.memories import services
-
     records = parse(stream)
     owner = {r["id"]: tenant or r["tenant"] for r in records}
     held: dict[str, str] = {}
     ids = list(owner)
     for start in range(0, len(ids), CHUNK):
-        held.update(Memory.objects.filter(id__in=ids[start : start + CHUNK])
-                    .values_list("id", "tenant_id"))  # fmt: skip
+        held.update(
+            Memory.objects.filter(id__in=ids[start : start + CHUNK]).values_list("id", "tenant_id")
+        )
     taken = sorted(i for i, t in held.items() if t != owner[i])
     if taken:
-        raise Conflict(f"{len(taken)} memory ids belong to another tenant here",
-                       details={"ids": taken[:20]})  # fmt: skip
+        raise Conflict(
+            f"{len(taken)} memory ids belong to another tenant here", details={"ids": taken[:20]}
+        )
     fresh = [r for r in records if r["id"] not in held]
     done = Imported(skipped=len(records) - len(fresh))
     try:
         backends.vector_index()
-        indexing = True
+        index_up = True
     except IndexUnavailable:
-        indexing = False
+        index_up = False
     for start in range(0, len(fresh), CHUNK):
         chunk = fresh[start : start + CHUNK]
         for name in {owner[r["id"]] for r in chunk}:
-            services.ensure_tenant(name)
-            services.data_key(name, check=True)
+            ensure_tenant(name)
+            data_key(name, check=True)
         rows = [_row(r, owner[r["id"]]) for r in chunk]
         with transaction.atomic():
             Memory.objects.bulk_create(rows)
-            tasks = VectorTask.objects.bulk_create(
-                VectorTask(memory_id=m.id, action=VectorTask.Action.UPSERT,
-                           next_attempt_at=services.grace())
-                for m in rows
-            )  # fmt: skip
-        if indexing:
-            services.index_or_owe(rows, None, tasks)
+            tasks = indexing.owe(m.id for m in rows)
+        if index_up:
+            indexing.index_or_owe(rows, None, tasks)
         else:
             done.owed += len(rows)
         done.memories += len(rows)
-        if progress:
-            progress(start + len(chunk), len(fresh))
+        progress(start + len(chunk), len(fresh))
     done.links = _load_links(records, owner)
     _refresh_sources(owner, [r["id"] for r in fresh if int(r.get("level") or 0) > 0])
     return done
@@ -209,33 +218,40 @@ def load(
 
 def _load_links(records: list[dict[str, Any]], owner: dict[str, str]) -> int:
     """Every exported link whose two ends are in the link's tenant; existing ones kept."""
-    wanted = [(owner[r["id"]], r["id"], str(x["target"]), str(x["kind"]), float(x.get("weight", 1)))
-              for r in records for x in r.get("links") or []]  # fmt: skip
+    wanted = [
+        (owner[r["id"]], r["id"], str(x["target"]), str(x["kind"]), float(x.get("weight", 1)))
+        for r in records
+        for x in r.get("links") or []
+    ]
     ends = {t for _, _, t, _, _ in wanted} | {s for _, s, _, _, _ in wanted}
     there: dict[str, str] = {}
     listed = list(ends)
     for start in range(0, len(listed), CHUNK):
-        there.update(Memory.objects.filter(id__in=listed[start : start + CHUNK])
-                     .values_list("id", "tenant_id"))  # fmt: skip
-    links = [
+        there.update(
+            Memory.objects.filter(id__in=listed[start : start + CHUNK]).values_list(
+                "id", "tenant_id"
+            )
+        )
+    made = [
         Link(tenant_id=tenant, source_id=source, target_id=target, kind=kind, weight=weight)
         for tenant, source, target, kind, weight in wanted
         if there.get(source) == tenant and there.get(target) == tenant
     ]
-    before = Link.objects.filter(source_id__in=[link.source_id for link in links]).count()
-    for start in range(0, len(links), CHUNK):
-        Link.objects.bulk_create(links[start : start + CHUNK], ignore_conflicts=True)
-    return Link.objects.filter(source_id__in=[link.source_id for link in links]).count() - before
+    before = Link.objects.filter(source_id__in=[link.source_id for link in made]).count()
+    for start in range(0, len(made), CHUNK):
+        Link.objects.bulk_create(made[start : start + CHUNK], ignore_conflicts=True)
+    return Link.objects.filter(source_id__in=[link.source_id for link in made]).count() - before
 
 
 def _refresh_sources(owner: dict[str, str], parents: list[str]) -> None:
     """Imported parents' `sources_hash` from their children's content hashes here (they are
     keyed per tenant and store), so consolidation sees them as up to date."""
-    from somafractalmemory.memories import links, services
-
     kids = links.child_ids(parents)
-    hashes = dict(Memory.objects.filter(id__in=[c for cs in kids.values() for c in cs])
-                  .values_list("id", "content_hash"))  # fmt: skip
+    hashes = dict(
+        Memory.objects.filter(id__in=[c for cs in kids.values() for c in cs]).values_list(
+            "id", "content_hash"
+        )
+    )
     for parent in parents:
         children = [(c, hashes[c]) for c in kids.get(parent, []) if c in hashes]
-        Memory.objects.filter(id=parent).update(sources_hash=services.sources_hash_of(children))
+        Memory.objects.filter(id=parent).update(sources_hash=sources_hash_of(children))

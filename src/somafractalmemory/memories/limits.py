@@ -1,0 +1,95 @@
+"""What a store may hold: content and metadata limits, batch size, and the tenant's quotas.
+
+Each check raises the error the API answers with (413 for sizes, 403 for quotas, 422 for
+values), before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.db.models import Sum
+
+from somafractalmemory.conf import get_config
+from somafractalmemory.errors import (
+    BatchTooLarge,
+    ContentTooLarge,
+    MetadataTooLarge,
+    QuotaExceeded,
+    ValidationFailed,
+)
+from somafractalmemory.memories.models import Memory, Tenant
+from somafractalmemory.retrieval import filters
+
+MAX_KEY_PATHS_BYTES = 60_000
+"""The index holds metadata key paths in one JSON field, and Milvus at most 64 KiB per JSON
+field: refused here, before the store is acknowledged, rather than owed forever."""
+
+
+def check_batch(size: int) -> None:
+    limit = get_config().max_batch
+    if size > limit:
+        raise BatchTooLarge(
+            f"{size} memories in one batch; the limit is {limit}",
+            details={"size": size, "limit": limit},
+        )
+
+
+def check_content(content: str) -> None:
+    config = get_config()
+    if not content.strip():
+        raise ValidationFailed("content is empty", details={"field": "content"})
+    if "\x00" in content:
+        raise ValidationFailed("content contains a NUL character", details={"field": "content"})
+    size = len(content.encode("utf-8"))
+    if size > config.max_content_bytes:
+        raise ContentTooLarge(
+            f"content is {size} bytes; the limit is {config.max_content_bytes}",
+            details={"size": size, "limit": config.max_content_bytes},
+        )
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    limit = get_config().max_metadata_bytes
+    try:
+        text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValidationFailed(
+            "metadata holds NaN or Infinity, which JSON cannot", details={"field": "metadata"}
+        ) from None
+    if "\\u0000" in text:
+        raise ValidationFailed("metadata contains a NUL character", details={"field": "metadata"})
+    size = len(text.encode("utf-8"))
+    paths = len(json.dumps(filters.presence_map(metadata)).encode("utf-8"))
+    if size > limit or paths > MAX_KEY_PATHS_BYTES:
+        raise MetadataTooLarge(
+            f"metadata is {size} bytes as JSON (limit {limit}), its key paths "
+            f"{paths} bytes (limit {MAX_KEY_PATHS_BYTES})",
+            details={"size": size, "limit": limit, "key_paths": paths},
+        )
+
+
+def check_quota(tenant: str, contents: Sequence[str]) -> None:
+    """Refuse (403 quota_exceeded) a store that would take the tenant past its limits."""
+    limits = Tenant.objects.filter(id=tenant).values("max_memories", "max_bytes").first()
+    if not limits or not contents:
+        return
+    rows = Memory.objects.filter(tenant_id=tenant)
+    if limits["max_memories"] is not None:
+        held = rows.count()
+        if held + len(contents) > limits["max_memories"]:
+            raise QuotaExceeded(
+                f"tenant {tenant!r} may hold {limits['max_memories']} memories; it holds {held}",
+                details={"limit": limits["max_memories"], "used": held, "adding": len(contents)},
+            )
+    if limits["max_bytes"] is not None:
+        used = int(rows.aggregate(n=Sum("size"))["n"] or 0)
+        adding = sum(len(c.encode("utf-8")) for c in contents)
+        if used + adding > limits["max_bytes"]:
+            raise QuotaExceeded(
+                f"tenant {tenant!r} may store {limits['max_bytes']} bytes of content; "
+                f"it stores {used}",
+                details={"limit": limits["max_bytes"], "used": used, "adding": adding},
+            )

@@ -1,0 +1,98 @@
+"""Every request passes here: an id and an access line (`RequestMiddleware`), API errors
+for framework-made 405s (`JsonErrorsMiddleware`), and authentication with the tenant's rate
+limit (`AuthMiddleware`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+
+from somafractalmemory import logs, metrics
+from somafractalmemory.errors import MethodNotAllowed, SFMError
+from somafractalmemory.memories import tenancy
+from somafractalmemory.server.api import database_unavailable, error_response
+
+PUBLIC = ("/api/v2/openapi.json", "/api/v2/docs")
+ACCESS = logging.getLogger("somafractalmemory.access")
+
+
+class AuthMiddleware:
+    """Authenticate every API request (Bearer key), then count it against the tenant's
+    rate limit. Sets `request.principal`; answers 401/429 in the API's error envelope."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        # path_info, not path: routing uses it, and path carries any SCRIPT_NAME prefix.
+        where = request.path_info
+        if where.startswith("/api/v2/") and not where.startswith(PUBLIC):
+            client = request.META.get("REMOTE_ADDR", "")
+            try:
+                caller = tenancy.authenticate(request.headers.get("Authorization"), client)
+                tenancy.check_rate(caller)
+            except SFMError as exc:
+                return error_response(exc)
+            except DatabaseError as exc:
+                return database_unavailable(exc)
+            request.principal = caller  # type: ignore[attr-defined]
+        return self.get_response(request)
+
+
+class RequestMiddleware:
+    """Per request: an id (the caller's `X-Request-ID` when sane, else new) on every log
+    record and in the answer; one access log line; counts and times for /metrics by method,
+    route pattern (not path: ids would make a series per memory) and status."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        token = logs.REQUEST_ID.set(logs.request_id(request.headers.get("X-Request-ID")))
+        try:
+            response: HttpResponse = self.get_response(request)
+            response["X-Request-ID"] = logs.REQUEST_ID.get()
+            match = getattr(request, "resolver_match", None)
+            route = "/" + match.route if match is not None and match.route else "unmatched"
+            seconds = time.perf_counter() - started
+            metrics.LATENCY.labels(request.method, route).observe(seconds)
+            metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+            ms = round(seconds * 1000, 2)
+            ACCESS.info(
+                "%s %s %s %.1f ms",
+                request.method,
+                request.path_info,
+                response.status_code,
+                seconds * 1000,
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": response.status_code,
+                    "ms": ms,
+                },
+            )
+            return response
+        finally:
+            logs.REQUEST_ID.reset(token)
+
+
+class JsonErrorsMiddleware:
+    """Framework-made 405s answer in the API's error envelope too."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response: HttpResponse = self.get_response(request)
+        if response.status_code == 405 and response.get("Content-Type", "").startswith("text/html"):
+            allowed = response.get("Allow", "")
+            error = MethodNotAllowed(f"{request.method} is not allowed here; allowed: {allowed}")
+            new = error_response(error)
+            new["Allow"] = allowed
+            return new
+        return response

@@ -1,0 +1,69 @@
+"""Plain Django views outside /api/v2: liveness, readiness, Prometheus metrics, and the JSON
+answers for requests that never reach the API (400, 404, 500)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from somafractalmemory import __version__, backends, metrics
+from somafractalmemory.embedding.cache import cache_health
+from somafractalmemory.errors import BadRequest, NotFound, PayloadTooLarge, SFMError
+from somafractalmemory.server.api import error_response
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process answers."""
+    return JsonResponse({"status": "ok", "version": __version__})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Every dependency answers: SQL, the embedding model, the vector index, the cache.
+
+    The cache is optional: without it the service works (slower) and reports `degraded`.
+    """
+    checks: dict[str, str] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # a probe reports, it does not raise
+        checks["database"] = f"error: {exc}"
+    try:
+        backends.embedder().dim  # noqa: B018 - loads the model
+        checks["embedder"] = "ok"
+        backends.vector_index().count()
+        checks["vector_index"] = "ok"
+    except Exception as exc:
+        checks.setdefault("embedder", f"error: {exc}")
+        checks.setdefault("vector_index", f"error: {exc}")
+    checks["cache"] = cache_health()
+    required = [v for k, v in checks.items() if k != "cache"]
+    if any(v != "ok" for v in required):
+        status, code = "unavailable", 503
+    else:
+        status, code = ("ready", 200) if checks["cache"] == "ok" else ("degraded", 200)
+    return JsonResponse({"status": status, "checks": checks}, status=code)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format: requests, stores, searches, model and index time, outbox."""
+    return HttpResponse(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+
+
+def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(PayloadTooLarge(f"request body above {limit} bytes"))
+    return error_response(BadRequest("bad request"))
+
+
+def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return error_response(NotFound(f"no route for {request.path}"))
+
+
+def json_500(request: HttpRequest) -> JsonResponse:
+    error = SFMError("internal error; the server log has the details")
+    return error_response(error)
