@@ -277,12 +277,37 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def seeded_ids(seed: int) -> None:
+    """Make `secrets.token_hex` (which memory, job and key ids come from) deterministic in
+    this process. For evaluation only: these ids are then guessable."""
+    import random
+    import secrets
+    import threading
+
+    generator, lock = random.Random(seed), threading.Lock()
+
+    def token_hex(nbytes: int | None = None) -> str:
+        with lock:
+            return generator.randbytes(32 if nbytes is None else nbytes).hex()
+
+    secrets.token_hex = token_hex
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="a LoCoMo-format JSON file")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--out", type=Path, help="update this markdown file's LoCoMo section")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="draw memory ids from a generator seeded with this: ties (in fusion, and in "
+        "consolidation's grouping of turns with one session time) are broken by id, so two "
+        "runs, or two versions of the code, then compare exactly",
+    )
     args = parser.parse_args(argv)
+    if args.seed is not None:
+        seeded_ids(args.seed)
     started = time.perf_counter()
     conversations = load(args.data)
     with tempfile.TemporaryDirectory(prefix="sfm-locomo-") as data_dir:

@@ -19,6 +19,8 @@ os.environ["SFM_DATA_DIR"] = str(_RUN_DIR)
 # One ONNX export of the model per run, shared by the servers the tests start.
 os.environ.setdefault("SFM_MODEL_CACHE_DIR", str(_RUN_DIR / "models"))
 os.environ.pop("SFM_CONFIG", None)
+# Django's test client calls itself `testserver`: a host to answer besides loopback.
+os.environ["SFM_ALLOWED_HOSTS"] = "testserver"
 
 from somafractalmemory.conf import get_config  # noqa: E402
 
@@ -128,6 +130,8 @@ class Api:
             kwargs["content_type"] = "application/json"
         elif params:
             kwargs["data"] = params
+        elif method.lower() in ("post", "put", "patch"):
+            kwargs.update(data=b"", content_type="application/json")  # no body at all
         return getattr(self.client, method.lower())(url, **kwargs)
 
     def ok(self, method: str, path: str, body: Any = None, **params: Any) -> Any:

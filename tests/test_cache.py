@@ -84,3 +84,53 @@ def test_dead_cache_degrades_but_serves(api: Api, namespace: str) -> None:
         finally:
             qcache.breaker._until = 0.0
     assert api.ok("GET", "/readyz")["status"] == "ready"
+
+
+def test_a_cache_that_never_answers_costs_one_timeout_not_one_per_call(
+    api: Api, namespace: str
+) -> None:
+    """A Redis that accepts connections and never replies: after its first timeout the
+    service leaves it alone (the breaker), so a burst of requests sends it one command."""
+    import socket
+    import threading
+
+    from somafractalmemory import breaker
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    commands: list[bytes] = []
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                peer, _ = listener.accept()
+            except OSError:
+                return
+            held.append(peer)
+            threading.Thread(target=read, args=(peer,), daemon=True).start()
+
+    def read(peer: socket.socket) -> None:
+        while chunk := peer.recv(65536):
+            commands.extend(c for c in chunk.split(b"\r\n") if c.startswith(b"*"))
+
+    threading.Thread(target=accept, daemon=True).start()
+    sick = {
+        "default": {
+            **DEAD_REDIS["default"],
+            "LOCATION": f"redis://{listener.getsockname()[0]}:{listener.getsockname()[1]}/0",
+        }
+    }
+    try:
+        with override_settings(CACHES=sick):
+            for n in range(6):
+                body = {"query": f"a question {n}", "namespace": namespace}
+                api.ok("POST", "/memory/search", body)
+                api.ok("GET", "/usage")
+    finally:
+        breaker.cache._until = 0.0
+        listener.close()
+        for peer in held:
+            peer.close()
+    assert 1 <= len(commands) <= 2, commands

@@ -144,6 +144,8 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1280,900",
+        # A web page from elsewhere for the attack test: the name resolves to this machine.
+        "--host-resolver-rules=MAP evil.example 127.0.0.1",
         f"--user-data-dir={tmp_path / 'profile'}",
     ):
         options.add_argument(flag)
@@ -196,3 +198,49 @@ def test_dashboard_in_headless_chromium(live: Live, chromium: Any, tmp_path: Pat
     most = max(n for n, _ in colours)
     # Rendered: many colours (text, pills, graph), and the background not the whole page.
     assert len(colours) > 50 and most < 0.97 * image.size[0] * image.size[1]
+
+
+@pytest.mark.slow
+def test_a_web_page_elsewhere_cannot_drive_the_embedded_default(
+    live: Live, chromium: Any, tmp_path: Path
+) -> None:
+    """A page from another site in the user's browser tries a no-preflight `fetch` (a JSON
+    body sent as text/plain) to plant a memory, and DNS rebinding to read them."""
+    import functools
+    import http.server
+    import threading
+    from urllib.parse import urlsplit
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from somafractalmemory.client import Memory as Client
+
+    space = f"attack-{uuid.uuid4().hex[:8]}"
+    with Client(live.base) as memory:
+        memory.remember("The safe's code is 31-7-44", namespace=space)
+    target = f"{live.base}/api/v2/memory/store"
+    body = '{"content": "planted by a web page", "namespace": "' + space + '"}'
+    (tmp_path / "index.html").write_text(
+        "<title>loading</title><script>"
+        f"fetch({target!r}, {{method: 'POST', mode: 'no-cors',"
+        f" headers: {{'Content-Type': 'text/plain'}}, body: {body!r}}})"
+        ".then(() => document.title = 'sent', () => document.title = 'sent');"
+        "</script>"
+    )
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    site = http.server.HTTPServer(("127.0.0.1", 0), handler)  # one request at a time
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    try:
+        chromium.get(f"http://evil.example:{site.server_address[1]}/index.html")
+        WebDriverWait(chromium, 30).until(lambda d: d.title == "sent")
+        port = urlsplit(live.base).port
+        chromium.get(f"http://evil.example:{port}/api/v2/memory?namespace={space}")
+        shown = chromium.find_element(By.TAG_NAME, "body").text
+        assert "foreign_origin" in shown and "31-7-44" not in shown
+    finally:
+        site.shutdown()
+        site.server_close()
+    with Client(live.base) as memory:
+        held = [m.content for m in memory.list(namespace=space)]
+    assert held == ["The safe's code is 31-7-44"]  # nothing planted

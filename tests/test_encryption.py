@@ -118,3 +118,18 @@ def test_master_key_file_is_private_and_one_under_concurrent_first_use(tmp_path:
     path = tmp_path / "data" / crypto.KEY_FILE
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.listdir(tmp_path / "data") == [crypto.KEY_FILE]  # no drafts left behind
+
+
+def test_readyz_is_unavailable_when_the_master_key_cannot_open_data_keys(
+    db: None, master: Any, namespace: str
+) -> None:
+    old = secrets.token_bytes(32)
+    master(old)
+    api = Api()
+    api.ok("POST", "/memory/store", {"content": "Sealed with the old key", "namespace": namespace})
+    assert api.ok("GET", "/readyz")["checks"]["keys"] == "ok"
+    master(secrets.token_bytes(32))  # a wrong master key configured
+    ready = api.call("GET", "/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["keys"].startswith("error")
+    body = {"content": "cannot be sealed", "namespace": namespace}
+    assert api.error(503, "POST", "/memory/store", body) == "decryption_failed"

@@ -22,6 +22,7 @@ RANKS = {
     "conf": 1,
     "metrics": 1,
     "logs": 1,
+    "breaker": 1,  # the cache's circuit breaker
     "client": 1,  # the SDK: imports nothing of the service
     "retrieval": 2,
     "embedding": 3,

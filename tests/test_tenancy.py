@@ -359,3 +359,50 @@ def test_byte_quota_counts_plaintext_not_ciphertext(api: Api, namespace: str) ->
     assert small.ok("GET", "/usage")["bytes"] == 100
     over = small.call("POST", "/memory/store", {"content": "x", "namespace": namespace})
     assert over.status_code == 403 and over.json()["error"]["code"] == "quota_exceeded"
+
+
+def test_a_namespace_limited_key_cannot_remove_a_link_into_a_namespace_it_cannot_see(
+    api: Api, namespace: str
+) -> None:
+    name, writer = tenant_with_key()
+    inside = writer.ok("POST", "/memory/store", {"content": "Plan", "namespace": namespace})["id"]
+    outside = writer.ok("POST", "/memory/store", {"content": "Salaries", "namespace": "hr"})["id"]
+    writer.ok("POST", f"/memory/{inside}/links", {"target": outside, "kind": "about"})
+    limited = Api(tenancy.create_key(name, ["read", "write"], namespaces=[namespace]).secret)
+    path = f"/memory/{inside}/links?target={outside}&kind=about"
+    assert limited.error(403, "DELETE", path) == "forbidden"
+    assert [e["target"] for e in writer.ok("GET", f"/memory/{inside}/links")["links"]] == [outside]
+
+
+def test_wrong_keys_never_lock_out_a_valid_key(api: Api, settings_env: Any) -> None:
+    settings_env(auth_failures_per_minute="3")
+    _, good = tenant_with_key()
+    address = f"10.8.{uuid.uuid4().int % 250}.9"
+    good.client.defaults["REMOTE_ADDR"] = address
+    guesser = Api(f"sfm_guess{uuid.uuid4().hex}")
+    guesser.client.defaults["REMOTE_ADDR"] = address
+    assert [guesser.call("GET", "/usage").status_code for _ in range(5)][-1] == 429
+    other = Api(f"sfm_other{uuid.uuid4().hex}")  # another wrong key from the same address
+    other.client.defaults["REMOTE_ADDR"] = address
+    assert other.call("GET", "/usage").status_code == 429
+    assert good.call("GET", "/usage").status_code == 200  # the valid key still works
+
+
+def test_behind_a_trusted_proxy_clients_are_told_apart(api: Api, settings_env: Any) -> None:
+    settings_env(auth_failures_per_minute="2", trusted_proxies="10.7.0.0/16")
+    proxy = f"10.7.{uuid.uuid4().int % 250}.1"
+
+    def via_proxy(forwarded: str) -> Api:
+        caller = Api(f"sfm_guess{uuid.uuid4().hex}")
+        caller.client.defaults.update(REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR=forwarded)
+        return caller
+
+    first = f"198.51.100.{uuid.uuid4().int % 250}"
+    attacker = via_proxy(f"{first}, {proxy}")
+    assert [attacker.call("GET", "/usage").status_code for _ in range(4)][-1] == 429
+    # Another client behind the same proxy is not refused for the attacker's failures...
+    assert via_proxy("203.0.113.5").call("GET", "/usage").status_code == 401
+    # ...and a forged header from outside the proxies changes nothing.
+    forged = Api(f"sfm_guess{uuid.uuid4().hex}")
+    forged.client.defaults.update(REMOTE_ADDR=first, HTTP_X_FORWARDED_FOR="203.0.113.77")
+    assert forged.call("GET", "/usage").status_code == 429

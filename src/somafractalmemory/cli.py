@@ -237,6 +237,11 @@ def doctor(
         for kind in ("missing", "orphaned", "stale"):
             ids = getattr(drift, kind)
             typer.echo(f"{kind}: {len(ids)}" + (f" (e.g. {', '.join(ids[:5])})" if ids else ""))
+        for kind in ("dead", "failed"):  # dead-lettered writes; writes the repair could not do
+            why = getattr(drift, kind)
+            typer.echo(f"{kind}: {len(why)}")
+            for memory_id, error in list(why.items())[:5]:
+                typer.echo(f"  {memory_id}: {error}")
         if repair and not drift.clean:
             drift = services.doctor()  # check the repair
             typer.echo("repaired" if drift.clean else "drift remains after repair")

@@ -272,7 +272,26 @@ class Config:
     )
     auth_failures_per_minute: int = field(
         default=30,
-        metadata=_doc("Wrong or revoked keys accepted per client address per minute (429 above)."),
+        metadata=_doc(
+            "Wrong or revoked keys answered 401 per client address per minute; past it they "
+            "are answered 429. A valid key is never refused for failures."
+        ),
+    )
+    allowed_hosts: str = field(
+        default="",
+        metadata=_doc(
+            "Comma-separated host names (and `Origin` hosts) answered besides loopback while "
+            "`auth` is `optional`: without keys any other Host or Origin is refused (403 "
+            "`foreign_origin`), so web pages cannot drive the service. With `auth: required` "
+            "every host is answered (keys decide)."
+        ),
+    )
+    trusted_proxies: str = field(
+        default="",
+        metadata=_doc(
+            "Comma-separated addresses or networks (CIDR) of reverse proxies: for requests "
+            "from them the client is the last `X-Forwarded-For` address that is not a proxy."
+        ),
     )
 
     @property

@@ -30,6 +30,7 @@ KEY_FILE = "master.key"
 class DecryptionFailed(SFMError):
     """A value cannot be opened: wrong key, tampered data, or its tenant was shredded."""
 
+    status = 503
     code = "decryption_failed"
 
 

@@ -121,6 +121,30 @@ class MethodNotAllowed(SFMError):
     code = "method_not_allowed"
 
 
+class UnsupportedMediaType(SFMError):
+    """A request body that is not `application/json` (a web page can send text/plain to
+    any address without asking first)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class LengthRequired(SFMError):
+    """A chunked request body without Content-Length: the WSGI server would pass it on
+    empty, so it is refused rather than read as missing fields."""
+
+    status = 411
+    code = "length_required"
+
+
+class ForeignOrigin(SFMError):
+    """Without keys (auth optional) the service answers loopback hosts and origins only:
+    a web page elsewhere must not drive it, nor read it through DNS rebinding."""
+
+    status = 403
+    code = "foreign_origin"
+
+
 class PayloadTooLarge(SFMError):
     status = 413
     code = "payload_too_large"

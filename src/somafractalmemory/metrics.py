@@ -48,6 +48,7 @@ DENIALS = Counter(
     "sfm_quota_denials", "Requests refused by a quota or rate limit.", ["code"], registry=REGISTRY
 )
 OUTBOX = Gauge("sfm_outbox_depth", "Vector writes owed (the outbox).", registry=REGISTRY)
+DEAD = Gauge("sfm_outbox_dead", "Vector writes dead-lettered (see sfm doctor).", registry=REGISTRY)
 
 
 @contextmanager
@@ -59,9 +60,10 @@ def timed(histogram: Histogram, label: str) -> Iterator[None]:
         histogram.labels(label).observe(time.perf_counter() - started)
 
 
-def watch_outbox(depth: Callable[[], int]) -> None:
-    """Read the outbox depth at each scrape."""
+def watch_outbox(depth: Callable[[], int], dead: Callable[[], int]) -> None:
+    """Read the outbox depth and its dead letters at each scrape."""
     OUTBOX.set_function(lambda: float(depth()))
+    DEAD.set_function(lambda: float(dead()))
 
 
 def exposition() -> bytes:

@@ -34,7 +34,7 @@ def _principal(request: HttpRequest) -> tenancy.Principal:
     if not key and get_config().auth == "required":
         raise LoginNeeded
     header = f"Bearer {key}" if key else None
-    caller = tenancy.authenticate(header, request.META.get("REMOTE_ADDR", ""))
+    caller = tenancy.authenticate(header, access.client_address(request))
     request.principal = caller  # type: ignore[attr-defined]
     return caller
 
@@ -189,7 +189,7 @@ def login(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         key = request.POST.get("key", "").strip()
         try:
-            tenancy.authenticate(f"Bearer {key}", request.META.get("REMOTE_ADDR", ""))
+            tenancy.authenticate(f"Bearer {key}", access.client_address(request))
         except SFMError as exc:
             error = exc
         else:

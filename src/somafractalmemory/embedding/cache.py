@@ -8,39 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-import time
 
 import numpy as np
 from django.core.cache import cache
 
+from somafractalmemory.breaker import cache as breaker
 from somafractalmemory.embedding.base import Embedder, Vectors
 
 log = logging.getLogger(__name__)
 
 TTL_SECONDS = 24 * 3600
-PAUSE_AFTER_FAILURE = 5.0
-
-
-class _Breaker:
-    """Skips the cache for a short while after it failed."""
-
-    def __init__(self) -> None:
-        self._until = 0.0
-        self._lock = threading.Lock()
-
-    @property
-    def open(self) -> bool:
-        return time.monotonic() < self._until
-
-    def trip(self, exc: Exception) -> None:
-        with self._lock:
-            if not self.open:
-                log.warning("cache unavailable, embedding without it: %s", exc)
-            self._until = time.monotonic() + PAUSE_AFTER_FAILURE
-
-
-breaker = _Breaker()
 
 
 PREFIX = "sfm:qemb"

@@ -4,16 +4,51 @@ both show exactly what the key may read."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
+from functools import lru_cache
 
 from django.http import HttpRequest
 
 from somafractalmemory import policy
+from somafractalmemory.conf import get_config
 from somafractalmemory.errors import Forbidden, Unauthorized
 from somafractalmemory.memories import remember, tenancy
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory
 
 READ, WRITE, ADMIN = "memory.read", "memory.write", "admin"
+
+
+@lru_cache(maxsize=8)
+def _proxies(spec: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(
+        ipaddress.ip_network(p.strip(), strict=False) for p in spec.split(",") if p.strip()
+    )
+
+
+def _is_proxy(
+    address: str, proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(request: HttpRequest) -> str:
+    """Who sent the request: the peer, or behind a trusted reverse proxy (`trusted_proxies`)
+    the last `X-Forwarded-For` address that is not one of the proxies. A forwarded header
+    from anyone else is ignored (it is the client's to forge)."""
+    peer = str(request.META.get("REMOTE_ADDR", ""))
+    proxies = _proxies(get_config().trusted_proxies)
+    if not proxies or not _is_proxy(peer, proxies):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_proxy(hop, proxies):
+            return hop
+    return peer
 
 
 def principal(request: HttpRequest) -> tenancy.Principal:

@@ -272,6 +272,7 @@ def add_link(request: HttpRequest, memory_id: str, body: LinkIn) -> LinkOut:
 @memory.delete("/{memory_id}/links", response={200: dict, **ERRORS}, summary="Remove a link")
 def remove_link(request: HttpRequest, memory_id: str, target: str, kind: str) -> dict[str, Any]:
     tenant, _ = owned(request, WRITE, memory_id)
+    owned(request, WRITE, target)  # the target's namespace must be the key's too, as for add
     links.remove(tenant, memory_id, target, kind)
     return {"source": memory_id, "target": target, "kind": kind, "deleted": True}
 
@@ -344,6 +345,8 @@ def list_tenants(request: HttpRequest) -> TenantsOut:
 @admin.post("/tenants", response={200: TenantOut, **ERRORS}, summary="Create or update a tenant")
 def create_tenant(request: HttpRequest, body: TenantIn) -> TenantOut:
     operator(request, "tenants")
+    if body.id == DEFAULT_TENANT and body.requests_per_minute is not None:
+        raise Forbidden("the operator's own tenant is not rate limited (it manages the others)")
     tenant = tenancy.create_tenant(body.id, **body.model_dump(exclude={"id"}))
     audited(request, "tenant.create", body.id, **body.model_dump(exclude={"id"}))
     return TenantOut.from_orm(tenant)

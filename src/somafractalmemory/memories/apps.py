@@ -1,14 +1,17 @@
+from collections.abc import Callable
+
 from django.apps import AppConfig
 from django.db import DatabaseError
 
 
-def _outbox_depth() -> int:
-    from somafractalmemory.memories.indexing import outbox_depth
+def _counted(count: Callable[[], int]) -> Callable[[], int]:
+    def read() -> int:
+        try:
+            return count()
+        except DatabaseError:
+            return -1  # the scrape still answers; readyz says what is wrong
 
-    try:
-        return outbox_depth()
-    except DatabaseError:
-        return -1  # the scrape still answers; readyz says what is wrong
+    return read
 
 
 class MemoriesConfig(AppConfig):
@@ -18,5 +21,8 @@ class MemoriesConfig(AppConfig):
 
     def ready(self) -> None:
         from somafractalmemory import metrics
+        from somafractalmemory.memories import indexing
 
-        metrics.watch_outbox(_outbox_depth)
+        metrics.watch_outbox(
+            _counted(indexing.outbox_depth), _counted(lambda: len(indexing.dead_letters()))
+        )

@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.db.models import Count, Max, Min, Q
@@ -36,8 +36,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, memory_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(memory_id)
-    except (binascii.Error, ValueError, TypeError) as exc:
+        moment = datetime.fromisoformat(created)
+        # Every cursor this service issues is an aware UTC time well inside years 1-9999.
+        if moment.tzinfo is None or moment.utcoffset() != timedelta(0):
+            raise ValueError("not UTC")
+        return moment, str(memory_id)
+    except (binascii.Error, ValueError, TypeError, OverflowError) as exc:
         raise InvalidCursor("cursor is not one this service issued") from exc
 
 

@@ -84,9 +84,17 @@ def vectors_of(memories: Sequence[Memory]) -> dict[str, Any]:
     return found
 
 
-def write_vectors(memories: Sequence[Memory], vectors: Any = None) -> None:
+REWRITES = 3
+"""How often a write whose rows changed meanwhile is redone before it is owed instead."""
+
+
+def write_vectors(memories: Sequence[Memory], vectors: Any = None, *, rewrites: int = 0) -> None:
     """Upsert the memories' index rows (embedding them now unless `vectors` are given),
-    and refresh the context of the episodes next to them."""
+    and refresh the context of the episodes next to them.
+
+    Index writes are not ordered with the commits they mirror: a row may be deleted,
+    archived or changed between being read and being written. So the write is checked
+    against SQL after it lands (`_check_written`): the row decides."""
     if not memories:
         return
     if vectors is None:
@@ -94,11 +102,61 @@ def write_vectors(memories: Sequence[Memory], vectors: Any = None) -> None:
     known = {m.id: v for m, v in zip(memories, vectors, strict=True)}
     rows = {m.id: m for m in memories}
     contexts: dict[str, tuple[Any, str]] = {}
+    spans: dict[str, list[str]] = {}
     for sequence in _episode_sequences(memories):
-        contexts.update(_contexts(sequence, set(known), known, rows))
-    records = [vector_record(rows[i], known[i], contexts.get(i)) for i in rows]
+        contexts.update(_contexts(sequence, set(known), known, rows, spans))
+    given = {m.id for m in memories}
+    primary = [vector_record(m, known[m.id], contexts.get(m.id)) for m in memories]
+    around = [vector_record(rows[i], known[i], contexts[i]) for i in rows if i not in given]
     with metrics.timed(metrics.INDEX, "upsert"):
-        backends.vector_index().upsert(records)
+        backends.vector_index().upsert(primary)
+    if around:  # a neighbour that cannot be written must not keep the new rows out
+        try:
+            with metrics.timed(metrics.INDEX, "upsert"):
+                backends.vector_index().upsert(around)
+        except Exception as exc:
+            log.warning("context refresh of %d neighbours owed: %s", len(around), exc)
+            _owe_now([r.id for r in around])
+    _check_written(rows, spans, rewrites)
+
+
+def _owe_now(memory_ids: Sequence[str]) -> None:
+    """Owe upserts outside any change's transaction (the outbox pays them from the row)."""
+    try:
+        with transaction.atomic():
+            owe(memory_ids)
+    except DatabaseError as exc:
+        log.warning("%d index writes not owed (sfm doctor finds them): %s", len(memory_ids), exc)
+
+
+def _check_written(rows: dict[str, Memory], spans: dict[str, list[str]], rewrites: int) -> None:
+    """After an index write: delete the rows deleted or archived meanwhile (their vectors
+    would be orphans), and write again the rows that changed meanwhile or whose context
+    holds an episode deleted meanwhile (a later writer may have landed first)."""
+    ids = set(rows) | {j for span in spans.values() for j in span}
+    now = {
+        i: (updated, archived)
+        for i, updated, archived in Memory.objects.filter(id__in=list(ids)).values_list(
+            "id", "updated_at", "archived_at"
+        )
+    }
+    gone = sorted(i for i in rows if i not in now or now[i][1] is not None)
+    changed = sorted(
+        i
+        for i in rows
+        if i in now
+        and now[i][1] is None
+        and (now[i][0] != rows[i].updated_at or any(j not in now for j in spans.get(i, ())))
+    )
+    if gone:
+        backends.vector_index().delete(gone)
+    if not changed:
+        return
+    if rewrites >= REWRITES:
+        _owe_now(changed)
+        return
+    fresh = list(Memory.objects.filter(id__in=changed, archived_at__isnull=True))
+    write_vectors(fresh, rewrites=rewrites + 1)
 
 
 def episodes_around(
@@ -138,10 +196,15 @@ def _episode_sequences(memories: Sequence[Memory]) -> list[list[Memory]]:
 
 
 def _contexts(
-    sequence: list[Memory], new: set[str], known: dict[str, Any], rows: dict[str, Memory]
+    sequence: list[Memory],
+    new: set[str],
+    known: dict[str, Any],
+    rows: dict[str, Memory],
+    spans: dict[str, list[str]],
 ) -> dict[str, tuple[Any, str]]:
     """(vector, text) of each memory whose context the new ones change: the new ones and
-    their neighbours. Adds old neighbours to `known` and `rows`, so they are rewritten."""
+    their neighbours. Adds old neighbours to `known` and `rows`, so they are rewritten, and
+    each one's span (the ids its context holds) to `spans`."""
 
     window = timedelta(seconds=get_config().context_window_seconds)
     at = {m.id: i for i, m in enumerate(sequence)}
@@ -169,6 +232,7 @@ def _contexts(
         span = [sequence[j] for j in sorted((i, *neighbours(i)))]
         memory = sequence[i]
         rows.setdefault(memory.id, memory)
+        spans[memory.id] = [m.id for m in span]
         out[memory.id] = context_of(span, known)
     return out
 
@@ -232,6 +296,9 @@ def unindex(memory_ids: Sequence[str], tasks: Sequence[VectorTask]) -> bool:
 
 
 MAX_BACKOFF_SECONDS = 300.0
+DEAD_AFTER = 10
+"""Failures (with the index answering) after which a task is dead-lettered: about nine
+minutes of backoff. A task that fails while the index is down only backs off."""
 
 
 def backoff_seconds(attempts: int) -> float:
@@ -254,7 +321,8 @@ def drain_outbox(
     due = Q(next_attempt_at__lte=now)
     if owed_before is not None:
         due |= Q(created_at__lt=owed_before, attempts=0)
-    owed = VectorTask.objects.filter(due) if due_only else VectorTask.objects
+    alive = VectorTask.objects.filter(dead_at__isnull=True)
+    owed = alive.filter(due) if due_only else alive
     tasks = list(owed.order_by("id")[:limit])
     if not tasks:
         return 0
@@ -282,20 +350,57 @@ def drain_outbox(
                 failed[memory_id] = str(exc)
     retry = [t for t in tasks if t.memory_id in failed]
     failed_at = datetime.now(UTC)  # backoff counts from the failure, not the drain's start
+    index_up = bool(retry) and _index_answers()
     for task in retry:
         task.attempts += 1
         task.last_error = failed[task.memory_id][:500]
         task.next_attempt_at = failed_at + timedelta(seconds=backoff_seconds(task.attempts))
+        if index_up and task.attempts >= DEAD_AFTER:
+            task.dead_at = failed_at  # it is this write, not the index: stop retrying it
+            log.error(
+                "outbox: vector write of %s dead-lettered: %s", task.memory_id, task.last_error
+            )
     if retry:
-        VectorTask.objects.bulk_update(retry, ["attempts", "last_error", "next_attempt_at"])
+        fields = ["attempts", "last_error", "next_attempt_at", "dead_at"]
+        VectorTask.objects.bulk_update(retry, fields)
         log.warning("outbox: %d vector writes still owed", len(retry))
     paid = [t.id for t in tasks if t.memory_id not in failed]
     VectorTask.objects.filter(id__in=paid).delete()
     return len(paid)
 
 
+def _index_answers() -> bool:
+    try:
+        backends.vector_index().count()
+    except Exception:
+        return False
+    return True
+
+
 def outbox_depth() -> int:
-    return VectorTask.objects.count()
+    """Vector writes owed and still retried."""
+    return VectorTask.objects.filter(dead_at__isnull=True).count()
+
+
+def dead_letters() -> list[VectorTask]:
+    """Vector writes given up on (DEAD_AFTER failures while the index answered)."""
+    return list(VectorTask.objects.filter(dead_at__isnull=False).order_by("id"))
+
+
+def outbox_health() -> str:
+    """`ok`, or how many vector writes are dead-lettered."""
+    try:
+        dead = VectorTask.objects.filter(dead_at__isnull=False).count()
+    except DatabaseError as exc:
+        return f"error: {exc}"
+    return "ok" if not dead else f"{dead} vector writes dead-lettered (see sfm doctor)"
+
+
+def revive(tasks: Sequence[VectorTask]) -> None:
+    """Retry dead-lettered tasks from the start (after the cause is fixed)."""
+    VectorTask.objects.filter(id__in=[t.id for t in tasks]).update(
+        dead_at=None, attempts=0, next_attempt_at=datetime.now(UTC)
+    )
 
 
 # -- deleting a row, and the traces it leaves in its neighbours' contexts ----------------
@@ -365,11 +470,15 @@ def rewrite_neighbours(gone: Sequence[Memory]) -> int:
         rows = Memory.objects.in_bulk({j for i in chunk for j in spans[i]})
         known = vectors_of(list(rows.values()))
         records = []
+        written: dict[str, Memory] = {}
         for memory_id in chunk:
             memory = rows.get(memory_id)
             span = [rows[j] for j in spans[memory_id] if j in rows]
             if memory is None or memory.archived_at is not None:
                 continue
             records.append(vector_record(memory, known[memory_id], context_of(span, known)))
+            written[memory_id] = memory
         backends.vector_index().upsert(records)
+        # Another delete may have taken one of these episodes meanwhile: the row decides.
+        _check_written(written, {i: spans[i] for i in written}, 0)
     return len(ids)

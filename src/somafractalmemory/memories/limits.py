@@ -37,13 +37,61 @@ def check_batch(size: int) -> None:
         )
 
 
+MAX_QUERY_CHARS = 4_000
+"""A search's text: ample for a question, and it bounds the work one search causes."""
+INT64 = (-(2**63), 2**63 - 1)
+"""What the index (and PostgreSQL's JSON) can hold of an integer."""
+
+
+def utf8_size(text: str, field: str) -> int:
+    """Bytes of `text` in UTF-8; a lone surrogate (which no UTF-8 can hold) is refused."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValidationFailed(
+            f"{field} holds a lone surrogate (not a character): send valid Unicode",
+            details={"field": field},
+        ) from None
+
+
+def _check_values(value: Any, path: str) -> None:
+    """Every integer of a JSON value within 64 bits, every key and string valid Unicode."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise ValidationFailed(
+            f"{path} is an integer outside 64 bits, which the index cannot hold",
+            details={"field": path},
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            utf8_size(str(key), f"{path} key")
+            _check_values(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _check_values(item, f"{path}[{n}]")
+    elif isinstance(value, str):
+        utf8_size(value, path)
+
+
+def check_query(text: str) -> None:
+    if not text.strip():
+        raise ValidationFailed("query is empty", details={"field": "query"})
+    if len(text) > MAX_QUERY_CHARS:
+        raise ValidationFailed(
+            f"query is {len(text)} characters; the limit is {MAX_QUERY_CHARS}",
+            details={"field": "query", "size": len(text), "limit": MAX_QUERY_CHARS},
+        )
+    utf8_size(text, "query")
+
+
 def check_content(content: str) -> None:
     config = get_config()
     if not content.strip():
         raise ValidationFailed("content is empty", details={"field": "content"})
     if "\x00" in content:
         raise ValidationFailed("content contains a NUL character", details={"field": "content"})
-    size = len(content.encode("utf-8"))
+    size = utf8_size(content, "content")
     if size > config.max_content_bytes:
         raise ContentTooLarge(
             f"content is {size} bytes; the limit is {config.max_content_bytes}",
@@ -61,6 +109,7 @@ def check_metadata(metadata: dict[str, Any]) -> None:
         ) from None
     if "\\u0000" in text:
         raise ValidationFailed("metadata contains a NUL character", details={"field": "metadata"})
+    _check_values(metadata, "metadata")
     size = len(text.encode("utf-8"))
     paths = len(json.dumps(filters.presence_map(metadata)).encode("utf-8"))
     if size > limit or paths > MAX_KEY_PATHS_BYTES:

@@ -250,6 +250,12 @@ class VectorTask(models.Model):
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     next_attempt_at = models.DateTimeField(default=timezone.now, db_index=True)
+    dead_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Dead-lettered: failed DEAD_AFTER times while the index answered; kept "
+        "with its last error for `sfm doctor`, no longer retried.",
+    )
 
 
 class Link(models.Model):

@@ -26,7 +26,7 @@ from django.db.models import F
 from somafractalmemory import backends, metrics
 from somafractalmemory.embedding.cache import embed_query
 from somafractalmemory.errors import IndexUnavailable, ValidationFailed
-from somafractalmemory.memories import fulltext, links, tree
+from somafractalmemory.memories import fulltext, limits, links, tree
 from somafractalmemory.memories.identity import lexical_key, tokens_of, utc
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory
 from somafractalmemory.retrieval import filters, lexical, ranking
@@ -155,8 +155,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
     if query.mode not in MODES:
         raise ValidationFailed(f"mode must be one of {list(MODES)}", details={"mode": query.mode})
     where = _where(query)
-    if not text.strip():
-        raise ValidationFailed("query is empty", details={"field": "query"})
+    limits.check_query(text)
     pool = candidate_pool(query.top_k)
     mode, warnings = query.mode, []
     legs: dict[str, list[VectorHit]] = {}

@@ -15,7 +15,7 @@ from django.db import transaction
 
 from somafractalmemory import metrics
 from somafractalmemory.conf import get_config
-from somafractalmemory.errors import MemoryNotFound
+from somafractalmemory.errors import Conflict, MemoryNotFound
 from somafractalmemory.memories import indexing, limits, linking, tree
 from somafractalmemory.memories.identity import content_hash, new_id, utc
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, data_key
@@ -113,7 +113,16 @@ def store_many(
         ensure_tenant(tenant)
         Memory.objects.bulk_create(created.values())
         for memory in raised.values():
-            memory.save(update_fields=["importance", "updated_at"])
+            memory.updated_at = datetime.now(UTC)
+            kept = Memory.objects.filter(pk=memory.pk).update(
+                importance=memory.importance, updated_at=memory.updated_at
+            )
+            if not kept:  # deleted since the dedupe read: nothing was stored for the repeat
+                raise Conflict(
+                    f"memory {memory.id!r}, which this content repeats, was deleted meanwhile; "
+                    "store it again",
+                    details={"id": memory.id},
+                )
         tasks = indexing.owe(m.id for m in [*created.values(), *raised.values()])
     metrics.STORED.inc(len(created))
     if created:
@@ -160,23 +169,30 @@ def get(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
 
 def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TENANT) -> Memory:
     """Change content, type, importance or metadata; new content gets a new embedding."""
-    memory = get(memory_id, tenant=tenant)
+    before = get(memory_id, tenant=tenant)
     if "content" in changes:
         limits.check_content(changes["content"])
     if "metadata" in changes:
         limits.check_metadata(changes["metadata"])
-    for name, value in changes.items():
-        if name == "content":
-            if value != memory.content:
-                memory.set_content(value)  # consolidation looks at it again
-        else:
-            setattr(memory, name, value)
-    # The index row carries type, importance and metadata too, so any change rewrites it.
-    vectors = indexing.embed_texts([memory.content])
+    text = changes.get("content", before.content)
+    vectors = indexing.embed_texts([text])  # before the transaction: a model is slow
     with transaction.atomic():
-        memory.save()
+        # The row as it is now, locked: a concurrent PATCH's fields are kept, and a row
+        # deleted meanwhile stays deleted (a plain save() would insert it again).
+        memory = Memory.objects.select_for_update().filter(tenant_id=tenant, id=memory_id).first()
+        if memory is None:
+            raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id})
+        for name, value in changes.items():
+            if name == "content":
+                if value != memory.content:
+                    memory.set_content(value)  # consolidation looks at it again
+            else:
+                setattr(memory, name, value)
+        memory.save(force_update=True)
+        # The index row carries type, importance and metadata too: any change rewrites it.
         tasks = indexing.owe([memory.id])
-    indexing.index_or_owe([memory], vectors, tasks)
+    # The vector is of `text`; a concurrent PATCH may have changed the content another way.
+    indexing.index_or_owe([memory], vectors if memory.content == text else None, tasks)
     return memory
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
+from somafractalmemory.memories.limits import MAX_QUERY_CHARS
 from somafractalmemory.memories.remember import NewMemory
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class StoreIn(Strict):
     )
     dedupe: bool = Field(
         default=True,
+        strict=True,
         description="Same content already in the namespace: return that memory (importance "
         "raised to the larger of the two) instead of storing it again.",
     )
@@ -103,14 +105,14 @@ class HalfLivesIn(Strict):
 
 
 class SearchIn(Strict):
-    query: str = Field(min_length=1)
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     namespace: str | None = Field(
         default=None,
         min_length=1,
         max_length=128,
         description="Search one namespace; omitted: every namespace of the tenant.",
     )
-    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
+    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K, strict=True)
     filters: dict[str, Any] | None = Field(
         default=None, description="Filter language, see docs/api.md#filters."
     )
@@ -119,7 +121,7 @@ class SearchIn(Strict):
     created_after: datetime | None = Field(default=None, description="Event time >= this.")
     created_before: datetime | None = Field(default=None, description="Event time < this.")
     min_score: float | None = Field(default=None, ge=0.0, description="Drop hits scoring less.")
-    explain: bool = Field(default=False, description="Return each part of the score.")
+    explain: bool = Field(default=False, strict=True, description="Return each part of the score.")
     weights: WeightsIn | None = None
     half_lives: HalfLivesIn | None = None
     levels: list[Annotated[int, Field(ge=0, le=6)]] = Field(
@@ -131,6 +133,7 @@ class SearchIn(Strict):
     )
     zoom: bool = Field(
         default=False,
+        strict=True,
         description="Find the best semantic memories and summaries first, then answer with "
         "the best episodes under them.",
     )
@@ -232,7 +235,22 @@ class MemoryOut(Schema):
     archived_at: datetime | None
 
 
+def _omit_not_null(schema: dict[str, Any]) -> None:
+    """In the published schema, optional fields may be left out but are never null."""
+    for spec in schema.get("properties", {}).values():
+        options = spec.pop("anyOf", None)
+        if options:
+            spec.update(next(o for o in options if o.get("type") != "null"))
+        if spec.get("default", "") is None:
+            del spec["default"]
+
+
 class PatchIn(Strict):
+    """Only the fields given change; none may be null (the route refuses null, and the
+    published schema does not offer it)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_omit_not_null)
+
     content: str | None = Field(default=None, min_length=1)
     type: MemoryTypeName | None = None
     importance: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -295,7 +313,9 @@ class ConsolidateIn(Strict):
     namespace: str | None = Namespace
     since: datetime | None = Field(default=None, description="Only episodes from this time.")
     until: datetime | None = Field(default=None, description="Only episodes before this time.")
-    wait: bool = Field(default=False, description="Run to the end and answer with the result.")
+    wait: bool = Field(
+        default=False, strict=True, description="Run to the end and answer with the result."
+    )
 
 
 class ForgetIn(Strict):
@@ -303,7 +323,9 @@ class ForgetIn(Strict):
     dry_run: bool = Field(
         default=False, description="Count what would be archived, change nothing."
     )
-    wait: bool = Field(default=False, description="Run to the end and answer with the result.")
+    wait: bool = Field(
+        default=False, strict=True, description="Run to the end and answer with the result."
+    )
 
 
 class PurgeIn(Strict):
@@ -313,8 +335,12 @@ class PurgeIn(Strict):
     filters: dict[str, Any] | None = Field(
         default=None, description="Which memories: the search filter language."
     )
-    all: bool = Field(default=False, description="Allow an empty filter: erase everything.")
-    dry_run: bool = Field(default=False, description="Count what would go, erase nothing.")
+    all: bool = Field(
+        default=False, strict=True, description="Allow an empty filter: erase everything."
+    )
+    dry_run: bool = Field(
+        default=False, strict=True, description="Count what would go, erase nothing."
+    )
 
 
 class PurgeOut(Schema):
@@ -392,7 +418,11 @@ class TenantsOut(Schema):
 class KeyIn(Strict):
     tenant: str | None = Field(default=None, description="Default: the caller's tenant.")
     scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1)
-    namespaces: list[str] = Field(default_factory=list, description="Allowed; empty: all.")
+    namespaces: list[
+        Annotated[
+            str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+        ]
+    ] = Field(default_factory=list, description="Allowed namespaces (their names); empty: all.")
     name: str = Field(default="", max_length=128)
 
 

@@ -4,7 +4,7 @@ benchmarks and the tests call these; each lives in the module that owns its job.
 - remember: `store_many`, `remember`, `remember_many`, `get`, `update`, `delete`
 - recall: `search` (the API's), `recall` (one flat search), `reinforce`, `flush_reinforcements`
 - browse: `list_memories`, `namespaces`, `stored_per_day`
-- the index: `drain_outbox`, `outbox_depth`
+- the index: `drain_outbox`, `outbox_depth`, `outbox_health`
 - long work, as jobs (`memories/jobs/`): `consolidate`, `archive_faded`, `restore`, `purge`,
   `export`, `load`, `reindex`, `doctor`
 """
@@ -18,7 +18,7 @@ from somafractalmemory.memories.browse import (
     namespaces,
     stored_per_day,
 )
-from somafractalmemory.memories.indexing import drain_outbox, outbox_depth
+from somafractalmemory.memories.indexing import drain_outbox, outbox_depth, outbox_health
 from somafractalmemory.memories.jobs.consolidation import consolidate
 from somafractalmemory.memories.jobs.erasure import purge
 from somafractalmemory.memories.jobs.forgetting import archive_faded, restore
@@ -65,6 +65,7 @@ __all__ = [
     "load",
     "namespaces",
     "outbox_depth",
+    "outbox_health",
     "purge",
     "recall",
     "reindex",

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import Count, Sum
 
 from somafractalmemory import backends, crypto
+from somafractalmemory.breaker import cache as breaker
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import (
     NotFound,
@@ -80,7 +81,8 @@ def authenticate(header: str | None, client: str) -> Principal:
         return ANONYMOUS
     scheme, _, key = header.partition(" ")
     key = key.strip()
-    _limit_failures(client, peek=True)
+    shown = key[:12]  # the part of a key that `prefix` shows: failures are counted by it
+    _refuse_repeated_failures(client, shown)
     found = None
     if scheme.lower() == "bearer" and key.startswith(KEY_PREFIX) and len(key) < 200:
         found = ApiKey.objects.filter(digest=digest(key)).select_related("tenant").first()
@@ -89,7 +91,7 @@ def authenticate(header: str | None, client: str) -> Principal:
         or found.revoked_at is not None
         or not hmac.compare_digest(found.digest, digest(key))
     ):
-        _limit_failures(client, peek=False)
+        _count_failure(client, shown)
         audit(
             DEFAULT_TENANT if found is None else found.tenant_id,
             "anonymous",
@@ -105,25 +107,41 @@ def authenticate(header: str | None, client: str) -> Principal:
     return Principal(found.tenant_id, found.id, tuple(found.scopes), tuple(found.namespaces))
 
 
-def _limit_failures(client: str, *, peek: bool) -> None:
-    """Count failed keys per client address; past the limit, refuse for the minute."""
-    limit = get_config().auth_failures_per_minute
+def _failure_counters(client: str, shown: str) -> tuple[str, str]:
+    """This minute's counters of failed keys: from the client, and from the client with
+    this key prefix."""
     window = int(time.time() // 60)
-    name = f"sfm:authfail:{client}:{window}"
-    try:
-        if peek:
-            count = int(cache.get(name, 0))
-        else:
-            cache.add(name, 0, timeout=120)
-            count = int(cache.incr(name))
-    except Exception as exc:  # the cache is optional: without it, no brute-force counter
-        log.warning("auth failure counter unavailable: %s", exc)
-        return
-    if count > limit:
+    tag = hashlib.sha256(shown.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"sfm:authfail:{client}:{window}", f"sfm:authfail:{client}:{tag}:{window}"
+
+
+def _too_many(count: int) -> None:
+    if count > get_config().auth_failures_per_minute:
         raise RateLimited(
             "too many failed API keys from this address; wait a minute",
             retry_after=60 - time.time() % 60,
         )
+
+
+def _refuse_repeated_failures(client: str, shown: str) -> None:
+    """Refuse, before looking it up, a key that has failed too often this minute from this
+    client. Only that key: a valid key is never refused for other keys' failures."""
+    _, this_key = _failure_counters(client, shown)
+    _too_many(int(breaker.call(lambda: cache.get(this_key, 0), 0) or 0))
+
+
+def _count_failure(client: str, shown: str) -> None:
+    """Count a failed key; past the limit from this client, failures answer 429 (a 401
+    otherwise). The cache is optional: without it, nothing is counted."""
+
+    def count() -> int:
+        counts = []
+        for name in _failure_counters(client, shown):
+            cache.add(name, 0, timeout=120)
+            counts.append(int(cache.incr(name)))
+        return max(counts)
+
+    _too_many(breaker.call(count, 0))
 
 
 def check_rate(principal: Principal) -> None:
@@ -133,11 +151,8 @@ def check_rate(principal: Principal) -> None:
     limit = _limits(principal.tenant).get("requests_per_minute")
     if not limit:
         return
-    try:
-        wait = _buckets().take(f"sfm:bucket:{principal.tenant}", limit)
-    except Exception as exc:  # without Redis, requests are not counted (availability first)
-        log.warning("rate limiter unavailable: %s", exc)
-        return
+    # Without Redis, requests are not counted (availability first).
+    wait = breaker.call(lambda: _buckets().take(f"sfm:bucket:{principal.tenant}", limit), 0.0)
     if wait > 0:
         raise RateLimited(
             f"tenant {principal.tenant!r} is limited to {limit} requests per minute",
@@ -208,10 +223,7 @@ def _buckets() -> LocalBuckets | RedisBuckets:
 
 def _limits(tenant: str) -> dict[str, Any]:
     name = f"sfm:limits:{tenant}"
-    try:
-        held = cache.get(name)
-    except Exception:
-        held = None
+    held = breaker.call(lambda: cache.get(name), None)
     if held is None:
         row = (
             Tenant.objects.filter(id=tenant)
@@ -219,8 +231,7 @@ def _limits(tenant: str) -> dict[str, Any]:
             .first()
         )
         held = row or {}
-        with contextlib.suppress(Exception):
-            cache.set(name, held, timeout=10)
+        breaker.call(lambda: cache.set(name, held, timeout=10), None)
     return dict(held)
 
 
@@ -380,6 +391,25 @@ def audit_log(
     if before is not None:
         query = query.filter(id__lt=before)
     return list(query[:limit])
+
+
+KEY_PROBES = 100
+
+
+def keys_health() -> str:
+    """`ok` when this process can wrap and unwrap data keys with its master key and opens
+    the tenants' wrapped keys (up to KEY_PROBES of them): else every store and read would
+    fail with `decryption_failed`, so the service is not ready."""
+    try:
+        masters = crypto.master_keys(get_config())
+        probe = crypto.new_data_key()
+        crypto.unwrap(crypto.wrap(probe, "probe", masters[0]), "probe", masters)
+        wrapped = Tenant.objects.exclude(wrapped_key="").order_by("id")
+        for tenant, key in wrapped.values_list("id", "wrapped_key")[:KEY_PROBES]:
+            crypto.unwrap(key, tenant, masters)
+    except Exception as exc:  # a probe reports, it does not raise
+        return f"error: {exc}"
+    return "ok"
 
 
 def rotate_master_key() -> dict[str, int]:

@@ -27,6 +27,8 @@ MEMORY_TYPES = ("episodic", "semantic", "summary")
 MAX_NODES = 256
 MAX_IN_VALUES = 1000
 MAX_DEPTH = 8
+MAX_NESTING = 16
+"""How deep `$and`/`$or`/`$not` may nest (Milvus fails on expression trees about 60 deep)."""
 # No "__" (Django would read a lookup) and not all digits (SQL would read an array index).
 _SEGMENT = re.compile(r"^(?!\d+$)(?!.*__)[A-Za-z0-9_\-]{1,64}$")
 _NEGATE = {
@@ -90,7 +92,16 @@ def parse(spec: Any) -> Node | None:
     if not isinstance(spec, dict):
         raise InvalidFilter("filters must be a JSON object")
     counter = [0]
-    return _parse_object(spec, negate=False, counter=counter)
+    tree = _parse_object(spec, negate=False, counter=counter)
+    if _nesting(tree) > MAX_NESTING:
+        raise InvalidFilter(f"filters nest $and, $or and $not at most {MAX_NESTING} deep")
+    return tree
+
+
+def _nesting(node: Node) -> int:
+    if isinstance(node, All | AnyOf):
+        return 1 + max(_nesting(i) for i in node.items)
+    return 0
 
 
 def _count(counter: list[int]) -> None:
@@ -226,7 +237,16 @@ def _scalar(field: Field, op: str, value: Any) -> Scalar:
         raise InvalidFilter("id compares with memory ids (strings), by equality or $in")
     if name == "importance" and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise InvalidFilter("importance compares with numbers")
-    if isinstance(value, bool | str):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidFilter(
+                "filter strings must be valid Unicode (a lone surrogate is not a character)",
+                details={"field": field.dotted},
+            ) from None
+        return value
+    if isinstance(value, bool):
         return value
     if isinstance(value, int):
         if not -(2**63) <= value < 2**63:
@@ -275,9 +295,9 @@ PRESENCE_FIELD = "metadata_keys"
 def to_milvus(node: Node) -> str:
     """Compile a tree to a Milvus boolean expression (no `not`, literals JSON-escaped)."""
     if isinstance(node, All):
-        return " and ".join(f"({to_milvus(i)})" for i in node.items)
+        return _balanced([to_milvus(i) for i in node.items], "and")
     if isinstance(node, AnyOf):
-        return " or ".join(f"({to_milvus(i)})" for i in node.items)
+        return _balanced([to_milvus(i) for i in node.items], "or")
     if isinstance(node, Exists):
         # `!=` also matches a missing key, which is how absence is expressed without `not`.
         key = milvus_literal(node.field.dotted)
@@ -288,6 +308,15 @@ def to_milvus(node: Node) -> str:
         values = ", ".join(milvus_literal(v) for v in node.value)
         return f"{target} {'in' if node.op == '$in' else 'not in'} [{values}]"
     return f"{target} {_MILVUS_OP[node.op]} {milvus_literal(node.value)}"
+
+
+def _balanced(parts: list[str], op: str) -> str:
+    """`(a) op (b) op ...` as a balanced tree: Milvus nests a chain one level per operand
+    and fails beyond about 45 of them, while a balanced tree of 256 is 8 levels deep."""
+    if len(parts) == 1:
+        return f"({parts[0]})"
+    middle = len(parts) // 2
+    return f"({_balanced(parts[:middle], op)} {op} {_balanced(parts[middle:], op)})"
 
 
 def _metadata_ref(field: Field) -> str:

@@ -12,8 +12,16 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
 from somafractalmemory import logs, metrics
-from somafractalmemory.errors import MethodNotAllowed, SFMError
+from somafractalmemory.conf import get_config
+from somafractalmemory.errors import (
+    ForeignOrigin,
+    LengthRequired,
+    MethodNotAllowed,
+    SFMError,
+    UnsupportedMediaType,
+)
 from somafractalmemory.memories import tenancy
+from somafractalmemory.memories.access import client_address
 from somafractalmemory.server.api import database_unavailable, error_response
 
 PUBLIC = ("/api/v2/openapi.json", "/api/v2/docs")
@@ -31,7 +39,7 @@ class AuthMiddleware:
         # path_info, not path: routing uses it, and path carries any SCRIPT_NAME prefix.
         where = request.path_info
         if where.startswith("/api/v2/") and not where.startswith(PUBLIC):
-            client = request.META.get("REMOTE_ADDR", "")
+            client = client_address(request)
             try:
                 caller = tenancy.authenticate(request.headers.get("Authorization"), client)
                 tenancy.check_rate(caller)
@@ -40,6 +48,52 @@ class AuthMiddleware:
             except DatabaseError as exc:
                 return database_unavailable(exc)
             request.principal = caller  # type: ignore[attr-defined]
+        return self.get_response(request)
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+WITH_BODY = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def _host(authority: str) -> str:
+    """The host of a `Host` header or an origin's authority, without port or brackets."""
+    authority = authority.rsplit("@", 1)[-1].strip().lower()
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def _local(host: str) -> bool:
+    allowed = {h.strip().lower() for h in get_config().allowed_hosts.split(",") if h.strip()}
+    return host in LOOPBACK or host.startswith("127.") or host in allowed
+
+
+class GuardMiddleware:
+    """What a web page could abuse: API bodies must be JSON (415 otherwise: `text/plain`
+    needs no CORS preflight), and while `auth` is optional only loopback (or
+    `allowed_hosts`) Host and Origin headers are answered (403 `foreign_origin`)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if get_config().auth != "required":
+            origin = request.headers.get("Origin")
+            host = _host(request.META.get("HTTP_HOST") or request.META.get("SERVER_NAME", ""))
+            if not _local(host):
+                return error_response(ForeignOrigin(f"host {host!r} is not this machine"))
+            if origin is not None and not _local(_host(origin.split("://", 1)[-1])):
+                return error_response(ForeignOrigin(f"origin {origin!r} is not this machine"))
+        if request.path_info.startswith("/api/v2/") and request.method in WITH_BODY:
+            sized = request.META.get("CONTENT_LENGTH") not in (None, "", "0")
+            chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+            kind = request.content_type or ""
+            if chunked and not sized:
+                return error_response(LengthRequired("send the body with a Content-Length"))
+            if (sized or chunked) and not (kind == "application/json" or kind.endswith("+json")):
+                return error_response(
+                    UnsupportedMediaType(f"request bodies are application/json, not {kind!r}")
+                )
         return self.get_response(request)
 
 

@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from somafractalmemory import __version__, backends, metrics
 from somafractalmemory.embedding.cache import cache_health
 from somafractalmemory.errors import BadRequest, NotFound, PayloadTooLarge, SFMError
+from somafractalmemory.memories import services, tenancy
 from somafractalmemory.server.api import error_response
 
 
@@ -20,9 +21,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Every dependency answers: SQL, the embedding model, the vector index, the cache.
+    """Every dependency answers: SQL, the embedding model, the vector index, the cache,
+    and the master key opens the tenants' data keys.
 
-    The cache is optional: without it the service works (slower) and reports `degraded`.
+    The cache is optional: without it the service works (slower) and reports `degraded`;
+    so does a dead-lettered vector write (the service works; `sfm doctor` shows it).
     """
     checks: dict[str, str] = {}
     try:
@@ -39,12 +42,16 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:
         checks.setdefault("embedder", f"error: {exc}")
         checks.setdefault("vector_index", f"error: {exc}")
+    checks["keys"] = tenancy.keys_health()
     checks["cache"] = cache_health()
-    required = [v for k, v in checks.items() if k != "cache"]
+    checks["outbox"] = services.outbox_health()
+    optional = ("cache", "outbox")
+    required = [v for k, v in checks.items() if k not in optional]
     if any(v != "ok" for v in required):
         status, code = "unavailable", 503
     else:
-        status, code = ("ready", 200) if checks["cache"] == "ok" else ("degraded", 200)
+        healthy = all(checks[k] == "ok" for k in optional)
+        status, code = ("ready", 200) if healthy else ("degraded", 200)
     return JsonResponse({"status": status, "checks": checks}, status=code)
 
 

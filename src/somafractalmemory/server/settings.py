@@ -13,7 +13,7 @@ CONFIG = get_config()
 
 SECRET_KEY = CONFIG.secret_key
 DEBUG = CONFIG.debug
-ALLOWED_HOSTS = ["*"]
+ALLOWED_HOSTS = ["*"]  # GuardMiddleware decides, with an answer in the API's envelope
 ROOT_URLCONF = "somafractalmemory.server.urls"
 WSGI_APPLICATION = "somafractalmemory.server.wsgi.application"
 USE_TZ = True
@@ -30,6 +30,7 @@ INSTALLED_APPS = [
 ]
 MIDDLEWARE = [
     "somafractalmemory.server.middleware.RequestMiddleware",
+    "somafractalmemory.server.middleware.GuardMiddleware",
     "django.middleware.common.CommonMiddleware",
     "somafractalmemory.server.middleware.JsonErrorsMiddleware",
     "somafractalmemory.server.middleware.AuthMiddleware",

@@ -20,7 +20,7 @@ from django.utils import timezone
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import ConsolidationBusy
 from somafractalmemory.memories import indexing, links, tree
-from somafractalmemory.memories.identity import sources_hash_of
+from somafractalmemory.memories.identity import sources_hash_of, utc
 from somafractalmemory.memories.jobs import runner
 from somafractalmemory.memories.models import DEFAULT_TENANT, EPISODE_ORDER, Link, Memory
 from somafractalmemory.retrieval import grouping
@@ -216,6 +216,7 @@ def start(
     wait: bool = False,
 ) -> Any:
     """Consolidation as a job: queued on the job thread, or run to the end with `wait`."""
+    since, until = (utc(t) if t is not None else None for t in (since, until))
     params = {
         "namespace": namespace,
         "since": since.isoformat() if since else None,

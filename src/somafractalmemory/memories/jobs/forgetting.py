@@ -116,9 +116,13 @@ def restore(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
     memory = remember.get(memory_id, tenant=tenant)
     if memory.archived_at is None:
         return memory
-    memory.archived_at = None
-    memory.last_accessed_at = datetime.now(UTC)
     with transaction.atomic():
+        locked = Memory.objects.select_for_update().filter(tenant_id=tenant, id=memory_id)
+        memory = locked.first() or remember.get(memory_id, tenant=tenant)  # 404 if gone
+        if memory.archived_at is None:
+            return memory  # restored meanwhile
+        memory.archived_at = None
+        memory.last_accessed_at = datetime.now(UTC)
         memory.save(update_fields=["archived_at", "last_accessed_at", "updated_at"])
         tasks = indexing.owe([memory.id])
     indexing.index_or_owe([memory], None, tasks)

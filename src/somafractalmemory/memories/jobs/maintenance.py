@@ -20,7 +20,7 @@ from django.db.models import QuerySet
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import ConsolidationBusy
-from somafractalmemory.memories import tenancy
+from somafractalmemory.memories import indexing, tenancy
 from somafractalmemory.memories.indexing import drain_outbox, write_vectors
 from somafractalmemory.memories.jobs import consolidation, forgetting
 from somafractalmemory.memories.jobs.runner import Progress, quiet
@@ -89,10 +89,14 @@ class Drift:
     """In the index, not in SQL."""
     stale: list[str] = field(default_factory=list)
     """In both, but the index holds an older embedding."""
+    dead: dict[str, str] = field(default_factory=dict)
+    """Dead-lettered vector writes: memory id -> the last error."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """With `repair`: memories whose index row could still not be written, and why."""
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.orphaned or self.stale)
+        return not (self.missing or self.orphaned or self.stale or self.dead or self.failed)
 
 
 def doctor(*, repair: bool = False, progress: Progress = quiet) -> Drift:
@@ -107,15 +111,42 @@ def doctor(*, repair: bool = False, progress: Progress = quiet) -> Drift:
         elif held != embedding_id:
             drift.stale.append(memory_id)
     drift.orphaned = sorted(indexed)
+    dead = indexing.dead_letters()
+    drift.dead = {t.memory_id: t.last_error for t in dead}
     if repair:
         todo = drift.missing + drift.stale
         done = 0
         for chunk in _chunks(todo):
-            write_vectors(chunk)
+            drift.failed.update(_write_each(chunk))
             done += len(chunk)
             progress(done, len(todo))
         index.delete(drift.orphaned)
+        if dead:  # tried again now; what still fails is reported, and dead-lettered again
+            indexing.revive(dead)
+            drift.failed.update(_write_each(list(_indexed().filter(id__in=list(drift.dead)))))
+            paid = [t for t in dead if t.memory_id not in drift.failed]
+            indexing.pay(paid)
+            VectorTask.objects.filter(id__in=[t.id for t in dead if t not in paid]).update(
+                dead_at=datetime.now(UTC)
+            )
+            drift.dead = {i: e for i, e in drift.dead.items() if i in drift.failed}
     return drift
+
+
+def _write_each(memories: list[Memory]) -> dict[str, str]:
+    """Write the memories' index rows, one by one where the whole chunk fails: returns the
+    ones that still fail, with why (one bad row must not keep the others out)."""
+    try:
+        write_vectors(memories)
+        return {}
+    except Exception:
+        failed = {}
+        for memory in memories:
+            try:
+                write_vectors([memory])
+            except Exception as exc:
+                failed[memory.id] = str(exc)[:500]
+        return failed
 
 
 # -- the outbox worker and the scheduled jobs ---------------------------------------------
