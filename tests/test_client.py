@@ -202,3 +202,15 @@ def test_request_ids_on_the_live_server(live: Live) -> None:
     while "[trace-42] GET /healthz 200" not in live.log.read_text(errors="replace"):
         assert time.monotonic() < deadline, "no access line with the request id in the log"
         time.sleep(0.2)
+
+
+def test_requests_the_http_server_refuses_answer_in_the_error_envelope(live: Live) -> None:
+    """gunicorn refuses an over-long request line or header block before Django sees it;
+    the answer is still JSON with a stable code (it was gunicorn's HTML page)."""
+    long_path = httpx.get(f"{live.base}/api/v2/memory/{'x' * 9000}", timeout=30)
+    assert long_path.status_code == 414, long_path.text
+    assert long_path.json()["error"]["code"] == "uri_too_long"
+    big = httpx.get(f"{live.base}/healthz", headers={"X-Filler": "y" * 10_000}, timeout=30)
+    assert big.status_code == 431, big.text
+    assert big.json()["error"]["code"] == "headers_too_large"
+    assert httpx.get(f"{live.base}/healthz", timeout=30).status_code == 200

@@ -94,7 +94,7 @@ def serve(
     options: dict[str, Any] = {
         "bind": f"{bind}:{port or conf.api_port}",
         "workers": workers,
-        "worker_class": "gthread",
+        "worker_class": "somafractalmemory.server.worker.JsonErrorWorker",
         "threads": threads or conf.threads,
         "timeout": 120,
         "graceful_timeout": 10,
