@@ -4,7 +4,9 @@ request at the exact moment it hurt; a thread race on PostgreSQL repeats the rea
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,32 +28,30 @@ def indexed(index: MilvusIndex) -> set[str]:
     return {memory_id for memory_id, _ in index.entries()}
 
 
-def once(action: Any) -> Any:
-    """A hook that runs `action` the first time it is called, and never again (the action
-    itself may call what the hook wraps)."""
+@contextlib.contextmanager
+def first_call_runs(target: Any, name: str, action: Any) -> Iterator[None]:
+    """Patch `target.name` so that its first call runs `action` first: the competing
+    request, at the exact moment it hurt. The action may itself call what is patched."""
+    original = getattr(target, name)
     done: list[bool] = []
 
-    def run() -> None:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
         if not done:
             done.append(True)
             action()
+        return original(*args, **kwargs)
 
-    return run
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(target, name, wrapped)
+        yield
 
 
 def test_a_delete_while_a_patch_embeds_stays_deleted(
     api: Api, namespace: str, fresh_index: MilvusIndex
 ) -> None:
     victim = store(api, namespace, "victim of a race")
-    embed = indexing.embed_texts
-    delete = once(lambda: services.delete(victim))
-
-    def embed_then(texts: Any) -> Any:
-        delete()  # the DELETE commits while the PATCH computes its embedding
-        return embed(texts)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(indexing, "embed_texts", embed_then)
+    # The DELETE commits while the PATCH computes its embedding.
+    with first_call_runs(indexing, "embed_texts", lambda: services.delete(victim)):
         code = api.error(404, "PATCH", f"/memory/{victim}", {"content": "patched meanwhile"})
         assert code == "memory_not_found"
     assert api.error(404, "GET", f"/memory/{victim}") == "memory_not_found"
@@ -63,15 +63,8 @@ def test_an_index_write_landing_after_a_delete_leaves_no_vector(
     api: Api, namespace: str, fresh_index: MilvusIndex
 ) -> None:
     victim = store(api, namespace, "written late by a patch")
-    upsert = fresh_index.upsert
-    delete = once(lambda: services.delete(victim))
-
-    def delete_first(records: Any) -> None:
-        delete()  # the DELETE commits and clears the index before the PATCH's write lands
-        upsert(records)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fresh_index, "upsert", delete_first)
+    # The DELETE commits and clears the index before the PATCH's write lands.
+    with first_call_runs(fresh_index, "upsert", lambda: services.delete(victim)):
         api.ok("PATCH", f"/memory/{victim}", {"content": "patched before the delete"})
     assert api.error(404, "GET", f"/memory/{victim}") == "memory_not_found"
     assert victim not in indexed(fresh_index)
@@ -85,15 +78,8 @@ def test_a_neighbours_context_refresh_does_not_bring_back_a_deleted_episode(
 ) -> None:
     at = "2026-03-01T10:00:00Z"
     first = store(api, namespace, "the quince orchard burned down", created_at=at)
-    upsert = fresh_index.upsert
-    delete = once(lambda: services.delete(first))
-
-    def delete_first(records: Any) -> None:
-        delete()  # the neighbour goes while the next episode's write is in flight
-        upsert(records)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fresh_index, "upsert", delete_first)
+    # The neighbour goes while the next episode's write is in flight.
+    with first_call_runs(fresh_index, "upsert", lambda: services.delete(first)):
         second = store(api, namespace, "we planted walnuts instead", created_at=at)
     assert first not in indexed(fresh_index)
     assert second in indexed(fresh_index)
@@ -105,15 +91,10 @@ def test_a_neighbours_context_refresh_does_not_bring_back_a_deleted_episode(
 
 def test_concurrent_patches_keep_each_others_fields(api: Api, namespace: str) -> None:
     memory = store(api, namespace, "two editors at once", importance=0.2)
-    embed = indexing.embed_texts
-    other = once(lambda: services.update(memory, {"importance": 0.9}))
-
-    def embed_then(texts: Any) -> Any:
-        other()  # another PATCH commits while this one embeds
-        return embed(texts)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(indexing, "embed_texts", embed_then)
+    # Another PATCH commits while this one embeds.
+    with first_call_runs(
+        indexing, "embed_texts", lambda: services.update(memory, {"importance": 0.9})
+    ):
         api.ok("PATCH", f"/memory/{memory}", {"metadata": {"editor": "first"}})
     row = api.ok("GET", f"/memory/{memory}")
     assert row["importance"] == 0.9 and row["metadata"] == {"editor": "first"}
@@ -123,15 +104,8 @@ def test_a_repeat_of_a_memory_deleted_meanwhile_is_refused_not_lost(
     api: Api, namespace: str
 ) -> None:
     held = store(api, namespace, "said twice", importance=0.1)
-    check = limits.check_quota
-    delete = once(lambda: services.delete(held))
-
-    def delete_then(tenant: str, contents: Any) -> None:
-        delete()  # the repeated memory goes after the repeat was recognised
-        check(tenant, contents)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(limits, "check_quota", delete_then)
+    # The repeated memory goes after the repeat was recognised.
+    with first_call_runs(limits, "check_quota", lambda: services.delete(held)):
         body = {"content": "said twice", "namespace": namespace, "importance": 0.8}
         assert api.error(409, "POST", "/memory/store", body) == "conflict"
     again = api.ok("POST", "/memory/store", body)
@@ -290,15 +264,8 @@ def test_a_neighbour_deleted_while_its_context_is_rewritten_stays_out(
     at = "2026-03-03T10:00:00Z"
     first = store(api, namespace, "the first of two episodes", created_at=at)
     second = store(api, namespace, "the second of two episodes", created_at=at)
-    upsert = fresh_index.upsert
-    delete = once(lambda: services.delete(second))
-
-    def delete_first(records: Any) -> None:
-        delete()  # the neighbour goes while deleting `first` rewrites its context
-        upsert(records)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fresh_index, "upsert", delete_first)
+    # The neighbour goes while deleting `first` rewrites its context.
+    with first_call_runs(fresh_index, "upsert", lambda: services.delete(second)):
         services.delete(first)
     assert not {first, second} & indexed(fresh_index)
     assert maintenance.doctor().clean
