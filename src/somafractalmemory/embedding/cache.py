@@ -34,19 +34,11 @@ def cache_key(model: str, text: str, tenant: str) -> str:
 def embed_query(embedder: Embedder, text: str, *, tenant: str) -> Vectors:
     """One query's vector (shape (dim,)), from the cache when it has it."""
     key = cache_key(embedder.name, text, tenant)
-    if not breaker.open:
-        try:
-            raw = cache.get(key)
-            if raw is not None:
-                return np.frombuffer(raw, dtype=np.float32)
-        except Exception as exc:  # any cache failure degrades to no cache
-            breaker.trip(exc)
+    raw = breaker.call(lambda: cache.get(key), None)  # any cache failure: no cache
+    if raw is not None:
+        return np.frombuffer(raw, dtype=np.float32)
     vector = embedder.embed([text])[0]
-    if not breaker.open:
-        try:
-            cache.set(key, vector.astype(np.float32).tobytes(), TTL_SECONDS)
-        except Exception as exc:
-            breaker.trip(exc)
+    breaker.call(lambda: cache.set(key, vector.astype(np.float32).tobytes(), TTL_SECONDS), None)
     return vector
 
 

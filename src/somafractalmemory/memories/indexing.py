@@ -101,11 +101,11 @@ def write_vectors(memories: Sequence[Memory], vectors: Any = None, *, rewrites: 
         vectors = embed_texts([m.content for m in memories])
     known = {m.id: v for m, v in zip(memories, vectors, strict=True)}
     rows = {m.id: m for m in memories}
+    given = set(rows)  # `rows` gains the neighbours whose context these change
     contexts: dict[str, tuple[Any, str]] = {}
     spans: dict[str, list[str]] = {}
     for sequence in _episode_sequences(memories):
-        contexts.update(_contexts(sequence, set(known), known, rows, spans))
-    given = {m.id for m in memories}
+        contexts.update(_contexts(sequence, given, known, rows, spans))
     primary = [vector_record(m, known[m.id], contexts.get(m.id)) for m in memories]
     around = [vector_record(rows[i], known[i], contexts[i]) for i in rows if i not in given]
     with metrics.timed(metrics.INDEX, "upsert"):

@@ -159,10 +159,12 @@ def remember(item: NewMemory, *, tenant: str = DEFAULT_TENANT) -> Memory:
     return remember_many([item], tenant=tenant)[0]
 
 
-def get(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
-    """One memory of the tenant (archived ones too)."""
+def get(memory_id: str, *, tenant: str = DEFAULT_TENANT, lock: bool = False) -> Memory:
+    """One memory of the tenant (archived ones too); with `lock`, the row as it is now,
+    locked for the caller's transaction (a change then never races another)."""
+    rows = Memory.objects.select_for_update() if lock else Memory.objects
     try:
-        return Memory.objects.get(tenant_id=tenant, id=memory_id)
+        return rows.get(tenant_id=tenant, id=memory_id)
     except Memory.DoesNotExist:
         raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id}) from None
 
@@ -179,9 +181,7 @@ def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TEN
     with transaction.atomic():
         # The row as it is now, locked: a concurrent PATCH's fields are kept, and a row
         # deleted meanwhile stays deleted (a plain save() would insert it again).
-        memory = Memory.objects.select_for_update().filter(tenant_id=tenant, id=memory_id).first()
-        if memory is None:
-            raise MemoryNotFound(f"no memory {memory_id!r}", details={"id": memory_id})
+        memory = get(memory_id, tenant=tenant, lock=True)
         for name, value in changes.items():
             if name == "content":
                 if value != memory.content:

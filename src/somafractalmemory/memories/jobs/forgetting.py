@@ -117,8 +117,7 @@ def restore(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
     if memory.archived_at is None:
         return memory
     with transaction.atomic():
-        locked = Memory.objects.select_for_update().filter(tenant_id=tenant, id=memory_id)
-        memory = locked.first() or remember.get(memory_id, tenant=tenant)  # 404 if gone
+        memory = remember.get(memory_id, tenant=tenant, lock=True)
         if memory.archived_at is None:
             return memory  # restored meanwhile
         memory.archived_at = None
