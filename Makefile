@@ -26,8 +26,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# The same suite runs against each combination this machine has: SQLite or PostgreSQL, each
-# with LocMem or Redis (always Milvus Lite). The mixed pairs skip the slow server-process tests.
+# The same suite runs against each combination this machine has: the embedded default
+# (SQLite, LocMem, Milvus Lite), the production stack (PostgreSQL, Redis and a real Milvus
+# standalone server the run starts and stops itself: tests/milvus_server.py), and the mixed
+# pairs on Milvus Lite, which skip the slow server-process tests.
 # The first run moves the test process's clock a year ahead: no test may depend on the date.
 PG_URL ?= postgresql://postgres@127.0.0.1:5432/sfm
 REDIS_URL ?= redis://127.0.0.1:6379/15
@@ -42,7 +44,7 @@ $(BROWSER):
 
 pytest: install $(BROWSER)
 	$(BIN)/pytest --clock-shift 365
-	SFM_DATABASE_URL=$(PG_URL) SFM_REDIS_URL=$(REDIS_URL) $(BIN)/pytest
+	SFM_DATABASE_URL=$(PG_URL) SFM_REDIS_URL=$(REDIS_URL) SFM_TEST_MILVUS=server $(BIN)/pytest
 	SFM_DATABASE_URL=$(PG_URL) $(BIN)/pytest -m "not slow"
 	SFM_REDIS_URL=$(REDIS_URL) $(BIN)/pytest -m "not slow"
 

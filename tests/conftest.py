@@ -76,14 +76,46 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+MILVUS_SERVER = os.environ.get("SFM_TEST_MILVUS") == "server"
+"""`SFM_TEST_MILVUS=server`: the run starts a real Milvus standalone server (tests/
+milvus_server.py) and the whole suite uses it, each test process and each server it starts in a
+database of its own."""
+_milvus: contextlib.ExitStack | None = None
+
+
+def _start_milvus() -> None:
+    global _milvus
+    from tests.milvus_server import create_database, standalone
+
+    _milvus = contextlib.ExitStack()
+    running = _milvus.enter_context(standalone())
+    os.environ["SFM_MILVUS_URI"] = running.uri
+    os.environ["SFM_MILVUS_DB"] = create_database(running.uri, "test")
+    get_config.cache_clear()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: starts real server processes")
+    if MILVUS_SERVER and _milvus is None:
+        try:
+            _start_milvus()
+        except Exception as exc:
+            # `milvus` is a dev dependency: its absence is an install bug, here as in CI.
+            raise pytest.UsageError(f"cannot start the Milvus server: {exc}") from exc
     days = config.getoption("--clock-shift")
     if days:
         import time_machine
 
         moved = datetime.now(UTC) + timedelta(days=days)
         time_machine.travel(moved, tick=True).start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the Milvus server, also when tests failed or the run was interrupted."""
+    global _milvus
+    if _milvus is not None:
+        _milvus.close()
+        _milvus = None
 
 
 @pytest.fixture
@@ -158,6 +190,17 @@ def server_environment(data_dir: Path) -> Iterator[dict[str, str]]:
     """Environment for a real server process: `data_dir` and, on PostgreSQL, a database of
     its own (dropped afterwards)."""
     env = {**os.environ, "SFM_DATA_DIR": str(data_dir)}
+    with contextlib.ExitStack() as stack:
+        if MILVUS_SERVER:
+            from tests.milvus_server import create_database, drop_database
+
+            uri = env["SFM_MILVUS_URI"]
+            env["SFM_MILVUS_DB"] = create_database(uri, "srv")
+            stack.callback(drop_database, uri, env["SFM_MILVUS_DB"])
+        yield from _with_database(env)
+
+
+def _with_database(env: dict[str, str]) -> Iterator[dict[str, str]]:
     url = get_config().effective_database_url
     if not url:
         yield env
@@ -174,6 +217,11 @@ def server_environment(data_dir: Path) -> Iterator[dict[str, str]]:
     finally:
         with psycopg.connect(admin, dbname="postgres", autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def embedded(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the embedded Milvus Lite file in its data directory, whatever the run uses."""
+    return {k: v for k, v in env.items() if k not in ("SFM_MILVUS_URI", "SFM_MILVUS_DB")}
 
 
 @pytest.fixture
@@ -217,9 +265,18 @@ def fresh_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
     from somafractalmemory.vectors.milvus import MilvusIndex
 
     embedder = backends.embedder()
-    index = MilvusIndex(str(tmp_path / "own.db"), model=embedder.name, dim=embedder.dim)
-    monkeypatch.setattr(backends, "_index", index)
-    yield index
-    left = backends._index  # whichever index the test left in place
-    if left is not None:
-        left.close()
+    with contextlib.ExitStack() as stack:
+        if MILVUS_SERVER:
+            from tests.milvus_server import create_database, drop_database
+
+            uri = os.environ["SFM_MILVUS_URI"]
+            name = create_database(uri, "own")
+            stack.callback(drop_database, uri, name)
+            index = MilvusIndex(uri, model=embedder.name, dim=embedder.dim, db_name=name)
+        else:
+            index = MilvusIndex(str(tmp_path / "own.db"), model=embedder.name, dim=embedder.dim)
+        monkeypatch.setattr(backends, "_index", index)
+        yield index
+        left = backends._index  # whichever index the test left in place
+        if left is not None:
+            left.close()

@@ -16,13 +16,13 @@ from somafractalmemory.memories import indexing, services
 from somafractalmemory.memories.jobs import maintenance
 from somafractalmemory.memories.models import Memory, VectorTask
 from somafractalmemory.vectors.milvus import MilvusIndex
-from tests.conftest import Api, server_environment
+from tests.conftest import Api, embedded, server_environment
 
 
 def reopen(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch) -> MilvusIndex:
     """The index comes back (same file, new client)."""
     embedder = backends.embedder()
-    again = MilvusIndex(index.uri, model=embedder.name, dim=embedder.dim)
+    again = MilvusIndex(index.uri, model=embedder.name, dim=embedder.dim, db_name=index.db_name)
     monkeypatch.setattr(backends, "_index", again)
     return again
 
@@ -136,7 +136,8 @@ def run_sfm(*args: str, env: dict[str, Any] | None = None) -> subprocess.Complet
 def test_serve_refuses_several_workers_on_milvus_lite(tmp_path: Path) -> None:
     import os
 
-    result = run_sfm("serve", "--workers", "2", env={**os.environ, "SFM_DATA_DIR": str(tmp_path)})
+    env = embedded({**os.environ, "SFM_DATA_DIR": str(tmp_path)})
+    result = run_sfm("serve", "--workers", "2", env=env)
     assert result.returncode == 2
     assert "Milvus Lite" in result.stderr and "config_error" in result.stderr
 
@@ -144,6 +145,7 @@ def test_serve_refuses_several_workers_on_milvus_lite(tmp_path: Path) -> None:
 def test_maintenance_commands_refuse_a_locked_lite_file(tmp_path: Path) -> None:
     held = MilvusIndex(str(tmp_path / "milvus.db"), model="all-MiniLM-L6-v2", dim=384)
     with server_environment(tmp_path) as env:
+        env = embedded(env)
         try:
             for command in (["doctor"], ["reindex"], ["worker"]):
                 result = run_sfm(*command, env=env)

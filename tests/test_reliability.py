@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,6 +19,8 @@ import httpx
 import pytest
 
 from somafractalmemory.conf import get_config
+from tests.conftest import MILVUS_SERVER
+from tests.milvus_server import Standalone, standalone
 from tests.servers import free_port, milvus_lite, server
 
 pytestmark = pytest.mark.slow
@@ -214,16 +217,17 @@ def test_redis_stopped_and_restarted_mid_load(
         assert_all_kept(base, "redis", dict(client.acked))
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker-lite", "two-workers-lite-server"])
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers-shared-index"])
 def test_concurrent_clients_store_and_delete(
     tmp_path: Path, server_env: dict[str, str], workers: int
 ) -> None:
     """8 clients store and delete at once; the final state is what was acknowledged. With
-    two worker processes, they share the index through `sfm milvus-lite` (a Milvus server's
-    code path) and each worker's writes are visible to the other's searches."""
+    two worker processes, they share the index (the run's Milvus server, or `sfm milvus-lite`
+    serving the Lite file on a Milvus server's code path) and each worker's writes are
+    visible to the other's searches."""
     port = free_port()
     stack = contextlib.ExitStack()
-    if workers > 1:
+    if workers > 1 and not MILVUS_SERVER:
         server_env = {
             **server_env,
             "SFM_MILVUS_URI": stack.enter_context(milvus_lite(server_env, tmp_path / "milvus.log")),
@@ -295,3 +299,83 @@ def test_postgres_outage_fails_fast_and_recovers(
             assert all(m["content"] == body["content"] for m in listed["memories"])
     finally:
         proxy.cut()
+
+
+@pytest.fixture
+def own_milvus(server_env: dict[str, str]) -> Iterator[tuple[Standalone, dict[str, str]]]:
+    """A Milvus standalone server of this test's own (it gets killed) and the environment of
+    a service that uses it, with Milvus calls abandoned after 3 s. In the production-stack run
+    (SFM_TEST_MILVUS=server) only: the embedded runs have no Milvus server to lose."""
+    if not MILVUS_SERVER:
+        pytest.skip("production-stack run only (make test runs it with SFM_TEST_MILVUS=server)")
+    with standalone() as running:
+        env = {**server_env, "SFM_MILVUS_URI": running.uri, "SFM_MILVUS_TIMEOUT": "3"}
+        env.pop("SFM_MILVUS_DB", None)
+        yield running, env
+
+
+def _search(base: str, query: str, namespace: str, timeout: float = 10) -> dict[str, Any]:
+    body = {"query": query, "namespace": namespace, "top_k": 3}
+    response = httpx.post(f"{base}/memory/search", json=body, timeout=timeout)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+@pytest.mark.parametrize("fault", ["kill-9", "stalled"])
+def test_milvus_server_dies_mid_load_and_comes_back(
+    tmp_path: Path, own_milvus: tuple[Standalone, dict[str, str]], fault: str
+) -> None:
+    """Stores go on being acknowledged while the Milvus server is dead (kill -9) or stalled
+    (SIGSTOP: connections held, nothing answered); searches answer from SQL full text within
+    the request timeout; /readyz says degraded. When the killed server is back the outbox
+    pays every owed write, `sfm doctor` finds no drift, and search finds every acknowledged
+    memory."""
+    milvus, env = own_milvus
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    base = f"{root}/api/v2"
+    with server(env, port, tmp_path / "server.log"), Client(base, "milvus") as client:
+        client.wait_for(20)
+        if fault == "kill-9":
+            milvus.kill()
+        else:
+            milvus.suspend()
+        try:
+            # Acknowledged without the index. (Each store waits out the 3 s Milvus timeout on
+            # a stalled server: a few, so that the stall stays short of the server's own
+            # session timeouts, after which Milvus exits rather than resumes.)
+            before = len(client.acked)
+            client.wait_for(before + (10 if fault == "kill-9" else 3), timeout=120)
+            started = time.monotonic()
+            answer = _search(base, "meeting room", "milvus", timeout=30)
+            assert time.monotonic() - started < 15  # the 3 s Milvus timeout, not a hang
+            assert answer["mode"] == "lexical" and answer["memories"]
+            assert answer["warnings"][0].startswith("vector_index_unavailable")
+            eventually(lambda: httpx.get(f"{root}/readyz").json()["status"] == "degraded", 60)
+        finally:
+            if fault == "kill-9":
+                milvus.restart()
+            else:
+                milvus.resume()
+        if fault == "stalled":
+            # Milvus 2.3.5 comes out of a stall "Abnormal" ("service not ready") and stays so
+            # until restarted; the stores stay owed (docs/deployment.md).
+            client.stop.set()
+            assert set(client.refused) <= {503}
+            return
+        after = len(client.acked)
+        client.wait_for(after + 10, timeout=120)
+        client.stop.set()
+        eventually(lambda: _search(base, "meeting room", "milvus")["mode"] == "hybrid", 120)
+        eventually(lambda: httpx.get(f"{root}/readyz").json()["status"] == "ready", 120)
+        assert set(client.refused) <= {503}
+        assert_all_kept(base, "milvus", dict(client.acked))
+        doctor = subprocess.run(
+            [sys.executable, "-m", "somafractalmemory.cli", "doctor"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr

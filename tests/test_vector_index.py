@@ -11,31 +11,39 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from somafractalmemory.errors import IndexUnavailable
 from somafractalmemory.retrieval import filters
 from somafractalmemory.vectors.base import VectorIndex, VectorRecord
 from somafractalmemory.vectors.milvus import MilvusIndex
+from tests.conftest import MILVUS_SERVER
+from tests.milvus_server import create_database, drop_database, standalone
 from tests.servers import milvus_lite
 
 DIM = 16
 
 
-@pytest.fixture(scope="module", params=["lite", "server"], ids=["milvus-lite", "milvus-server"])
+@pytest.fixture(scope="module", params=["lite", "lite-grpc", "server"])
 def index(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VectorIndex]:
-    """Milvus Lite in process, and the server code path: SFM_TEST_MILVUS_URI when set (a real
-    Milvus standalone or cluster), else `sfm milvus-lite` serving a file over gRPC."""
+    """Milvus Lite in process; `sfm milvus-lite` serving a file over gRPC (the server code
+    path on Lite's engine); a real Milvus standalone server: the run's (SFM_TEST_MILVUS=server)
+    or one started for this module."""
     with contextlib.ExitStack() as stack:
         work = tmp_path_factory.mktemp("contract")
+        db_name = None
         if request.param == "lite":
             uri = str(work / "milvus.db")
-        else:
+        elif request.param == "lite-grpc":
             env = {**os.environ, "SFM_DATA_DIR": str(work)}
             env.pop("SFM_MILVUS_URI", None)
-            uri = os.environ.get("SFM_TEST_MILVUS_URI") or stack.enter_context(
-                milvus_lite(env, work / "milvus.log")
-            )
-        built = MilvusIndex(uri, model=f"contract-{uuid.uuid4().hex[:8]}", dim=DIM)
+            uri = stack.enter_context(milvus_lite(env, work / "milvus.log"))
+        else:
+            uri = os.environ["SFM_MILVUS_URI"] if MILVUS_SERVER else ""
+            uri = uri or stack.enter_context(standalone()).uri
+            db_name = create_database(uri, "contract")
+            stack.callback(drop_database, uri, db_name)
+        built = MilvusIndex(uri, model=f"contract-{uuid.uuid4().hex[:8]}", dim=DIM, db_name=db_name)
         assert built.is_lite == (request.param == "lite")
         yield built
         built.close()
@@ -120,6 +128,48 @@ def test_upsert_replaces_and_delete_removes(index: VectorIndex) -> None:
     index.delete([f"mem_{tenant}_1"])
     assert index.search(unit(99), tenant=tenant, namespace="ns", where=None, top_k=10) == []
     index.delete([f"mem_{tenant}_1"])  # deleting what is gone is not an error
+
+
+def test_context_legs_search_the_context_vectors_and_deletes_reach_them(
+    index: VectorIndex,
+) -> None:
+    tenant = uuid.uuid4().hex
+    index.upsert([record(i, tenant, context_vector=unit(500 + i)) for i in range(20)])
+    hits = index.search(unit(505), tenant=tenant, namespace="ns", where=None, top_k=3, context=True)
+    assert hits[0].id == f"mem_{tenant}_5"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    plain = index.search(unit(505), tenant=tenant, namespace="ns", where=None, top_k=3)
+    assert plain[0].score < 0.9  # the memory vectors are not the context vectors
+    where = filters.parse({"even": True})
+    hits = index.search(
+        unit(505), tenant=tenant, namespace="ns", where=where, top_k=3, context=True
+    )
+    assert hits and all(int(h.id.rsplit("_", 1)[1]) % 2 == 0 for h in hits)
+    index.delete([f"mem_{tenant}_5"])
+    hits = index.search(unit(505), tenant=tenant, namespace="ns", where=None, top_k=3, context=True)
+    assert f"mem_{tenant}_5" not in {h.id for h in hits}
+
+
+def test_lexical_legs_where_the_engine_has_bm25(index: VectorIndex) -> None:
+    """Milvus Lite has BM25; a server before 2.5 does not, and says so (SQL takes the legs)."""
+    tenant = uuid.uuid4().hex
+    index.upsert(
+        [
+            record(1, tenant, lexical="k_apple k_pie", context_lexical="k_apple k_pie k_oven"),
+            record(2, tenant, lexical="k_pear", context_lexical="k_pear k_oven k_oven"),
+        ]
+    )
+    if not index.lexical:
+        assert any("BM25" in note for note in index.notes())
+        with pytest.raises(IndexUnavailable):
+            index.search_lexical("k_apple", tenant=tenant, namespace="ns", where=None, top_k=5)
+        return
+    found = index.search_lexical("k_apple", tenant=tenant, namespace="ns", where=None, top_k=5)
+    assert [h.id for h in found] == [f"mem_{tenant}_1"]
+    around = index.search_lexical(
+        "k_oven", tenant=tenant, namespace="ns", where=None, top_k=5, context=True
+    )
+    assert [h.id for h in around] == [f"mem_{tenant}_2", f"mem_{tenant}_1"]
 
 
 def test_count_grows_with_upserts(index: VectorIndex) -> None:

@@ -73,7 +73,7 @@ def build_index(config: Config, embedder: Embedder) -> VectorIndex:
 
     dim = check_dimension(config, embedder)
     uri = config.effective_milvus_uri
-    if not config.milvus_uri and not config.milvus_host:
+    if not config.milvus_server:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     return MilvusIndex(
         uri,
@@ -83,6 +83,7 @@ def build_index(config: Config, embedder: Embedder) -> VectorIndex:
         db_name=config.milvus_db,
         timeout=config.milvus_timeout,
         index_type=config.milvus_index_type,
+        ef=config.milvus_search_ef,
     )
 
 
@@ -90,7 +91,7 @@ def serve_lite_file(config: Config, host: str, port: int) -> LiteFileServer:
     """Serve the embedded Milvus Lite file over gRPC (see `sfm milvus-lite`)."""
     from somafractalmemory.vectors.milvus import LiteServer
 
-    if config.milvus_uri or config.milvus_host:
+    if config.milvus_server:
         raise ConfigError(
             "milvus_uri/milvus_host is set: the index is a Milvus server already, there is no "
             "Lite file to serve"

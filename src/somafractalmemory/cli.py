@@ -76,7 +76,7 @@ def serve(
 
     try:
         conf = get_config()
-        if workers > 1 and not (conf.milvus_uri or conf.milvus_host):
+        if workers > 1 and not conf.milvus_server:
             raise ConfigError(
                 "--workers > 1 needs a Milvus server: the Milvus Lite file can be opened by one "
                 "process only. Use --threads to scale the embedded default, or set milvus_uri."
@@ -120,6 +120,8 @@ def _loopback(host: str) -> bool:
 def _warm_up(worker: Any) -> None:
     """Load the model and open the index before the first request, in the worker process."""
     from somafractalmemory import backends
+    from somafractalmemory.conf import get_config
+    from somafractalmemory.errors import IndexLocked, IndexUnavailable
 
     # Opening a large Milvus Lite file loads all of it (minutes at a million memories):
     # keep telling the arbiter this worker is alive, or it kills it after `timeout`.
@@ -132,6 +134,15 @@ def _warm_up(worker: Any) -> None:
     threading.Thread(target=alive, name="sfm-warm-up", daemon=True).start()
     try:
         backends.vector_index()
+    except IndexUnavailable as exc:
+        if isinstance(exc, IndexLocked) or not get_config().milvus_server:
+            worker.log.error("error [%s]: %s", exc.code, exc.message)
+            sys.exit(4)  # gunicorn stops when a worker fails to boot
+        # A Milvus server that does not answer yet: serve anyway (stores are owed to the
+        # outbox, searches answer from SQL full text) and connect on a later request.
+        worker.log.warning(
+            "serving without the vector index for now [%s]: %s", exc.code, exc.message
+        )
     except SFMError as exc:
         worker.log.error("error [%s]: %s", exc.code, exc.message)
         sys.exit(4)  # gunicorn stops when a worker fails to boot

@@ -100,9 +100,24 @@ class Config:
         metadata=_doc(
             "Index of the memory vectors: `FLAT` (exact), `IVF_FLAT`, `HNSW` or `AUTOINDEX`; "
             "`auto`: FLAT on a Milvus Lite file (Lite answers from an approximate index "
-            "otherwise, recall@10 0.92 at 100,000 memories: docs/benchmarks.md), AUTOINDEX on "
-            "a server. Changing it re-indexes at the next start. The context vectors keep "
-            "AUTOINDEX."
+            "otherwise, recall@10 0.92 at 100,000 memories: docs/benchmarks.md), HNSW (M 16, "
+            "efConstruction 200) on a server. Changing it re-indexes the memory vectors at the "
+            "next start. The context vectors use the same type on a server, AUTOINDEX on Lite."
+        ),
+    )
+    milvus_search_ef: int = field(
+        default=64,
+        metadata=_doc(
+            "HNSW search beam: each search uses max(this, the leg's candidate pool); IVF_FLAT "
+            "probes half as many lists. Larger: better recall, slower (docs/benchmarks.md)."
+        ),
+    )
+    lexical_engine: str = field(
+        default="auto",
+        metadata=_doc(
+            "Where the lexical legs of a search come from: `auto`, Milvus BM25 where the index "
+            "has it (Milvus Lite, Milvus 2.5+) and SQL full text otherwise; `sql`, always SQL "
+            "full text (SQLite FTS5 BM25, PostgreSQL ts_rank_cd over the keyed tokens)."
         ),
     )
     redis_url: str | None = field(
@@ -299,6 +314,11 @@ class Config:
         return self.database_url or self.postgres_url
 
     @property
+    def milvus_server(self) -> bool:
+        """Whether the index is a Milvus server (else the embedded Milvus Lite file)."""
+        return bool(self.milvus_uri or self.milvus_host)
+
+    @property
     def effective_milvus_uri(self) -> str:
         if self.milvus_uri:
             return self.milvus_uri
@@ -380,6 +400,10 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
         raise ConfigError("setting 'log_format' must be 'text' or 'json'")
     if config.milvus_index_type not in INDEX_TYPES:
         raise ConfigError(f"setting 'milvus_index_type' must be one of {list(INDEX_TYPES)}")
+    if config.lexical_engine not in ("auto", "sql"):
+        raise ConfigError("setting 'lexical_engine' must be 'auto' or 'sql'")
+    if not 1 <= config.milvus_search_ef <= 32_768:
+        raise ConfigError("setting 'milvus_search_ef' must be between 1 and 32768")
     if config.embedding_runtime not in ("onnx", "torch"):
         raise ConfigError("setting 'embedding_runtime' must be 'onnx' or 'torch'")
     if config.embedder == "http" and not config.embedding_url:

@@ -2,7 +2,8 @@
 migrations install, and `search` over it, the only raw SQL of the service.
 
 Version 1 (migrations 0003-0005) indexed the plaintext `content`; version 2 (0006 on)
-indexes the keyed `tokens` column, since content is sealed. Migrations name the version they
+indexes the keyed `tokens` column, since content is sealed; version 3 (0009 on) also
+`context_tokens` (the memory with its neighbouring episodes). Migrations name the version they
 were written for, so an old migration keeps doing what it did.
 
 SQLite: Django rebuilds a table for most schema changes, which drops these triggers and
@@ -20,47 +21,65 @@ from django.db.models.expressions import RawSQL
 
 from somafractalmemory.retrieval.lexical import MAX_TERMS
 
-CURRENT = 2
+CURRENT = 3
 
 
-def _sqlite_up(column: str, tokenizer: str) -> list[str]:
+def _sqlite_up(column: str, tokenizer: str, table: str = "memories_fts") -> list[str]:
     return [
-        "CREATE VIRTUAL TABLE memories_fts USING fts5("
+        f"CREATE VIRTUAL TABLE {table} USING fts5("
         f"{column}, content='memories_memory', content_rowid='rowid', tokenize='{tokenizer}')",
-        "CREATE TRIGGER memories_fts_ai AFTER INSERT ON memories_memory BEGIN "
-        f"INSERT INTO memories_fts(rowid, {column}) VALUES (new.rowid, new.{column}); END",
-        "CREATE TRIGGER memories_fts_ad AFTER DELETE ON memories_memory BEGIN "
-        f"INSERT INTO memories_fts(memories_fts, rowid, {column}) "
+        f"CREATE TRIGGER {table}_ai AFTER INSERT ON memories_memory BEGIN "
+        f"INSERT INTO {table}(rowid, {column}) VALUES (new.rowid, new.{column}); END",
+        f"CREATE TRIGGER {table}_ad AFTER DELETE ON memories_memory BEGIN "
+        f"INSERT INTO {table}({table}, rowid, {column}) "
         f"VALUES ('delete', old.rowid, old.{column}); END",
-        f"CREATE TRIGGER memories_fts_au AFTER UPDATE OF {column} ON memories_memory BEGIN "
-        f"INSERT INTO memories_fts(memories_fts, rowid, {column}) "
+        f"CREATE TRIGGER {table}_au AFTER UPDATE OF {column} ON memories_memory BEGIN "
+        f"INSERT INTO {table}({table}, rowid, {column}) "
         f"VALUES ('delete', old.rowid, old.{column}); "
-        f"INSERT INTO memories_fts(rowid, {column}) VALUES (new.rowid, new.{column}); END",
-        "INSERT INTO memories_fts(memories_fts) VALUES ('rebuild')",
+        f"INSERT INTO {table}(rowid, {column}) VALUES (new.rowid, new.{column}); END",
+        f"INSERT INTO {table}({table}) VALUES ('rebuild')",
     ]
 
 
-SQLITE_DOWN = [
-    "DROP TRIGGER IF EXISTS memories_fts_ai",
-    "DROP TRIGGER IF EXISTS memories_fts_ad",
-    "DROP TRIGGER IF EXISTS memories_fts_au",
-    "DROP TABLE IF EXISTS memories_fts",
+def _sqlite_down(table: str) -> list[str]:
+    return [
+        f"DROP TRIGGER IF EXISTS {table}_ai",
+        f"DROP TRIGGER IF EXISTS {table}_ad",
+        f"DROP TRIGGER IF EXISTS {table}_au",
+        f"DROP TABLE IF EXISTS {table}",
+    ]
+
+
+SQLITE_DOWN = _sqlite_down("memories_fts") + _sqlite_down("memories_context_fts")
+_SQLITE_TOKENS = _sqlite_up("tokens", "unicode61")
+SQLITE_UP = {
+    1: _sqlite_up("content", "porter unicode61"),
+    2: _SQLITE_TOKENS,
+    # Version 3 (0009 on): also the tokens of each memory with its neighbours, for the
+    # context-lexical leg where the vector index has no BM25.
+    3: _SQLITE_TOKENS + _sqlite_up("context_tokens", "unicode61", "memories_context_fts"),
+}
+_POSTGRES_TOKENS = [
+    "DROP INDEX IF EXISTS memories_content_fts",
+    "CREATE INDEX IF NOT EXISTS memories_tokens_fts ON memories_memory "
+    "USING GIN (to_tsvector('simple', tokens))",
 ]
-SQLITE_UP = {1: _sqlite_up("content", "porter unicode61"), 2: _sqlite_up("tokens", "unicode61")}
 POSTGRES_UP = {
     1: [
         "CREATE INDEX IF NOT EXISTS memories_content_fts ON memories_memory "
         "USING GIN (to_tsvector('english', content))",
     ],
-    2: [
-        "DROP INDEX IF EXISTS memories_content_fts",
-        "CREATE INDEX IF NOT EXISTS memories_tokens_fts ON memories_memory "
-        "USING GIN (to_tsvector('simple', tokens))",
+    2: _POSTGRES_TOKENS,
+    3: [
+        *_POSTGRES_TOKENS,
+        "CREATE INDEX IF NOT EXISTS memories_context_tokens_fts ON memories_memory "
+        "USING GIN (to_tsvector('simple', context_tokens))",
     ],
 }
 POSTGRES_DOWN = [
     "DROP INDEX IF EXISTS memories_content_fts",
     "DROP INDEX IF EXISTS memories_tokens_fts",
+    "DROP INDEX IF EXISTS memories_context_tokens_fts",
 ]
 
 
@@ -80,33 +99,40 @@ def uninstall(schema_editor: Any) -> None:
 # -- search ----------------------------------------------------------------------------
 
 
-def search(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+def search(
+    queryset: QuerySet, tokens: list[str], limit: int, *, context: bool = False
+) -> list[tuple[str, float]]:
     """(memory id, score) of the best matches of keyed `tokens` among `queryset` (the
-    caller's tenant and namespace, applied inside the query), best first."""
+    caller's tenant and namespace, applied inside the query), best first; `context` matches
+    the memories with their neighbours (`context_tokens`) instead."""
     tokens = [t for t in tokens if t.isalnum()][:MAX_TERMS]
     if not tokens:
         return []
     if connection.vendor == "postgresql":
-        return _postgres(queryset, tokens, limit)
-    return _sqlite(queryset, tokens, limit)
+        return _postgres(queryset, tokens, limit, "context_tokens" if context else "tokens")
+    return _sqlite(queryset, tokens, limit, "memories_context_fts" if context else "memories_fts")
 
 
-def _sqlite(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+def _sqlite(
+    queryset: QuerySet, tokens: list[str], limit: int, table: str
+) -> list[tuple[str, float]]:
     match = " OR ".join(f'"{t}"' for t in tokens)
     inner, params = queryset.values("id").query.sql_with_params()
     sql = (
-        "SELECT m.id, -bm25(memories_fts) AS score FROM memories_fts "
-        "JOIN memories_memory m ON m.rowid = memories_fts.rowid "
-        f"WHERE memories_fts MATCH %s AND m.id IN ({inner}) ORDER BY score DESC LIMIT %s"
+        f"SELECT m.id, -bm25({table}) AS score FROM {table} "
+        f"JOIN memories_memory m ON m.rowid = {table}.rowid "
+        f"WHERE {table} MATCH %s AND m.id IN ({inner}) ORDER BY score DESC LIMIT %s"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [match, *params, limit])
         return [(str(row[0]), float(row[1])) for row in cursor.fetchall()]
 
 
-def _postgres(queryset: QuerySet, tokens: list[str], limit: int) -> list[tuple[str, float]]:
+def _postgres(
+    queryset: QuerySet, tokens: list[str], limit: int, column: str
+) -> list[tuple[str, float]]:
     tsquery = " | ".join(tokens)
-    vector = "to_tsvector('simple', tokens)"
+    vector = f"to_tsvector('simple', {column})"
     rows = (
         queryset.alias(
             lexical_hit=RawSQL(

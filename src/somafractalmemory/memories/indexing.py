@@ -108,16 +108,42 @@ def write_vectors(memories: Sequence[Memory], vectors: Any = None, *, rewrites: 
         contexts.update(_contexts(sequence, given, known, rows, spans))
     primary = [vector_record(m, known[m.id], contexts.get(m.id)) for m in memories]
     around = [vector_record(rows[i], known[i], contexts[i]) for i in rows if i not in given]
-    with metrics.timed(metrics.INDEX, "upsert"):
-        backends.vector_index().upsert(primary)
+    _upsert(rows, primary)
     if around:  # a neighbour that cannot be written must not keep the new rows out
         try:
-            with metrics.timed(metrics.INDEX, "upsert"):
-                backends.vector_index().upsert(around)
+            _upsert(rows, around)
         except Exception as exc:
             log.warning("context refresh of %d neighbours owed: %s", len(around), exc)
             _owe_now([r.id for r in around])
     _check_written(rows, spans, rewrites)
+
+
+def sql_lexical() -> bool:
+    """Whether SQL full text serves the lexical legs: the settings say so, or the index has no
+    BM25 (a Milvus server before 2.5). Then each vector write also writes the memory's
+    `context_tokens` (a raised IndexUnavailable means the index cannot say)."""
+    return get_config().lexical_engine == "sql" or not backends.vector_index().lexical
+
+
+def _upsert(rows: dict[str, Memory], records: Sequence[VectorRecord]) -> None:
+    """Write `records` (of `rows`) to the index, and their context tokens to SQL where SQL
+    serves the lexical legs."""
+    if sql_lexical():
+        _save_context_tokens(rows, records)
+    with metrics.timed(metrics.INDEX, "upsert"):
+        backends.vector_index().upsert(records)
+
+
+def _save_context_tokens(rows: dict[str, Memory], records: Sequence[VectorRecord]) -> None:
+    changed = []
+    for record in records:
+        memory = rows[record.id]
+        tokens = record.context_lexical or record.lexical
+        if memory.context_tokens != tokens:
+            memory.context_tokens = tokens
+            changed.append(memory)
+    # A row deleted meanwhile updates nothing.
+    Memory.objects.bulk_update(changed, ["context_tokens"], batch_size=500)
 
 
 def _owe_now(memory_ids: Sequence[str]) -> None:
@@ -478,7 +504,7 @@ def rewrite_neighbours(gone: Sequence[Memory]) -> int:
                 continue
             records.append(vector_record(memory, known[memory_id], context_of(span, known)))
             written[memory_id] = memory
-        backends.vector_index().upsert(records)
+        _upsert(written, records)
         # Another delete may have taken one of these episodes meanwhile: the row decides.
         _check_written(written, {i: spans[i] for i in written}, 0)
     return len(ids)

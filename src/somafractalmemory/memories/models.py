@@ -152,6 +152,12 @@ class Memory(models.Model):
     tokens = models.TextField(
         blank=True, default="", help_text="Keyed lexical tokens (SQL full text, no plaintext)."
     )
+    context_tokens = models.TextField(
+        blank=True,
+        default="",
+        help_text="Keyed tokens of the memory with its neighbouring episodes, written with its "
+        "vector where SQL full text serves the lexical legs (lexical_engine, no Milvus BM25).",
+    )
     importance = models.FloatField(default=0.5)
     embedding_id = models.CharField(max_length=40)
     created_at = models.DateTimeField(help_text="Event time: when the memory happened.")

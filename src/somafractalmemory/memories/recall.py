@@ -26,7 +26,7 @@ from django.db.models import F
 from somafractalmemory import backends, metrics
 from somafractalmemory.embedding.cache import embed_query
 from somafractalmemory.errors import IndexUnavailable, ValidationFailed
-from somafractalmemory.memories import fulltext, limits, links, tree
+from somafractalmemory.memories import fulltext, indexing, limits, links, tree
 from somafractalmemory.memories.identity import lexical_key, tokens_of, utc
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory
 from somafractalmemory.retrieval import filters, lexical, ranking
@@ -176,14 +176,18 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
 
     # The legs are independent index calls, run at once; the lexical ones need no vector,
     # so they start before the query is embedded and run while it is.
+    sql_lexical = False
     try:
         index = backends.vector_index()
-        if query.mode != "vector":
+        by_index = not indexing.sql_lexical()
+        if query.mode != "vector" and by_index:
             tokens = " ".join(
                 dict.fromkeys(lexical.keyed_tokens(text, lexical_key(tenant)).split())
             )
             futures["lexical"] = leg(index.search_lexical, tokens, False)
             futures["context_lexical"] = leg(index.search_lexical, tokens, True)
+        # An index without BM25 (a Milvus server before 2.5): SQL full text is the lexical leg.
+        sql_lexical = query.mode != "vector" and not by_index
     except IndexUnavailable as exc:
         failure = exc
     embedding_started = time.perf_counter()
@@ -197,8 +201,11 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         if vector is not None:
             futures["vector"] = leg(index.search, vector, False)
             futures["context_vector"] = leg(index.search, vector, True)
+        if sql_lexical:  # on this thread (its database connection) while the index answers
+            for name, context in (("lexical", False), ("context_lexical", True)):
+                legs[name] = _sql_lexical(tenant, query, where, text, pool, context=context)
         order = ("vector", "context_vector", "lexical", "context_lexical")
-        legs = {name: futures[name].result() for name in order if name in futures}
+        legs |= {name: futures[name].result() for name in order if name in futures}
     except IndexUnavailable as exc:
         # SQL still knows every memory: answer from its full-text index, and say so.
         log.warning("search falls back to SQL full text: %s", exc.message)
@@ -303,15 +310,25 @@ SQL_FILTER_POOL = 2000
 
 
 def _sql_lexical(
-    tenant: str, query: Query, where: filters.Node | None, text: str, pool: int
+    tenant: str,
+    query: Query,
+    where: filters.Node | None,
+    text: str,
+    pool: int,
+    *,
+    context: bool = False,
 ) -> list[VectorHit]:
-    """The fallback: full text over the keyed tokens in SQL. Metadata is sealed in SQL, so a
-    filter is checked on the decrypted rows of up to SQL_FILTER_POOL best matches."""
+    """Full text over the keyed tokens in SQL (`context`: of the memories with their
+    neighbours): the lexical legs where the index has no BM25, and the fallback when it
+    fails. Metadata is sealed in SQL, so a filter is checked on the decrypted rows of up to
+    SQL_FILTER_POOL best matches."""
     scope = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=True)
     if query.namespace is not None:
         scope = scope.filter(namespace=query.namespace)
     words = list(dict.fromkeys(tokens_of(text, tenant).split()))
-    found = fulltext.search(scope, words, pool if where is None else SQL_FILTER_POOL)
+    found = fulltext.search(
+        scope, words, pool if where is None else SQL_FILTER_POOL, context=context
+    )
     if where is not None:
         rows = Memory.objects.in_bulk([i for i, _ in found])
         found = [(i, s) for i, s in found if i in rows and filters.matches(where, rows[i].facts())]

@@ -41,6 +41,16 @@ class VectorHit:
 
 
 class VectorIndex(Protocol):
+    @property
+    def lexical(self) -> bool:
+        """Whether `search_lexical` answers (Milvus BM25); if not, the lexical legs are the SQL
+        full-text index's."""
+        ...
+
+    def notes(self) -> list[str]:
+        """What works differently on this back end than the full design, one line each."""
+        ...
+
     def upsert(self, records: Sequence[VectorRecord]) -> None: ...
 
     def delete(self, ids: Sequence[str]) -> None: ...

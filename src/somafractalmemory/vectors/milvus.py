@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import re
 import sqlite3
 import subprocess
 import threading
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +38,53 @@ _NAME_LENGTH = 256
 _UPSERT_CHUNK = 1000
 
 
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 200
+IVF_NLIST = 1024
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the collection uses of what its Milvus offers. Asked of the server with a throwaway
+    collection when the collection is created, read off the collection's schema afterwards;
+    never inferred from a version number."""
+
+    multi_vector: bool = True
+    """The context vectors beside the memory vectors (Milvus 2.4+); else a second collection."""
+    bm25: bool = True
+    """The lexical legs by Milvus BM25 (2.5+); else the caller uses SQL full text."""
+    partition_key: bool = False
+    """The tenant as partition key (used on servers): a tenant's search reads its partition."""
+
+    def notes(self) -> list[str]:
+        """What works differently here, one line each (logged at start, shown by /readyz)."""
+        out = []
+        if not self.multi_vector:
+            out.append("one vector field per collection: context vectors in a second collection")
+        if not self.bm25:
+            out.append("no BM25 function: the lexical legs come from SQL full text")
+        return out
+
+
+def search_params(metric: str, index_type: str, limit: int, ef: int) -> dict[str, Any]:
+    """Per-request search parameters: the HNSW beam (`ef`) and IVF probes grow with `limit`
+    (the candidate pool of a leg), so a larger pool does not cost recall."""
+    params: dict[str, Any] = {}
+    if metric != "BM25":
+        if index_type == "HNSW":
+            params = {"ef": max(ef, limit)}
+        elif index_type == "IVF_FLAT":
+            params = {"nprobe": max(16, min(IVF_NLIST, ef // 2))}
+    return {"metric_type": metric, "params": params}
+
+
+def index_params(index_type: str) -> dict[str, Any]:
+    return {
+        "HNSW": {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION},
+        "IVF_FLAT": {"nlist": IVF_NLIST},
+    }.get(index_type, {})
+
+
 def collection_name(model: str, dim: int) -> str:
     """One collection per embedding model and dimension."""
     slug = re.sub(r"[^a-z0-9]+", "_", model.rsplit("/", 1)[-1].lower()).strip("_")
@@ -42,7 +92,8 @@ def collection_name(model: str, dim: int) -> str:
 
 
 class MilvusIndex:
-    """Collection `collection_name(model, dim)`: id, vector and the scalar fields filters use."""
+    """Collection `collection_name(model, dim)`: id, vector and the scalar fields filters use;
+    on a server with one vector field per collection, the context vectors in `<name>_context`."""
 
     def __init__(
         self,
@@ -54,16 +105,21 @@ class MilvusIndex:
         db_name: str | None = None,
         timeout: float = 10.0,
         index_type: str = "auto",
+        ef: int = 64,
     ) -> None:
         self.uri = uri
+        self.db_name = db_name
         self.dim = dim
         self.name = collection_name(model, dim)
         self.is_lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         # Milvus Lite searches its growing segments through a built-in approximate index
         # whatever index is declared, unless it is FLAT (docs/benchmarks.md measures both).
         self.index_type = (
-            index_type if index_type != "auto" else ("FLAT" if self.is_lite else "AUTOINDEX")
+            index_type if index_type != "auto" else ("FLAT" if self.is_lite else "HNSW")
         )
+        self.context_index_type = self.index_type  # both: what the collections hold, once open
+        self.ef = ef
+        self.features = Features()
         self._timeout = timeout
         # Opening loads the whole collection into memory (more than 10 s at 100,000
         # memories on Milvus Lite here): not bounded by the per-request timeout.
@@ -79,6 +135,22 @@ class MilvusIndex:
         except BaseException:
             self._release_lite_file()
             raise
+        for note in self.notes():
+            log.warning("vector index %s: %s", self.name, note)
+
+    @property
+    def lexical(self) -> bool:
+        return self.features.bm25
+
+    def notes(self) -> list[str]:
+        notes = self.features.notes()
+        if not self.is_lite and not self.features.partition_key:
+            notes.append("no usable partition key: tenant scoping is a filter over all tenants")
+        return notes
+
+    @property
+    def context_name(self) -> str:
+        return self.name if self.features.multi_vector else f"{self.name}_context"
 
     def _claim_lite_file(self) -> IO[str]:
         return _claim(Path(self.uri))
@@ -108,24 +180,31 @@ class MilvusIndex:
                     ) from exc
                 raise IndexUnavailable(f"cannot connect to Milvus at {uri}: {exc}") from exc
 
-    def _ensure_collection(self) -> None:
+    def _schema(self, features: Features, *, context: bool = False) -> Any:
+        """The memory collection's schema (or, with `context`, the second collection's)."""
         from pymilvus import DataType, Function, FunctionType
 
-        client = self._client
-        if not client.has_collection(self.name, timeout=self._open_timeout):
-            schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_LENGTH)
+        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_LENGTH)
+        if not context:
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
             schema.add_field("embedding_id", DataType.VARCHAR, max_length=_ID_LENGTH)
-            schema.add_field("tenant", DataType.VARCHAR, max_length=_NAME_LENGTH)
-            schema.add_field("namespace", DataType.VARCHAR, max_length=_NAME_LENGTH)
-            schema.add_field("type", DataType.VARCHAR, max_length=16)
-            schema.add_field("importance", DataType.FLOAT)
-            schema.add_field("created_at", DataType.INT64)
-            schema.add_field("metadata", DataType.JSON)
-            schema.add_field(PRESENCE_FIELD, DataType.JSON)
+        schema.add_field(
+            "tenant",
+            DataType.VARCHAR,
+            max_length=_NAME_LENGTH,
+            is_partition_key=features.partition_key,
+        )
+        schema.add_field("namespace", DataType.VARCHAR, max_length=_NAME_LENGTH)
+        schema.add_field("type", DataType.VARCHAR, max_length=16)
+        schema.add_field("importance", DataType.FLOAT)
+        schema.add_field("created_at", DataType.INT64)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field(PRESENCE_FIELD, DataType.JSON)
+        if context or features.multi_vector:
             # The memory with its neighbouring episodes, for the context legs.
             schema.add_field("context_vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        if features.bm25 and not context:
             for source, target in (("lexical", "sparse"), ("context_lexical", "context_sparse")):
                 # BM25 over opaque per-tenant tokens: split on spaces, nothing else.
                 schema.add_field(
@@ -144,34 +223,149 @@ class MilvusIndex:
                         output_field_names=[target],
                     )
                 )
-            index = client.prepare_index_params()
-            index.add_index("vector", index_type=self.index_type, metric_type="COSINE")
-            index.add_index("context_vector", index_type="AUTOINDEX", metric_type="COSINE")
-            for sparse in ("sparse", "context_sparse"):
-                index.add_index(sparse, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        return schema
+
+    def _probe(self) -> Features:
+        """Ask the server what it can do: create a throwaway collection with everything and
+        see what it kept (a server without BM25 drops the function silently); then whether a
+        tenant-filtered search works on a partition key. Nothing of the first collection is
+        indexed or loaded: a server before 2.4 crashes indexing a sparse vector field."""
+        client = self._client
+        wanted = Features(multi_vector=True, bm25=True, partition_key=True)
+        with self._throwaway() as name:
             try:
                 client.create_collection(
-                    self.name,
-                    schema=schema,
-                    index_params=index,
-                    consistency_level="Strong",
+                    name, schema=self._schema(wanted), timeout=self._open_timeout
+                )
+            except Exception as exc:  # "multiple vector fields is not supported" before 2.4
+                log.info("Milvus refused several vector fields per collection: %s", exc)
+                wanted = dataclasses.replace(wanted, multi_vector=False)
+                client.create_collection(
+                    name, schema=self._schema(wanted), timeout=self._open_timeout
+                )
+            kept = _features_of(client.describe_collection(name, timeout=self._open_timeout))
+        if kept.partition_key and not self.is_lite:
+            kept = dataclasses.replace(kept, partition_key=self._filters_by_tenant())
+        return kept
+
+    @contextlib.contextmanager
+    def _throwaway(self) -> Iterator[str]:
+        name = f"sfm_probe_{uuid.uuid4().hex[:12]}"
+        try:
+            yield name
+        finally:
+            with contextlib.suppress(Exception):
+                self._client.drop_collection(name, timeout=self._open_timeout)
+
+    def _filters_by_tenant(self) -> bool:
+        """Whether an upserted row is found by a tenant-filtered search with the tenant as
+        partition key. Milvus Lite served over gRPC keeps the key in the schema, then rejects
+        the filter; the Milvus 2.3.5 server finds nothing it upserted into such a collection."""
+        from pymilvus import DataType
+
+        client = self._client
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_LENGTH)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+        schema.add_field("tenant", DataType.VARCHAR, max_length=_NAME_LENGTH, is_partition_key=True)
+        schema.add_field("namespace", DataType.VARCHAR, max_length=_NAME_LENGTH)
+        with self._throwaway() as name:
+            try:
+                client.create_collection(
+                    name, schema=schema, consistency_level="Strong", timeout=self._open_timeout
+                )
+                self._build_index(name, "vector", "AUTOINDEX")
+                client.load_collection(name, timeout=self._open_timeout)
+                row = {"id": "p", "vector": [1.0] * self.dim, "tenant": "t", "namespace": "n"}
+                client.upsert(name, [row], timeout=self._open_timeout)
+                found = client.search(
+                    name,
+                    data=[[1.0] * self.dim],
+                    anns_field="vector",
+                    filter='tenant == "t" and namespace == "n"',
+                    limit=1,
                     timeout=self._open_timeout,
                 )
-            except Exception:
-                # Another worker process may have created it a moment earlier.
-                if not client.has_collection(self.name, timeout=self._open_timeout):
-                    raise
-        else:
+                if [h["id"] for h in found[0]] == ["p"]:
+                    return True
+                log.info("Milvus does not find rows upserted under a partition key")
+                return False
+            except Exception as exc:
+                log.info("Milvus keeps a partition key but cannot filter by it: %s", exc)
+                return False
+
+    def _create(self, name: str, schema: Any) -> None:
+        client = self._client
+        try:
+            client.create_collection(
+                name, schema=schema, consistency_level="Strong", timeout=self._open_timeout
+            )
+        except Exception:
+            # Another worker process may have created it a moment earlier.
+            if not client.has_collection(name, timeout=self._open_timeout):
+                raise
+        fields = {f.name for f in schema.fields}
+        held = set(client.list_indexes(name, timeout=self._open_timeout))
+        for field in ("vector", "context_vector"):
+            if field in fields and field not in held:
+                self._build_index(name, field, self.index_type)
+        for sparse in ("sparse", "context_sparse"):
+            if sparse in fields and sparse not in held:
+                index = client.prepare_index_params()
+                index.add_index(sparse, index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+                client.create_index(name, index, timeout=self._open_timeout)
+
+    def _build_index(self, name: str, field: str, index_type: str) -> None:
+        """`index_type` over `field`, or AUTOINDEX where the engine does not offer that type
+        (Milvus Lite served over gRPC has no HNSW)."""
+        if field == "context_vector" and self.is_lite:
+            index_type = "AUTOINDEX"
+        index = self._client.prepare_index_params()
+        index.add_index(
+            field, index_type=index_type, metric_type="COSINE", params=index_params(index_type)
+        )
+        try:
+            self._client.create_index(name, index, timeout=self._open_timeout)
+        except Exception as exc:
+            if index_type == "AUTOINDEX":
+                raise
+            log.warning("%s.%s: no %s index here (%s); AUTOINDEX", name, field, index_type, exc)
+            self._build_index(name, field, "AUTOINDEX")
+
+    def _ensure_collection(self) -> None:
+        client = self._client
+        if client.has_collection(self.name, timeout=self._open_timeout):
+            self.features = _features_of(
+                client.describe_collection(self.name, timeout=self._open_timeout)
+            )
             try:
                 self._reindex_if_changed()
             except Exception as exc:  # e.g. other workers hold a server's collection loaded
                 log.warning("memory vectors keep their index (re-indexing failed: %s)", exc)
+        else:
+            probed = self._probe()
+            self.features = Features(
+                multi_vector=probed.multi_vector,
+                bm25=probed.bm25,
+                partition_key=probed.partition_key and not self.is_lite,
+            )
+            self._create(self.name, self._schema(self.features))
+        if not self.features.multi_vector:
+            if not client.has_collection(self.context_name, timeout=self._open_timeout):
+                self._create(self.context_name, self._schema(self.features, context=True))
+            client.load_collection(self.context_name, timeout=self._open_timeout)
         client.load_collection(self.name, timeout=self._open_timeout)
+        # Search parameters follow the indexes the collections hold.
+        self.index_type = self._held(self.name, "vector")
+        self.context_index_type = self._held(self.context_name, "context_vector")
+
+    def _held(self, collection: str, field: str) -> str:
+        held = self._client.describe_index(collection, field, timeout=self._open_timeout) or {}
+        return str(held.get("index_type", ""))
 
     def held_index_type(self) -> str:
         """The index type the collection holds for the memory vectors."""
-        held = self._client.describe_index(self.name, "vector", timeout=self._open_timeout) or {}
-        return str(held.get("index_type", ""))
+        return self._held(self.name, "vector")
 
     def _reindex_if_changed(self) -> None:
         """Build the memory vectors' index again when its type is not the configured one
@@ -183,27 +377,29 @@ class MilvusIndex:
         log.warning("re-indexing %s: memory vectors %s -> %s", self.name, held, self.index_type)
         client.release_collection(self.name, timeout=self._open_timeout)
         client.drop_index(self.name, "vector", timeout=self._open_timeout)
-        index = client.prepare_index_params()
-        index.add_index("vector", index_type=self.index_type, metric_type="COSINE")
-        client.create_index(self.name, index, timeout=self._open_timeout)
+        self._build_index(self.name, "vector", self.index_type)
 
-    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, method: str, *args: Any, collection: str = "", **kwargs: Any) -> Any:
         """The client's `method` on the collection; the client is looked up inside the gate
         (a scrub replaces it)."""
         try:
             with self._gate.shared():
                 fn = getattr(self._client, method)
-                return fn(self.name, *args, timeout=self._timeout, **kwargs)
+                return fn(collection or self.name, *args, timeout=self._timeout, **kwargs)
         except Exception as exc:
             log.warning("milvus %s failed: %s", what, exc)
             raise IndexUnavailable(f"vector index {what} failed: {exc}") from exc
 
+    def _collections(self) -> list[str]:
+        return list(dict.fromkeys([self.name, self.context_name]))
+
     def upsert(self, records: Sequence[VectorRecord]) -> None:
-        rows = [
-            {
+        features = self.features
+        main: list[dict[str, Any]] = []
+        context: list[dict[str, Any]] = []
+        for r in records:
+            row: dict[str, Any] = {
                 "id": r.id,
-                "vector": np.asarray(r.vector, dtype=np.float32).tolist(),
-                "embedding_id": r.embedding_id,
                 "tenant": r.tenant,
                 "namespace": r.namespace,
                 "type": r.type,
@@ -211,20 +407,31 @@ class MilvusIndex:
                 "created_at": int(r.created_at_ms),
                 "metadata": r.metadata,
                 PRESENCE_FIELD: presence_map(r.metadata),
-                "lexical": r.lexical,
-                "context_vector": np.asarray(
-                    r.vector if r.context_vector is None else r.context_vector, dtype=np.float32
-                ).tolist(),
-                "context_lexical": r.context_lexical or r.lexical,
             }
-            for r in records
-        ]
-        for start in range(0, len(rows), _UPSERT_CHUNK):
-            self._call("upsert", "upsert", rows[start : start + _UPSERT_CHUNK])
+            around = np.asarray(
+                r.vector if r.context_vector is None else r.context_vector, dtype=np.float32
+            ).tolist()
+            if features.multi_vector:
+                row["context_vector"] = around
+            else:
+                context.append({**row, "context_vector": around})
+            row["vector"] = np.asarray(r.vector, dtype=np.float32).tolist()
+            row["embedding_id"] = r.embedding_id
+            if features.bm25:
+                row["lexical"] = r.lexical
+                row["context_lexical"] = r.context_lexical or r.lexical
+            main.append(row)
+        # The context rows first: the memory collection's entry is what says "indexed".
+        for rows, collection in ((context, self.context_name), (main, self.name)):
+            for start in range(0, len(rows), _UPSERT_CHUNK):
+                self._call(
+                    "upsert", "upsert", rows[start : start + _UPSERT_CHUNK], collection=collection
+                )
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
-            self._call("delete", "delete", ids=list(ids))
+            for collection in self._collections():
+                self._call("delete", "delete", ids=list(ids), collection=collection)
 
     def search(
         self,
@@ -244,6 +451,7 @@ class MilvusIndex:
             namespace=namespace,
             where=where,
             top_k=top_k,
+            collection=self.context_name if context else self.name,
         )
 
     def nearest(
@@ -260,7 +468,7 @@ class MilvusIndex:
             f"namespace == {milvus_literal(namespace)}",
             limit=top_k,
             output_fields=["id"],
-            search_params={"metric_type": "COSINE"},
+            search_params=search_params("COSINE", self.index_type, top_k, self.ef),
         )
         return [
             [VectorHit(id=str(h["id"]), score=float(h["distance"])) for h in row] for row in result
@@ -276,6 +484,8 @@ class MilvusIndex:
         top_k: int,
         context: bool = False,
     ) -> list[VectorHit]:
+        if not self.features.bm25:
+            raise IndexUnavailable("this Milvus has no BM25 function (the lexical legs are SQL's)")
         if not tokens:
             return []
         try:
@@ -287,6 +497,7 @@ class MilvusIndex:
                 namespace=namespace,
                 where=where,
                 top_k=top_k,
+                collection=self.name,
             )
         except IndexUnavailable as exc:
             # Milvus Lite cannot score BM25 before the collection holds a document (its
@@ -305,12 +516,14 @@ class MilvusIndex:
         namespace: str | None,
         where: Node | None,
         top_k: int,
+        collection: str,
     ) -> list[VectorHit]:
         clauses = [f"tenant == {milvus_literal(tenant)}"]
         if namespace is not None:
             clauses.append(f"namespace == {milvus_literal(namespace)}")
         if where is not None:
             clauses.append(f"({to_milvus(where)})")
+        index_type = self.context_index_type if field == "context_vector" else self.index_type
         result = self._call(
             "search",
             "search",
@@ -319,7 +532,8 @@ class MilvusIndex:
             filter=" and ".join(clauses),
             limit=top_k,
             output_fields=["id"],
-            search_params={"metric_type": metric},
+            search_params=search_params(metric, index_type, top_k, self.ef),
+            collection=collection,
         )
         return [VectorHit(id=str(hit["id"]), score=float(hit["distance"])) for hit in result[0]]
 
@@ -364,7 +578,8 @@ class MilvusIndex:
         try:
             if not self.is_lite:
                 with self._gate.shared():
-                    self._client.compact(self.name, timeout=self._timeout)
+                    for collection in self._collections():
+                        self._client.compact(collection, timeout=self._timeout)
                 return True
             with self._gate.exclusive():
                 path = Path(self.uri)
@@ -377,9 +592,10 @@ class MilvusIndex:
             return False
 
     def reset(self) -> None:
-        """Drop the collection and create it empty."""
+        """Drop the collections and create them empty."""
         with self._gate.exclusive():
-            self._client.drop_collection(self.name, timeout=self._timeout)
+            for collection in self._collections():
+                self._client.drop_collection(collection, timeout=self._timeout)
             self._ensure_collection()
 
     def count(self) -> int:
@@ -396,6 +612,19 @@ class MilvusIndex:
 
                 server_manager_instance.release_server(self.uri)
             self._release_lite_file()
+
+
+def _features_of(described: dict[str, Any]) -> Features:
+    """The features a collection's schema shows (`describe_collection`)."""
+    fields = {f["name"]: f for f in described.get("fields", [])}
+    return Features(
+        multi_vector="context_vector" in fields and "vector" in fields,
+        # A server drops a function it does not know; Milvus Lite lists none but marks its
+        # output fields.
+        bm25=bool(described.get("functions"))
+        or any(f.get("is_function_output") for f in fields.values()),
+        partition_key=bool(fields.get("tenant", {}).get("is_partition_key")),
+    )
 
 
 class Gate:
