@@ -76,21 +76,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-MILVUS_SERVER = os.environ.get("SFM_TEST_MILVUS") == "server"
+_TEST_MILVUS = os.environ.get("SFM_TEST_MILVUS", "")
+MILVUS_SERVER = _TEST_MILVUS == "server" or _TEST_MILVUS.startswith(("http://", "https://"))
 """`SFM_TEST_MILVUS=server`: the run starts a real Milvus standalone server (tests/
-milvus_server.py) and the whole suite uses it, each test process and each server it starts in a
-database of its own."""
+milvus_server.py) and the whole suite uses it; `SFM_TEST_MILVUS=http://host:19530` uses that
+server instead (deploy/docker-compose.yml's Milvus 2.5, say). Each test process and each server
+process it starts works in a Milvus database of its own."""
 _milvus: contextlib.ExitStack | None = None
 
 
 def _start_milvus() -> None:
     global _milvus
-    from tests.milvus_server import create_database, standalone
+    from tests.milvus_server import create_database, drop_database, standalone
 
     _milvus = contextlib.ExitStack()
-    running = _milvus.enter_context(standalone())
-    os.environ["SFM_MILVUS_URI"] = running.uri
-    os.environ["SFM_MILVUS_DB"] = create_database(running.uri, "test")
+    uri = _TEST_MILVUS if _TEST_MILVUS != "server" else _milvus.enter_context(standalone()).uri
+    os.environ["SFM_MILVUS_URI"] = uri
+    os.environ["SFM_MILVUS_DB"] = create_database(uri, "test")
+    _milvus.callback(drop_database, uri, os.environ["SFM_MILVUS_DB"])
     get_config.cache_clear()
 
 

@@ -16,7 +16,7 @@ from somafractalmemory.memories import indexing, services
 from somafractalmemory.memories.jobs import maintenance
 from somafractalmemory.memories.models import Memory, VectorTask
 from somafractalmemory.vectors.milvus import MilvusIndex
-from tests.conftest import Api, embedded, server_environment
+from tests.conftest import MILVUS_SERVER, Api, embedded, server_environment
 
 
 def reopen(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch) -> MilvusIndex:
@@ -212,3 +212,72 @@ def unit_vector() -> Any:
 
     vector = np.ones(backends.embedder().dim, dtype=np.float32)
     return vector / np.linalg.norm(vector)
+
+
+_STORE = """
+import json, sys
+from somafractalmemory.cli import _django
+_django()
+from django.core.management import call_command
+call_command("migrate", interactive=False, verbosity=0)
+from somafractalmemory.memories import services
+from somafractalmemory.memories.remember import NewMemory
+facts = json.loads(sys.argv[1])
+stored = services.remember_many([NewMemory(f, namespace="move") for f in facts])
+print(json.dumps([m.id for m in stored]))
+"""
+_SEARCH = """
+import json, sys
+from somafractalmemory.cli import _django
+_django()
+from somafractalmemory.memories import services
+found = services.recall(sys.argv[1], services.Query(namespace="move", top_k=3))
+print(json.dumps({"mode": found.mode, "ids": [h.memory.id for h in found.hits]}))
+"""
+
+
+def _python(code: str, arg: str, env: dict[str, str]) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-c", code, arg], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_an_embedded_store_moves_onto_a_milvus_server(
+    tmp_path: Path, server_env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    """The two ways docs/deployment.md gives: `sfm reindex` against the server (same SQL), and
+    `sfm export` / `sfm import` (new SQL too). Production-stack run only."""
+    if not MILVUS_SERVER:
+        pytest.skip("production-stack run only (make test runs it with SFM_TEST_MILVUS=server)")
+    facts = [
+        "Ada keeps her bike in the shed behind the bakery.",
+        "The quarterly review moved to the second Thursday.",
+        "Ravi's cat is called Miso and hates thunderstorms.",
+    ]
+    from tests.milvus_server import create_database, drop_database
+
+    lite = embedded(server_env)  # SQLite and Milvus Lite in data_dir
+    lite.pop("SFM_DATABASE_URL", None)
+    ids = _python(_STORE, json.dumps(facts), lite)
+    # 1. Same SQLite file, vectors rebuilt on the server (a database of their own).
+    uri = server_env["SFM_MILVUS_URI"]
+    onto_server = {**lite, "SFM_MILVUS_URI": uri, "SFM_MILVUS_DB": create_database(uri, "move")}
+    request.addfinalizer(lambda: drop_database(uri, onto_server["SFM_MILVUS_DB"]))
+    rebuilt = run_sfm("reindex", env=onto_server)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "indexed 3 memories" in rebuilt.stdout
+    assert run_sfm("doctor", env=onto_server).returncode == 0
+    found = _python(_SEARCH, "where is the bike kept?", onto_server)
+    assert found["mode"] == "hybrid" and found["ids"][0] == ids[0]
+    # 2. Export from the embedded store, import into the production stack's SQL and server.
+    dump = tmp_path / "all.jsonl"
+    exported = run_sfm("export", str(dump), env=lite)
+    assert exported.returncode == 0, exported.stderr
+    production = {**server_env, "SFM_DATA_DIR": str(tmp_path / "prod")}
+    imported = run_sfm("import", str(dump), env=production)
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 3 memories" in imported.stdout
+    found = _python(_SEARCH, "what is the cat's name?", production)
+    assert found["mode"] == "hybrid" and found["ids"][0] == ids[2]

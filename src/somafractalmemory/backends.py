@@ -84,6 +84,7 @@ def build_index(config: Config, embedder: Embedder) -> VectorIndex:
         timeout=config.milvus_timeout,
         index_type=config.milvus_index_type,
         ef=config.milvus_search_ef,
+        consistency=config.milvus_consistency,
     )
 
 

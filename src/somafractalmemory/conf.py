@@ -22,6 +22,7 @@ from somafractalmemory.errors import ConfigError
 
 ENV_PREFIX = "SFM_"
 INDEX_TYPES = ("auto", "FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX")
+CONSISTENCY_LEVELS = ("auto", "Strong", "Session", "Bounded", "Eventually")
 SECRET_KEYS = frozenset(
     {
         "embedding_api_key",
@@ -103,6 +104,16 @@ class Config:
             "otherwise, recall@10 0.92 at 100,000 memories: docs/benchmarks.md), HNSW (M 16, "
             "efConstruction 200) on a server. Changing it re-indexes the memory vectors at the "
             "next start. The context vectors use the same type on a server, AUTOINDEX on Lite."
+        ),
+    )
+    milvus_consistency: str = field(
+        default="auto",
+        metadata=_doc(
+            "Consistency level of searches: `Strong` (a search waits until every write "
+            "acknowledged before it is visible: ~200 ms per search on a Milvus server, its time "
+            "tick), `Session` (a process sees its own writes, other processes' within a time "
+            "tick; on the Milvus 2.3.5 server a deleted entry was still found for a while), "
+            "`Bounded`, `Eventually`; `auto`: Strong (docs/benchmarks.md measures each)."
         ),
     )
     milvus_search_ef: int = field(
@@ -402,6 +413,8 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"setting 'milvus_index_type' must be one of {list(INDEX_TYPES)}")
     if config.lexical_engine not in ("auto", "sql"):
         raise ConfigError("setting 'lexical_engine' must be 'auto' or 'sql'")
+    if config.milvus_consistency not in CONSISTENCY_LEVELS:
+        raise ConfigError(f"setting 'milvus_consistency' must be one of {list(CONSISTENCY_LEVELS)}")
     if not 1 <= config.milvus_search_ef <= 32_768:
         raise ConfigError("setting 'milvus_search_ef' must be between 1 and 32768")
     if config.embedding_runtime not in ("onnx", "torch"):

@@ -106,6 +106,7 @@ class MilvusIndex:
         timeout: float = 10.0,
         index_type: str = "auto",
         ef: int = 64,
+        consistency: str = "auto",
     ) -> None:
         self.uri = uri
         self.db_name = db_name
@@ -119,6 +120,10 @@ class MilvusIndex:
         )
         self.context_index_type = self.index_type  # both: what the collections hold, once open
         self.ef = ef
+        # Strong costs a Milvus server a time tick (~200 ms) per search (docs/benchmarks.md);
+        # Session, measured at 2 ms there, let a delete be found for a while after it on the
+        # 2.3.5 server: Strong until that is solved.
+        self.consistency = "Strong" if consistency == "auto" else consistency
         self.features = Features()
         self._timeout = timeout
         # Opening loads the whole collection into memory (more than 10 s at 100,000
@@ -469,6 +474,7 @@ class MilvusIndex:
             limit=top_k,
             output_fields=["id"],
             search_params=search_params("COSINE", self.index_type, top_k, self.ef),
+            consistency_level=self.consistency,
         )
         return [
             [VectorHit(id=str(h["id"]), score=float(h["distance"])) for h in row] for row in result
@@ -533,6 +539,7 @@ class MilvusIndex:
             limit=top_k,
             output_fields=["id"],
             search_params=search_params(metric, index_type, top_k, self.ef),
+            consistency_level=self.consistency,
             collection=collection,
         )
         return [VectorHit(id=str(hit["id"]), score=float(hit["distance"])) for hit in result[0]]
@@ -540,14 +547,26 @@ class MilvusIndex:
     def vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
         if not ids:
             return {}
-        rows = self._call("get", "get", ids=list(ids), output_fields=["vector"])
+        rows = self._call(
+            "get",
+            "get",
+            ids=list(ids),
+            output_fields=["vector"],
+            consistency_level=self.consistency,
+        )
         return {str(row["id"]): np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
     def embedding_ids(self, ids: Sequence[str]) -> dict[str, str]:
         """memory id -> embedding id, for the ids the index holds."""
         if not ids:
             return {}
-        rows = self._call("get", "get", ids=list(ids), output_fields=["embedding_id"])
+        rows = self._call(
+            "get",
+            "get",
+            ids=list(ids),
+            output_fields=["embedding_id"],
+            consistency_level=self.consistency,
+        )
         return {str(row["id"]): str(row["embedding_id"]) for row in rows}
 
     def entries(self, batch_size: int = 1000) -> Iterator[tuple[str, str]]:
@@ -599,7 +618,13 @@ class MilvusIndex:
             self._ensure_collection()
 
     def count(self) -> int:
-        rows = self._call("count", "query", filter="", output_fields=["count(*)"])
+        rows = self._call(
+            "count",
+            "query",
+            filter="",
+            output_fields=["count(*)"],
+            consistency_level=self.consistency,
+        )
         return int(rows[0]["count(*)"])
 
     def close(self) -> None:
