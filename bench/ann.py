@@ -212,7 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for index_type in dict.fromkeys(t for t, _, _ in SETTINGS):
             for layout, (recs, chosen) in layouts.items():
                 name = f"ann-{index_type.lower()}-{layout}-{uuid.uuid4().hex[:6]}"
-                index = MilvusIndex(uri, model=name, dim=matrix.shape[1], index_type=index_type)
+                index = MilvusIndex(
+                    uri,
+                    model=name,
+                    dim=matrix.shape[1],
+                    index_type=index_type,
+                    consistency="Session",
+                )
                 started = time.perf_counter()
                 for at in range(0, len(recs), 5000):
                     index.upsert(recs[at : at + 5000])
@@ -253,7 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Milvus standalone (PyPI `milvus` 2.3.5), the bench corpus's real all-MiniLM-L6-v2 "
         f"vectors, {args.queries} questions; recall@10 against numpy exact search over the same "
         "rows; latency of the bare engine call from Python (`MilvusIndex.search`: the service's "
-        "filters and per-request parameters), numpy brute force beside it. `limit` 40 is the "
+        "filters and per-request parameters) at Session consistency, after the rows are "
+        "flushed and indexed (Strong adds a time tick: last line), numpy brute force beside it. "
+        "`limit` 40 is the "
         f"service's candidate pool for top_k 10. Total {info.seconds / 60:.1f} min.",
         "",
         *run.render_warning(info),
