@@ -87,10 +87,13 @@ _milvus: contextlib.ExitStack | None = None
 
 def _start_milvus() -> None:
     global _milvus
-    from tests.milvus_server import create_database, drop_database, standalone
+    from tests.milvus_server import FOR_TESTS, create_database, drop_database, standalone
 
     _milvus = contextlib.ExitStack()
-    uri = _TEST_MILVUS if _TEST_MILVUS != "server" else _milvus.enter_context(standalone()).uri
+    if _TEST_MILVUS == "server":
+        uri = _milvus.enter_context(standalone(extra=FOR_TESTS)).uri
+    else:
+        uri = _TEST_MILVUS
     os.environ["SFM_MILVUS_URI"] = uri
     os.environ["SFM_MILVUS_DB"] = create_database(uri, "test")
     _milvus.callback(drop_database, uri, os.environ["SFM_MILVUS_DB"])

@@ -35,6 +35,9 @@ COMPONENTS = (
     "indexCoord",
 )
 READY_TIMEOUT = 180.0
+FOR_TESTS = {"proxy.timeTickInterval": "20"}
+"""The test runs' server: a Strong search waits for the proxy's time tick, 200 ms by default
+(30 ms at 20, measured); the suite makes thousands. Benchmarks keep the default."""
 
 
 @dataclass

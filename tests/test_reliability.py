@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from somafractalmemory.conf import get_config
+from somafractalmemory.memories import indexing
 from tests.conftest import MILVUS_SERVER
-from tests.milvus_server import Standalone, standalone
+from tests.milvus_server import FOR_TESTS, Standalone, standalone
 from tests.servers import free_port, milvus_lite, server
 
 pytestmark = pytest.mark.slow
@@ -97,8 +98,8 @@ def eventually(check: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
-def assert_all_kept(base: str, namespace: str, acked: dict[str, str]) -> None:
-    """Every acknowledged memory is readable by id and findable by its words, once."""
+def assert_all_kept(base: str, namespace: str, acked: dict[str, str], mode: str = "hybrid") -> None:
+    """Every acknowledged memory is readable by id and findable by its words (`mode`), once."""
     with httpx.Client(timeout=30) as http:
         listed: list[dict[str, Any]] = []
         cursor = None
@@ -118,7 +119,7 @@ def assert_all_kept(base: str, namespace: str, acked: dict[str, str]) -> None:
             assert http.get(f"{base}/memory/{memory_id}").status_code == 200
 
             def found(memory_id: str = memory_id, content: str = content) -> bool:
-                body = {"query": content, "namespace": namespace, "top_k": 3}
+                body = {"query": content, "namespace": namespace, "top_k": 3, "mode": mode}
                 hits = http.post(f"{base}/memory/search", json=body).json()["memories"]
                 return memory_id in {h["id"] for h in hits}
 
@@ -308,10 +309,17 @@ def own_milvus(server_env: dict[str, str]) -> Iterator[tuple[Standalone, dict[st
     (SFM_TEST_MILVUS=server) only: the embedded runs have no Milvus server to lose."""
     if not MILVUS_SERVER:
         pytest.skip("production-stack run only (make test runs it with SFM_TEST_MILVUS=server)")
-    with standalone() as running:
+    with standalone(extra=FOR_TESTS) as running:
         env = {**server_env, "SFM_MILVUS_URI": running.uri, "SFM_MILVUS_TIMEOUT": "3"}
         env.pop("SFM_MILVUS_DB", None)
         yield running, env
+
+
+def outbox_depth(root: str) -> float:
+    for line in httpx.get(f"{root}/metrics", timeout=10).text.splitlines():
+        if line.startswith("sfm_outbox_depth "):
+            return float(line.split()[1])
+    raise AssertionError("no sfm_outbox_depth in /metrics")
 
 
 def _search(base: str, query: str, namespace: str, timeout: float = 10) -> dict[str, Any]:
@@ -370,7 +378,12 @@ def test_milvus_server_dies_mid_load_and_comes_back(
         eventually(lambda: _search(base, "meeting room", "milvus")["mode"] == "hybrid", 120)
         eventually(lambda: httpx.get(f"{root}/readyz").json()["status"] == "ready", 120)
         assert set(client.refused) <= {503}
-        assert_all_kept(base, "milvus", dict(client.acked))
+        # Writes that failed during the outage wait out their backoff (at most five minutes).
+        eventually(lambda: outbox_depth(root) == 0, indexing.MAX_BACKOFF_SECONDS + 60)
+        # Found by its vector: that is what the outage owed. (Hybrid search among hundreds of
+        # near-identical loop facts is not a fair check here: PostgreSQL's ts_rank_cd lexical
+        # legs, a Milvus server before 2.5's, rank without IDF - docs/benchmarks.md.)
+        assert_all_kept(base, "milvus", dict(client.acked), mode="vector")
         doctor = subprocess.run(
             [sys.executable, "-m", "somafractalmemory.cli", "doctor"],
             env=env,

@@ -16,7 +16,7 @@ from somafractalmemory.retrieval import filters
 from somafractalmemory.vectors.base import VectorIndex, VectorRecord
 from somafractalmemory.vectors.milvus import MilvusIndex
 from tests.conftest import MILVUS_SERVER
-from tests.milvus_server import create_database, drop_database, standalone
+from tests.milvus_server import FOR_TESTS, create_database, drop_database, standalone
 from tests.servers import milvus_lite
 
 DIM = 16
@@ -40,7 +40,7 @@ def index(
             uri = stack.enter_context(milvus_lite(env, work / "milvus.log"))
         else:
             uri = os.environ["SFM_MILVUS_URI"] if MILVUS_SERVER else ""
-            uri = uri or stack.enter_context(standalone()).uri
+            uri = uri or stack.enter_context(standalone(extra=FOR_TESTS)).uri
             db_name = create_database(uri, "contract")
             stack.callback(drop_database, uri, db_name)
         built = MilvusIndex(uri, model=f"contract-{uuid.uuid4().hex[:8]}", dim=DIM, db_name=db_name)
