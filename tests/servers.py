@@ -26,6 +26,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def run_sfm(
+    *args: str, env: dict[str, Any] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`sfm ARGS` in a process of its own; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "somafractalmemory.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 @contextmanager
 def server(
     env: dict[str, str], port: int, log: Path, *args: str

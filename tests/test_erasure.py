@@ -22,7 +22,7 @@ from somafractalmemory.memories.jobs import erasure, runner
 from somafractalmemory.memories.models import AuditEntry, Job, Link, Memory, VectorTask
 from somafractalmemory.retrieval import lexical
 from tests.conftest import Api
-from tests.servers import free_port, server
+from tests.servers import free_port, run_sfm, server
 from tests.test_hierarchy import consolidate
 from tests.test_tenancy import tenant_with_key
 
@@ -447,13 +447,7 @@ def test_a_purge_killed_half_way_is_finished_by_doctor(
     left = sql_rows(server_env, "SELECT COUNT(*) FROM memories_memory")[0][0]
     assert 1 <= left <= 1501  # killed half way (or at the very end: then only `kept`)
 
-    doctor = subprocess.run(
-        [sys.executable, "-m", "somafractalmemory.cli", "doctor"],
-        env=server_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    doctor = run_sfm("doctor", env=server_env, timeout=600)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "index matches SQL" in doctor.stdout
     if left > 1:

@@ -17,6 +17,7 @@ from somafractalmemory.memories.jobs import maintenance
 from somafractalmemory.memories.models import Memory, VectorTask
 from somafractalmemory.vectors.milvus import MilvusIndex
 from tests.conftest import MILVUS_SERVER, Api, embedded, server_environment
+from tests.servers import run_sfm
 
 
 def reopen(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch) -> MilvusIndex:
@@ -121,16 +122,6 @@ def test_doctor_finds_and_repairs_drift(api: Api, namespace: str, fresh_index: M
     maintenance.doctor(repair=True)
     assert maintenance.doctor().clean
     assert dict(fresh_index.entries())[ids[1]] == "vec_newer"
-
-
-def run_sfm(*args: str, env: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "somafractalmemory.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def test_serve_refuses_several_workers_on_milvus_lite(tmp_path: Path) -> None:

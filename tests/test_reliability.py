@@ -6,7 +6,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ from somafractalmemory.conf import get_config
 from somafractalmemory.memories import indexing
 from tests.conftest import MILVUS_SERVER
 from tests.milvus_server import FOR_TESTS, Standalone, standalone
-from tests.servers import free_port, milvus_lite, server
+from tests.servers import free_port, milvus_lite, run_sfm, server
 
 pytestmark = pytest.mark.slow
 
@@ -389,11 +388,5 @@ def test_milvus_server_dies_mid_load_and_comes_back(
         # Writes that failed during the outage wait out their backoff (at most five minutes).
         eventually(lambda: outbox_depth(root) == 0, indexing.MAX_BACKOFF_SECONDS + 60)
         assert_all_kept(base, "milvus", dict(client.acked))
-        doctor = subprocess.run(
-            [sys.executable, "-m", "somafractalmemory.cli", "doctor"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        doctor = run_sfm("doctor", env=env, timeout=300)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr

@@ -47,8 +47,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
         index = backends.vector_index()
         index.count()
         checks["vector_index"] = "ok"
-        if index.notes():
-            notes["vector_index"] = index.notes()
+        if differs := index.notes():
+            notes["vector_index"] = differs
     except Exception as exc:
         checks["vector_index"] = f"error: {exc}"
     checks["keys"] = tenancy.keys_health()

@@ -544,30 +544,24 @@ class MilvusIndex:
         )
         return [VectorHit(id=str(hit["id"]), score=float(hit["distance"])) for hit in result[0]]
 
-    def vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+    def _get(self, ids: Sequence[str], field: str) -> list[dict[str, Any]]:
+        """`field` of those `ids` the index holds."""
         if not ids:
-            return {}
-        rows = self._call(
-            "get",
-            "get",
-            ids=list(ids),
-            output_fields=["vector"],
-            consistency_level=self.consistency,
+            return []
+        rows: list[dict[str, Any]] = self._call(
+            "get", "get", ids=list(ids), output_fields=[field], consistency_level=self.consistency
         )
-        return {str(row["id"]): np.asarray(row["vector"], dtype=np.float32) for row in rows}
+        return rows
+
+    def vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        return {
+            str(row["id"]): np.asarray(row["vector"], dtype=np.float32)
+            for row in self._get(ids, "vector")
+        }
 
     def embedding_ids(self, ids: Sequence[str]) -> dict[str, str]:
         """memory id -> embedding id, for the ids the index holds."""
-        if not ids:
-            return {}
-        rows = self._call(
-            "get",
-            "get",
-            ids=list(ids),
-            output_fields=["embedding_id"],
-            consistency_level=self.consistency,
-        )
-        return {str(row["id"]): str(row["embedding_id"]) for row in rows}
+        return {str(row["id"]): str(row["embedding_id"]) for row in self._get(ids, "embedding_id")}
 
     def entries(self, batch_size: int = 1000) -> Iterator[tuple[str, str]]:
         """Every (memory id, embedding id) the index holds, streamed."""
