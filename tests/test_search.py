@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from somafractalmemory.memories.models import Memory
 from tests.conftest import Api
 
 
@@ -54,6 +55,21 @@ def test_lexical_leg_stems_and_ignores_stop_words(api: Api, namespace: str) -> N
     store(api, namespace, "The and of to in", created_at="2001-01-01")  # no neighbour
     hits = search(api, namespace, "the runner runs", mode="lexical")["memories"]
     assert [h["id"] for h in hits] == [runs]
+
+
+def test_sql_full_text_serves_both_lexical_legs(
+    api: Api, namespace: str, settings_env: Any
+) -> None:
+    """`lexical_engine: sql` (what a Milvus server without BM25 gets): the lexical leg and the
+    context-lexical leg (the `context_tokens` written with each vector) come from SQL."""
+    settings_env(lexical_engine="sql")
+    code = store(api, namespace, "Server password rotation ticket XK-4471 is due Friday")
+    report = store(api, namespace, "The quarterly report needs two more charts")
+    found = search(api, namespace, "XK-4471", mode="lexical", explain=True)
+    assert ids(found) == [code, report]
+    assert set(found["memories"][0]["explain"]["legs"]) == {"lexical", "context_lexical"}
+    assert set(found["memories"][1]["explain"]["legs"]) == {"context_lexical"}
+    assert Memory.objects.get(id=code).context_tokens  # written with the vector
 
 
 def test_explain_returns_each_component(api: Api, namespace: str) -> None:
