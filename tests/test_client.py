@@ -158,7 +158,10 @@ def test_async_client(live: Live) -> None:
                 "Carol's cat is called Miso", namespace=space, metadata={"user": "carol"}
             )
             more = await memory.batch([{"content": "Carol lives in Lyon", "namespace": space}])
-            found = await memory.recall("what is the name of Carol's pet?", namespace=space)
+            # A client test, not a ranking test: the query shares words with one memory only
+            # (with "Carol's pet" the only shared word, "Carol", is in both, and the order
+            # hung on a tie in the lexical legs).
+            found = await memory.recall("what is Carol's cat called?", namespace=space)
             assert found.hits[0].id == stored.id
             listed = [m.id async for m in memory.list(namespace=space, page_size=1)]
             assert sorted(listed) == sorted([stored.id, more[0].id])
