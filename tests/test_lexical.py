@@ -6,9 +6,11 @@ Runs on whichever database the suite runs on (`make test` runs both).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
+from django.db import connection
 from hypothesis import given, settings
 
 from somafractalmemory.memories import fulltext, identity, services
@@ -52,6 +54,55 @@ def test_lexical_index_follows_updates_and_deletes(namespace: str) -> None:
     assert [i for i, _ in find(namespace, "neighbour", 5)] == [memory.id]
     services.delete(memory.id)
     assert find(namespace, "neighbour", 5) == []
+
+
+def bm25(docs: dict[str, list[str]], query: list[str]) -> dict[str, float]:
+    """BM25 as Lucene and Milvus define it (k1 1.2, b 0.75), over `docs` alone."""
+    k1, b = 1.2, 0.75
+    avgdl = sum(len(d) for d in docs.values()) / len(docs)
+    scores: dict[str, float] = {}
+    for term in dict.fromkeys(query):
+        holding = [i for i, d in docs.items() if term in d]
+        idf = math.log(1 + (len(docs) - len(holding) + 0.5) / (len(holding) + 0.5))
+        for i in holding:
+            f, dl = docs[i].count(term), len(docs[i])
+            scores[i] = scores.get(i, 0.0) + idf * f * (k1 + 1) / (
+                f + k1 * (1 - b + b * dl / avgdl)
+            )
+    return scores
+
+
+@pytest.mark.django_db
+def test_lexical_search_ranks_by_bm25(namespace: str) -> None:
+    """A rare word outweighs a common one (IDF), a short match beats a long one (length), a
+    repeated word counts but saturates (tf): both SQL engines. ts_rank_cd, which PostgreSQL
+    ranked by before, ties the first two cases."""
+    texts = {
+        "rare": "axolotl grass field",
+        "common": "quokka grass field",
+        "short": "quokka naps",
+        "long": "quokka naps beneath warm sunny sandstone rocks near the quiet river bend",
+        "repeated": "quokka quokka quokka grass field",
+        **{f"filler{n}": f"quokka number {n} grass field" for n in range(6)},
+    }
+    ids = {
+        name: services.remember(services.NewMemory(text, namespace=namespace)).id
+        for name, text in texts.items()
+    }
+    ranked = [i for i, _ in find(namespace, "axolotl or quokka", 20)]
+    assert ranked[0] == ids["rare"]
+    assert ranked.index(ids["short"]) < ranked.index(ids["long"])
+    assert ranked.index(ids["repeated"]) < ranked.index(ids["common"])
+    if connection.vendor == "postgresql":  # statistics of the caller's scope: exact BM25
+        docs = {
+            ids[name]: identity.tokens_of(text, "default").split() for name, text in texts.items()
+        }
+        query = identity.tokens_of("axolotl or quokka", "default").split()
+        expected = bm25(docs, query)
+        found = dict(find(namespace, "axolotl or quokka", 20))
+        assert found.keys() == expected.keys()
+        for i, score in expected.items():
+            assert found[i] == pytest.approx(score, rel=1e-9)
 
 
 @settings(max_examples=300, deadline=None)

@@ -100,13 +100,8 @@ def eventually(check: Callable[[], bool], timeout: float = 30) -> None:
 def assert_all_kept(
     base: str, namespace: str, acked: dict[str, str], mode: str | None = None
 ) -> None:
-    """Every acknowledged memory is readable by id and findable by its words (`mode`), once.
-
-    On the production stack the check is by the dense leg: with a Milvus server before 2.5
-    the lexical legs are PostgreSQL's `ts_rank_cd`, which ranks without IDF, and hybrid
-    search among hundreds of near-identical loop facts then misses some exact texts in its
-    top 3 (docs/benchmarks.md; BM25 in PostgreSQL is open)."""
-    mode = mode or ("vector" if MILVUS_SERVER else "hybrid")
+    """Every acknowledged memory is readable by id and findable by its words (`mode`), once."""
+    mode = mode or "hybrid"
     with httpx.Client(timeout=30) as http:
         listed: list[dict[str, Any]] = []
         cursor = None

@@ -128,7 +128,7 @@ class Config:
         metadata=_doc(
             "Where the lexical legs of a search come from: `auto`, Milvus BM25 where the index "
             "has it (Milvus Lite, Milvus 2.5+) and SQL full text otherwise; `sql`, always SQL "
-            "full text (SQLite FTS5 BM25, PostgreSQL ts_rank_cd over the keyed tokens)."
+            "full text (BM25 over the keyed tokens: SQLite FTS5, PostgreSQL GIN)."
         ),
     )
     redis_url: str | None = field(

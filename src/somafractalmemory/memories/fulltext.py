@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import connection
-from django.db.models import BooleanField, FloatField, QuerySet
+from django.db.models import BooleanField, F, QuerySet
 from django.db.models.expressions import RawSQL
 
 from somafractalmemory.retrieval.lexical import MAX_TERMS
@@ -128,26 +128,60 @@ def _sqlite(
         return [(str(row[0]), float(row[1])) for row in cursor.fetchall()]
 
 
+# BM25 as Lucene and Milvus rank (k1 1.2, b 0.75). Every token is 16 hex characters and
+# tokens are separated by single spaces, so a token's count in a document is a substring count
+# and a document's length is its character length over 17: no tsvector needed to rank.
+BM25_K1 = 1.2
+BM25_B = 0.75
+TOKEN_WIDTH = 16
+
+_POSTGRES_BM25 = f"""
+WITH hit AS ({{hits}}),
+terms AS (SELECT DISTINCT t FROM unnest(%s::text[]) AS t),
+df AS (SELECT t, count(*) AS n FROM terms JOIN hit ON strpos(hit.doc, t) > 0 GROUP BY t),
+tf AS (
+  SELECT hit.id, df.n, (length(hit.doc) + 1) / {TOKEN_WIDTH + 1}.0 AS dl,
+         (length(hit.doc) - length(replace(hit.doc, df.t, ''))) / {TOKEN_WIDTH}.0 AS f
+  FROM hit JOIN df ON strpos(hit.doc, df.t) > 0
+),
+scope AS (SELECT count(*) AS docs, avg((length(doc) + 1) / {TOKEN_WIDTH + 1}.0) AS avgdl
+          FROM ({{scope}}) AS s)
+SELECT tf.id, sum(
+  ln(1 + (greatest(scope.docs, tf.n) - tf.n + 0.5) / (tf.n + 0.5))
+  * tf.f * {BM25_K1 + 1} / (tf.f + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * tf.dl
+                                             / greatest(scope.avgdl, 1)))
+) AS score
+FROM tf CROSS JOIN scope
+GROUP BY tf.id ORDER BY score DESC, tf.id LIMIT %s
+"""
+
+
 def _postgres(
     queryset: QuerySet, tokens: list[str], limit: int, column: str
 ) -> list[tuple[str, float]]:
+    """BM25 over the keyed tokens: the GIN index finds the documents holding any query token;
+    document frequencies come from those, the document count and average length from the
+    caller's scope (its tenant and namespace), as FTS5 and Milvus take theirs from the whole
+    index."""
     tsquery = " | ".join(tokens)
-    vector = f"to_tsvector('simple', {column})"
-    rows = (
-        queryset.alias(
-            lexical_hit=RawSQL(
-                f"{vector} @@ to_tsquery('simple', %s)", (tsquery,), output_field=BooleanField()
-            )
+    matching = queryset.alias(
+        lexical_hit=RawSQL(
+            f"to_tsvector('simple', {column}) @@ to_tsquery('simple', %s)",
+            (tsquery,),
+            output_field=BooleanField(),
         )
-        .filter(lexical_hit=True)
-        .annotate(
-            lexical_score=RawSQL(
-                f"ts_rank_cd({vector}, to_tsquery('simple', %s))",
-                (tsquery,),
-                output_field=FloatField(),
-            )
-        )
-        .order_by("-lexical_score", "id")
-        .values_list("id", "lexical_score")[:limit]
+    ).filter(lexical_hit=True)
+    hits, hit_params = _as_doc(matching, column)
+    scope, scope_params = _as_doc(queryset, column)
+    sql = _POSTGRES_BM25.format(hits=hits, scope=scope)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*hit_params, tokens, *scope_params, limit])
+        return [(str(row[0]), float(row[1])) for row in cursor.fetchall()]
+
+
+def _as_doc(queryset: QuerySet, column: str) -> tuple[str, tuple[Any, ...]]:
+    """The SQL of `queryset` selecting (id, `column` AS doc)."""
+    sql, params = (
+        queryset.annotate(doc=F(column)).values("id", "doc").order_by().query.sql_with_params()
     )
-    return [(str(i), float(s)) for i, s in rows]
+    return sql, tuple(params)
