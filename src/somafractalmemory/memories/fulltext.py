@@ -136,22 +136,24 @@ BM25_B = 0.75
 TOKEN_WIDTH = 16
 
 _POSTGRES_BM25 = f"""
-WITH hit AS ({{hits}}),
+WITH hit AS MATERIALIZED ({{hits}}),
 terms AS (SELECT DISTINCT t FROM unnest(%s::text[]) AS t),
-df AS (SELECT t, count(*) AS n FROM terms JOIN hit ON strpos(hit.doc, t) > 0 GROUP BY t),
-tf AS (
-  SELECT hit.id, df.n, (length(hit.doc) + 1) / {TOKEN_WIDTH + 1}.0 AS dl,
-         (length(hit.doc) - length(replace(hit.doc, df.t, ''))) / {TOKEN_WIDTH}.0 AS f
-  FROM hit JOIN df ON strpos(hit.doc, df.t) > 0
+tf AS MATERIALIZED (
+  SELECT hit.id, terms.t, (length(hit.doc) + 1) / {TOKEN_WIDTH + 1}.0 AS dl,
+         (length(hit.doc) - length(replace(hit.doc, terms.t, ''))) / {TOKEN_WIDTH}.0 AS f
+  FROM hit JOIN terms ON strpos(hit.doc, terms.t) > 0
 ),
-scope AS (SELECT count(*) AS docs, avg((length(doc) + 1) / {TOKEN_WIDTH + 1}.0) AS avgdl
-          FROM ({{scope}}) AS s)
+df AS MATERIALIZED (SELECT t, count(*) AS n FROM tf GROUP BY t),
+scope AS MATERIALIZED (
+  SELECT count(*) AS docs, avg((length(doc) + 1) / {TOKEN_WIDTH + 1}.0) AS avgdl
+  FROM ({{scope}}) AS s
+)
 SELECT tf.id, sum(
-  ln(1 + (greatest(scope.docs, tf.n) - tf.n + 0.5) / (tf.n + 0.5))
+  ln(1 + (greatest(scope.docs, df.n) - df.n + 0.5) / (df.n + 0.5))
   * tf.f * {BM25_K1 + 1} / (tf.f + {BM25_K1} * (1 - {BM25_B} + {BM25_B} * tf.dl
                                              / greatest(scope.avgdl, 1)))
 ) AS score
-FROM tf CROSS JOIN scope
+FROM tf JOIN df ON df.t = tf.t CROSS JOIN scope
 GROUP BY tf.id ORDER BY score DESC, tf.id LIMIT %s
 """
 
