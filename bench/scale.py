@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import corpus  # bench/corpus.py
 import httpx
@@ -42,12 +45,18 @@ from vectors import CorpusVectors  # bench/vectors.py
 
 CHUNK = 5_000
 NAMESPACES = 20
+INGEST = 2_000  # memories batch-stored over HTTP at the largest size (beyond the loaded ones)
+STACKS = ("embedded", "production")
+"""`embedded`: the built-in defaults (SQLite, Milvus Lite, LocMem cache). `production`: a fresh
+PostgreSQL database, Redis and a Milvus standalone server (PyPI `milvus`, started here unless
+--milvus-uri names one)."""
 
 
 @dataclass(frozen=True)
 class Point:
     """The measurements at one collection size."""
 
+    stack: str
     size: int
     load_s: float
     http: run.Stats
@@ -57,6 +66,18 @@ class Point:
     recall: float
     approximate: run.Stats
     approximate_recall: float
+    ingest_per_s: float = float("nan")
+    """Memories a second batch-stored over HTTP (validation, encoding, SQL, index)."""
+    encoder_per_s: float = float("nan")
+    """The same texts through the encoder alone, in the bench process."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def of_json(cls, data: dict[str, Any]) -> Point:
+        stats = {k: run.Stats(**v) for k, v in data.items() if isinstance(v, dict)}
+        return cls(**{**data, **stats})
 
 
 def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None:
@@ -66,6 +87,7 @@ def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None
     from somafractalmemory.memories.models import Memory
 
     index = backends.vector_index()
+    sql_lexical = indexing.sql_lexical()
     start = datetime(2025, 1, 1, tzinfo=UTC)
     now = datetime.now(UTC)
     progress = run.Progress("load", offset + len(items))
@@ -83,6 +105,8 @@ def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None
                 stored_at=now,
             )
             memory.set_content(item.content)
+            if sql_lexical:  # a bulk-loaded memory's context is itself (as its vector)
+                memory.context_tokens = memory.tokens
             rows.append(memory)
         Memory.objects.bulk_create(rows)
         part = vectors[at : at + len(rows)]
@@ -101,8 +125,17 @@ def engine_and_numpy(
     from somafractalmemory.conf import get_config
     from somafractalmemory.vectors.milvus import MilvusIndex
 
+    index = backends.vector_index()
+    on_server = get_config().milvus_server
+    if on_server:  # an index on a server: measure it built
+        from ann import built  # bench/ann.py
+
+        built(index)
     found, engine = run.time_index_only(questions, None)
     exact, brute = run.time_numpy(matrix, questions)
+    recall = run.recall_at_k(found, exact, ids)
+    if on_server:  # HNSW already: no AUTOINDEX comparison
+        return engine, brute, recall, engine, recall
     embedder = backends.embedder()
     backends.reset()
     index = MilvusIndex(
@@ -126,7 +159,7 @@ def engine_and_numpy(
     return (
         engine,
         brute,
-        run.recall_at_k(found, exact, ids),
+        recall,
         run.Stats.of(latencies),
         run.recall_at_k(approximate, exact, ids),
     )
@@ -228,7 +261,6 @@ def plot(points: Sequence[Point], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [p.size for p in points]
     figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
     series = (
         ("HTTP search, hybrid (client)", "http", "tab:blue"),
@@ -236,17 +268,32 @@ def plot(points: Sequence[Point], path: Path) -> None:
         ("engine: one dense search", "engine", "tab:orange"),
         ("numpy brute force", "numpy", "tab:green"),
     )
-    for label, name, colour in series:
-        stats = [getattr(p, name) for p in points]
-        axes.plot(sizes, [s.p50 for s in stats], "o-", color=colour, label=f"{label} p50")
-        axes.plot(
-            sizes, [s.p99 for s in stats], "x--", color=colour, alpha=0.6, label=f"{label} p99"
-        )
+    stacks = list(dict.fromkeys(p.stack for p in points))
+    marks = {"embedded": ("o-", "x--"), "production": ("s-.", "+:")}
+    for stack in stacks:
+        mine = [p for p in points if p.stack == stack]
+        sizes = [p.size for p in mine]
+        p50, p99 = marks.get(stack, ("o-", "x--"))
+        for label, name, colour in series:
+            if stack != stacks[0] and name == "numpy":
+                continue  # the same vectors, the same brute force
+            stats = [getattr(p, name) for p in mine]
+            axes.plot(
+                sizes, [s.p50 for s in stats], p50, color=colour, label=f"{stack}: {label} p50"
+            )
+            axes.plot(
+                sizes,
+                [s.p99 for s in stats],
+                p99,
+                color=colour,
+                alpha=0.6,
+                label=f"{stack}: {label} p99",
+            )
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("memories in the collection")
     axes.set_ylabel("latency, ms")
-    axes.set_title("Search latency against collection size (embedded default, 2 cores)")
+    axes.set_title(f"Search latency against collection size ({', '.join(stacks)}; 2 cores)")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()
@@ -275,8 +322,10 @@ PROFILE_FRAMES = (
 
 
 def render_profile(points: Sequence[Point], args: argparse.Namespace) -> list[str]:
+    if not args.profiles:
+        return []
     found = [(p.size, args.profiles / f"search-{p.size // 1000}k.txt") for p in points]
-    found = [(size, path) for size, path in found if path.is_file()] if args.profiles else []
+    found = [(size, path) for size, path in found if path.is_file()]
     if not found:
         return []
     shares = [
@@ -305,9 +354,10 @@ def render_profile(points: Sequence[Point], args: argparse.Namespace) -> list[st
 def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo) -> str:
     box = run.machine()
     lines = [
-        "## Search against collection size (embedded default)",
+        "## Search against collection size (" + ", ".join(args.stacks) + ")",
         "",
-        f"`bench/scale.py`, {info.when:%Y-%m-%d %H:%M} UTC, code {info.code}; {box['cpu']}, "
+        f"`bench/scale.py --stacks {','.join(args.stacks)}`, {info.when:%Y-%m-%d %H:%M} UTC, "
+        f"code {info.code}; {box['cpu']}, "
         f"{box['cores']} cores, {box['ram']}; other processes during the run: {info.others}; "
         f"{args.queries} questions per series, each asked once, after {run.WARM_UP} untimed "
         f"ones. Total {info.seconds / 60:.1f} min.",
@@ -315,36 +365,65 @@ def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo)
         *run.render_warning(info),
         f"![search latency against size]({args.plot.name})",
         "",
-        "| memories | HTTP search p50 / p95 / p99 ms | server `latency_ms` p50 / p99 | "
-        "engine (FLAT): one dense search p50 / p99 | numpy brute force p50 / p99 | engine / "
+        "| stack | memories | HTTP search p50 / p95 / p99 ms | server `latency_ms` p50 / p99 | "
+        "engine: one dense search p50 / p99 | numpy brute force p50 / p99 | engine / "
         "numpy (p50) | recall@10 | load s |",
-        "|---:|---|---|---|---|---:|---:|---:|",
+        "|---|---:|---|---|---|---|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
-            f"| {p.size:,} | {p.http.p50:.1f} / {p.http.p95:.1f} / {p.http.p99:.1f} | "
+            f"| {p.stack} | {p.size:,} | {p.http.p50:.1f} / {p.http.p95:.1f} / "
+            f"{p.http.p99:.1f} | "
             f"{p.server.p50:.1f} / {p.server.p99:.1f} | {p.engine.p50:.2f} / "
             f"{p.engine.p99:.2f} | {p.numpy.p50:.2f} / {p.numpy.p99:.2f} | "
             f"{p.engine.p50 / p.numpy.p50:.2f}x | {p.recall:.3f} | {p.load_s:.0f} |"
         )
+    ingested = [p for p in points if p.ingest_per_s == p.ingest_per_s]  # not NaN
     lines += [
         "",
-        "The index type, by measurement (the same questions, the same vectors): Milvus Lite "
-        "accepts FLAT, IVF_FLAT and AUTOINDEX, and unless the index is FLAT it answers from "
-        "a built-in approximate index whose search parameters cannot be set (`nprobe` and "
-        "`ef` change nothing). The default (`milvus_index_type: auto`) is therefore FLAT on "
-        "Lite:",
+        f"Ingest at the largest size: {INGEST:,} new memories batch-stored over HTTP "
+        "(`POST /api/v2/memory/batch`, 1,000 a request: validation, encoding, sealing, SQL, "
+        "index) against the encoder alone on the same texts (`embedder().embed`, the bench "
+        "process, the server stopped):",
         "",
-        "| memories | FLAT p50 / p99 ms | recall@10 | AUTOINDEX p50 / p99 ms | recall@10 |",
-        "|---:|---|---:|---|---:|",
+        "| stack | memories | batch store /s | encoder alone /s | store / encoder |",
+        "|---|---:|---:|---:|---:|",
         *(
-            f"| {p.size:,} | {p.engine.p50:.2f} / {p.engine.p99:.2f} | {p.recall:.3f} | "
-            f"{p.approximate.p50:.2f} / {p.approximate.p99:.2f} | {p.approximate_recall:.3f} |"
-            for p in points
+            f"| {p.stack} | {p.size:,} | {p.ingest_per_s:.0f} | {p.encoder_per_s:.0f} | "
+            f"{p.ingest_per_s / p.encoder_per_s:.2f} |"
+            for p in ingested
         ),
         "",
-        *render_profile(points, args),
+        "Stacks: `embedded` is the built-in defaults (SQLite, Milvus Lite with FLAT, LocMem "
+        "cache); `production` a fresh PostgreSQL 15 database, Redis 7 and a Milvus standalone "
+        f"server (PyPI `milvus` 2.3.5; `proxy.timeTickInterval` {args.milvus_tick_ms} ms, as "
+        "docs/deployment.md advises: a Strong search waits for a time tick, 200 ms at "
+        "Milvus's default), HNSW, the lexical legs from PostgreSQL BM25 (2.3.5 has no BM25). "
+        "The engine and recall rows on the server are measured after the index is built.",
     ]
+    lite = [p for p in points if p.stack == "embedded"]
+    lines += (
+        []
+        if not lite
+        else [
+            "",
+            "The index type, by measurement (the same questions, the same vectors): Milvus Lite "
+            "accepts FLAT, IVF_FLAT and AUTOINDEX, and unless the index is FLAT it answers from "
+            "a built-in approximate index whose search parameters cannot be set (`nprobe` and "
+            "`ef` change nothing). The default (`milvus_index_type: auto`) is therefore FLAT on "
+            "Lite:",
+            "",
+            "| memories | FLAT p50 / p99 ms | recall@10 | AUTOINDEX p50 / p99 ms | recall@10 |",
+            "|---:|---|---:|---|---:|",
+            *(
+                f"| {p.size:,} | {p.engine.p50:.2f} / {p.engine.p99:.2f} | {p.recall:.3f} | "
+                f"{p.approximate.p50:.2f} / {p.approximate.p99:.2f} | {p.approximate_recall:.3f} |"
+                for p in lite
+            ),
+            "",
+            *render_profile(lite, args),
+        ]
+    )
     lines += [
         "",
         "HTTP search: `POST /api/v2/memory/search` with the default hybrid mode (dense, "
@@ -357,11 +436,21 @@ def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo)
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated, ascending")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="sizes 2,000 and 10,000, 50 queries")
+    parser.add_argument(
+        "--stacks", default="embedded", help=f"comma-separated, of {', '.join(STACKS)}"
+    )
+    parser.add_argument("--milvus-uri", help="production: a running Milvus server (default: one)")
+    parser.add_argument(
+        "--milvus-tick-ms",
+        type=int,
+        default=20,
+        help="production: the started server's proxy.timeTickInterval (Milvus's default: 200)",
+    )
     parser.add_argument("--section", default="scale")
     parser.add_argument("--out", type=Path, default=run.ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--plot", type=Path, default=run.ROOT / "docs" / "scale.png")
@@ -371,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=run.ROOT / "docs" / "profiles",
         help="py-spy the server at the largest size, into this folder ('': not at all)",
     )
+    parser.add_argument("--child", choices=STACKS, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.profiles = args.profiles if str(args.profiles) not in ("", ".") else None
     if args.quick:
@@ -378,23 +469,68 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.section = "scale-quick" if args.section == "scale" else args.section
         args.plot = args.plot.with_name("scale-quick.png")
         args.profiles = args.profiles / "quick" if args.profiles else None
+    args.stacks = [x for x in args.stacks.split(",") if x]
+    unknown = set(args.stacks) - set(STACKS)
+    if unknown:
+        parser.error(f"unknown stacks {sorted(unknown)}: choose from {list(STACKS)}")
+    return args
+
+
+@contextlib.contextmanager
+def stack_settings(stack: str, milvus_uri: str | None, tick_ms: int) -> Iterator[dict[str, str]]:
+    """The SFM_* settings of `stack` (its services started, and removed afterwards)."""
+    if stack == "embedded":
+        yield {}
+        return
+    sys.path.insert(0, str(run.ROOT))
+    from tests.milvus_server import create_database, drop_database, standalone
+
+    with contextlib.ExitStack() as stack_:
+        database = stack_.enter_context(run.postgres_database())
+        run.flush_redis()
+        if milvus_uri is None:
+            tick = {"proxy.timeTickInterval": str(tick_ms)}
+            milvus_uri = stack_.enter_context(standalone(extra=tick)).uri
+        db = create_database(milvus_uri, "scale")
+        stack_.callback(drop_database, milvus_uri, db)
+        yield {
+            "SFM_DATABASE_URL": database,
+            "SFM_REDIS_URL": run.REDIS_URL,
+            "SFM_MILVUS_URI": milvus_uri,
+            "SFM_MILVUS_DB": db,
+        }
+
+
+def ingest(
+    env: dict[str, str], log_path: Path, items: Sequence[corpus.Item]
+) -> tuple[float, float]:
+    """Memories a second batch-stored over HTTP, and the encoder alone on the same texts."""
+    with (
+        run.server(env, log_path) as base,
+        httpx.Client(base_url=base, timeout=600.0, trust_env=False) as client,
+    ):
+        stored, _ = run.http_batches(client, items)
+    _, encoded = run.encode([item.content for item in items])
+    return stored.per_second, encoded.per_second
+
+
+def measure(stack: str, args: argparse.Namespace) -> list[Point]:
+    """Every size on one stack, in this process (Django is set up once per process)."""
     sizes = sorted(int(s) for s in args.sizes.split(","))
     run.READY_TIMEOUT = 900.0  # a server opening a million memories loads them all first
-    when, code = datetime.now(UTC), run.revision()
-    others = run.OtherLoad()
-    others.start()
-    clock = run.Clock()
-    items = corpus.memories(sizes[-1])
+    items = corpus.memories(sizes[-1] + INGEST)
+    fresh, items = items[sizes[-1] :], items[: sizes[-1]]
     run.log(f"[setup] vectors of {len(items):,} memories (cached after the first run)")
     matrix = CorpusVectors().of(items)
     questions = corpus.questions(run.WARM_UP + args.queries * len(sizes) * 3)
     points: list[Point] = []
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack_:
         made = tempfile.TemporaryDirectory(prefix="sfm-scale-", ignore_cleanup_errors=True)
-        tmp = Path(stack.enter_context(made))
+        tmp = Path(stack_.enter_context(made))
         config = tmp / "defaults.yaml"
         config.write_text("# bench/scale.py: built-in defaults only\n")
-        env = run.settings_env(tmp / "data", config)
+        extra = stack_.enter_context(stack_settings(stack, args.milvus_uri, args.milvus_tick_ms))
+        env = run.settings_env(tmp / "data", config, extra)
         run.use_env(env)
         run.start_django()
         from django.db import connections
@@ -418,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = run.WARM_UP + 3 * number * args.queries
             asked = questions[first : first + args.queries]
             vectors = backends.embedder().embed(asked)
-            run.log(f"[{size:,}] engine and numpy, {len(asked)} questions")
+            run.log(f"[{stack} {size:,}] engine and numpy, {len(asked)} questions")
             measured = engine_and_numpy(matrix[:size], vectors, ids)
             engine, brute, recall = measured[:3]
             backends.reset()  # one process owns the Lite file: the server's turn
@@ -426,16 +562,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             later = [
                 questions[first + k * args.queries : first + (k + 1) * args.queries] for k in (1, 2)
             ]
-            run.log(f"[{size:,}] HTTP search, {args.queries} questions")
-            profile = args.profiles / f"search-{size // 1000}k.txt" if args.profiles else None
+            run.log(f"[{stack} {size:,}] HTTP search, {args.queries} questions")
+            profile = (
+                args.profiles / f"search-{size // 1000}k.txt"
+                if args.profiles and stack == "embedded"
+                else None
+            )
             http, server = over_http(
                 env, tmp / f"server-{size}.log", [questions[: run.WARM_UP], *later], profile
             )
-            points.append(Point(size, load_s, http, server, *measured))
+            stored = encoded = float("nan")
+            if size == sizes[-1]:  # last: the new memories are in no numpy matrix
+                run.log(f"[{stack} {size:,}] HTTP batch store of {INGEST:,} new memories")
+                stored, encoded = ingest(env, tmp / f"ingest-{size}.log", fresh)
+            points.append(Point(stack, size, load_s, http, server, *measured, stored, encoded))
             run.log(
-                f"[{size:,}] HTTP p50 {http.p50:.1f} ms, engine p50 {engine.p50:.2f} ms, "
-                f"numpy p50 {brute.p50:.2f} ms, recall@10 {recall:.3f}"
+                f"[{stack} {size:,}] HTTP p50 {http.p50:.1f} ms, engine p50 {engine.p50:.2f} "
+                f"ms, numpy p50 {brute.p50:.2f} ms, recall@10 {recall:.3f}, ingest "
+                f"{stored:.0f}/s (encoder {encoded:.0f}/s)"
             )
+    return points
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        points = measure(args.child, args)
+        args.json.write_text(json.dumps([p.to_json() for p in points]))
+        return 0
+    when, code = datetime.now(UTC), run.revision()
+    others = run.OtherLoad()
+    others.start()
+    clock = run.Clock()
+    points = []
+    with tempfile.TemporaryDirectory(prefix="sfm-scale-") as tmp:
+        for stack in args.stacks:  # a process each: Django's database is set once
+            out = Path(tmp) / f"{stack}.json"
+            command = [sys.executable, __file__, *(argv or sys.argv[1:]), "--child", stack]
+            subprocess.run([*command, "--json", str(out)], check=True)
+            points += [Point.of_json(p) for p in json.loads(out.read_text())]
     info = run.RunInfo(when, code, "", *others.finish(), clock.seconds)
     plot(points, args.plot)
     body = render(points, args, info)
