@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench bench-scale bench-fractal bench-erasure eval docs clean
+.PHONY: install serve test lint typecheck pytest bench bench-scale bench-stacks bench-fractal bench-erasure eval docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench: install
 
 bench-scale: install
 	$(BIN)/python bench/scale.py $(ARGS)
+
+# The same, the production stack (PostgreSQL, Redis, a Milvus server it starts) beside the
+# embedded default, in one table and one plot.
+bench-stacks: install
+	$(BIN)/python bench/scale.py --stacks embedded,production --section scale-stacks \
+		--plot docs/scale-stacks.png --profiles "" $(ARGS)
 
 bench-fractal: install
 	$(BIN)/python bench/fractal.py $(ARGS)
