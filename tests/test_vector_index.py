@@ -11,9 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from somafractalmemory.conf import get_config
 from somafractalmemory.errors import IndexUnavailable
 from somafractalmemory.retrieval import filters
 from somafractalmemory.vectors.base import VectorIndex, VectorRecord
+from somafractalmemory.vectors.clock import (
+    LOGICAL_BITS,
+    LocalClock,
+    RedisClock,
+    WriteClock,
+    guarantee,
+)
 from somafractalmemory.vectors.milvus import MilvusIndex
 from tests.conftest import MILVUS_SERVER
 from tests.milvus_server import FOR_TESTS, create_database, drop_database, standalone
@@ -22,16 +30,27 @@ from tests.servers import milvus_lite
 DIM = 16
 
 
-@pytest.fixture(scope="module", params=["lite", "lite-grpc", "server"])
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, str]]:
+    """A real Milvus standalone server (the run's, SFM_TEST_MILVUS=server, or one started for
+    this module) and a database of this module's on it: (uri, database)."""
+    with contextlib.ExitStack() as stack:
+        uri = os.environ["SFM_MILVUS_URI"] if MILVUS_SERVER else ""
+        uri = uri or stack.enter_context(standalone(extra=FOR_TESTS)).uri
+        db_name = create_database(uri, "contract")
+        stack.callback(drop_database, uri, db_name)
+        yield uri, db_name
+
+
+@pytest.fixture(scope="module", params=["lite", "lite-grpc", "server", "server-session"])
 def index(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VectorIndex]:
     """Milvus Lite in process; `sfm milvus-lite` serving a file over gRPC (the server code
-    path on Lite's engine); a real Milvus standalone server: the run's (SFM_TEST_MILVUS=server)
-    or one started for this module."""
+    path on Lite's engine); a real Milvus server, at Strong and at Session."""
     with contextlib.ExitStack() as stack:
         work = tmp_path_factory.mktemp("contract")
-        db_name = None
+        db_name, consistency = None, "auto"
         if request.param == "lite":
             uri = str(work / "milvus.db")
         elif request.param == "lite-grpc":
@@ -39,12 +58,17 @@ def index(
             env.pop("SFM_MILVUS_URI", None)
             uri = stack.enter_context(milvus_lite(env, work / "milvus.log"))
         else:
-            uri = os.environ["SFM_MILVUS_URI"] if MILVUS_SERVER else ""
-            uri = uri or stack.enter_context(standalone(extra=FOR_TESTS)).uri
-            db_name = create_database(uri, "contract")
-            stack.callback(drop_database, uri, db_name)
-        built = MilvusIndex(uri, model=f"contract-{uuid.uuid4().hex[:8]}", dim=DIM, db_name=db_name)
+            uri, db_name = request.getfixturevalue("server")
+            consistency = "Session" if request.param == "server-session" else "Strong"
+        built = MilvusIndex(
+            uri,
+            model=f"contract-{uuid.uuid4().hex[:8]}",
+            dim=DIM,
+            db_name=db_name,
+            consistency=consistency,
+        )
         assert built.is_lite == (request.param == "lite")
+        assert built.consistency == ("Session" if consistency == "Session" else "Strong")
         yield built
         built.close()
 
@@ -215,3 +239,51 @@ def test_entries_stream_every_id_and_reset_empties(tmp_path: Path) -> None:
         assert index.count() == 0 and list(index.entries()) == []
     finally:
         index.close()
+
+
+def shared_clock() -> WriteClock:
+    """Redis's when the run has Redis (the production stack), else one process's."""
+    url = get_config().redis_url
+    return RedisClock(url) if url else LocalClock()
+
+
+def test_session_workers_see_each_others_writes_and_deletes_at_once(
+    server: tuple[str, str],
+) -> None:
+    """Two workers' indexes on one collection, at Session with a shared write clock: what one
+    writes the other finds by its very next search, what one deletes the other never finds
+    again; reads that follow no write wait for no time tick."""
+    uri, db_name = server
+    model = f"session-{uuid.uuid4().hex[:8]}"
+    clock = shared_clock()
+    one, other = (
+        MilvusIndex(uri, model=model, dim=DIM, db_name=db_name, consistency="Session", clock=clock)
+        for _ in range(2)
+    )
+    try:
+        tenant = uuid.uuid4().hex
+        for i in range(15):
+            one.upsert([record(i, tenant)])
+            hits = other.search(unit(i), tenant=tenant, namespace="ns", where=None, top_k=1)
+            assert [h.id for h in hits] == [f"mem_{tenant}_{i}"]
+            one.delete([f"mem_{tenant}_{i}"])
+            hits = other.search(unit(i), tenant=tenant, namespace="ns", where=None, top_k=5)
+            assert f"mem_{tenant}_{i}" not in {h.id for h in hits}
+            assert other.vectors([f"mem_{tenant}_{i}"]) == {}
+        assert clock.latest(one._clock_key(one.name)) > 0
+    finally:
+        one.close()
+        other.close()
+
+
+def test_a_write_clock_keeps_the_latest_time() -> None:
+    for clock in (LocalClock(), shared_clock()):
+        key = uuid.uuid4().hex
+        assert clock.latest(key) == 0
+        clock.note(key, 1_796_000_000_005)
+        clock.note(key, 1_796_000_000_003)  # an older write acknowledged later
+        assert clock.latest(key) == 1_796_000_000_005
+        clock.note(key, 1_796_000_000_009)
+        assert clock.latest(key) == 1_796_000_000_009
+    assert guarantee(0) == 1  # nothing noted: nothing to wait for
+    assert guarantee(5) >> LOGICAL_BITS == 6  # every timestamp of millisecond 5 is before it

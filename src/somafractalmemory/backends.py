@@ -69,6 +69,7 @@ def check_dimension(config: Config, embedder: Embedder) -> int:
 
 
 def build_index(config: Config, embedder: Embedder) -> VectorIndex:
+    from somafractalmemory.vectors.clock import RedisClock
     from somafractalmemory.vectors.milvus import MilvusIndex
 
     dim = check_dimension(config, embedder)
@@ -84,8 +85,18 @@ def build_index(config: Config, embedder: Embedder) -> VectorIndex:
         timeout=config.milvus_timeout,
         index_type=config.milvus_index_type,
         ef=config.milvus_search_ef,
-        consistency=config.milvus_consistency,
+        consistency=consistency_of(config),
+        clock=RedisClock(config.redis_url) if config.redis_url else None,
     )
+
+
+def consistency_of(config: Config) -> str:
+    """`auto`: Session on a Milvus server whose workers share write times through Redis
+    (vectors/clock.py), Strong otherwise (Milvus Lite; a server without Redis, whose other
+    workers' writes a process could not wait for)."""
+    if config.milvus_consistency != "auto":
+        return config.milvus_consistency
+    return "Session" if config.milvus_server and config.redis_url else "Strong"
 
 
 def serve_lite_file(config: Config, host: str, port: int) -> LiteFileServer:

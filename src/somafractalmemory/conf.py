@@ -109,11 +109,12 @@ class Config:
     milvus_consistency: str = field(
         default="auto",
         metadata=_doc(
-            "Consistency level of searches: `Strong` (a search waits until every write "
-            "acknowledged before it is visible: ~200 ms per search on a Milvus server, its time "
-            "tick), `Session` (a process sees its own writes, other processes' within a time "
-            "tick; on the Milvus 2.3.5 server a deleted entry was still found for a while), "
-            "`Bounded`, `Eventually`; `auto`: Strong (docs/benchmarks.md measures each)."
+            "Consistency level of searches: `Strong` (a search waits for the server's next "
+            "time tick, 200 ms at Milvus's default, whatever was written), `Session` (a "
+            "search waits only until every write noted on the shared write clock is applied: "
+            "acknowledged writes of every worker, through Redis when `redis_url` is set, of "
+            "this process otherwise), `Bounded`, `Eventually`; `auto`: Session on a Milvus "
+            "server with Redis, Strong otherwise (docs/deployment.md)."
         ),
     )
     milvus_search_ef: int = field(

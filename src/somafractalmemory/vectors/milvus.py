@@ -10,6 +10,7 @@ import re
 import sqlite3
 import subprocess
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ from somafractalmemory.retrieval.filters import (
     to_milvus,
 )
 from somafractalmemory.vectors.base import VectorHit, VectorRecord
+from somafractalmemory.vectors.clock import LocalClock, WriteClock, guarantee, physical
 
 log = logging.getLogger(__name__)
 OPEN_TIMEOUT = 900.0
@@ -107,6 +109,7 @@ class MilvusIndex:
         index_type: str = "auto",
         ef: int = 64,
         consistency: str = "auto",
+        clock: WriteClock | None = None,
     ) -> None:
         self.uri = uri
         self.db_name = db_name
@@ -120,10 +123,12 @@ class MilvusIndex:
         )
         self.context_index_type = self.index_type  # both: what the collections hold, once open
         self.ef = ef
-        # Strong costs a Milvus server a time tick (~200 ms) per search (docs/benchmarks.md);
-        # Session, measured at 2 ms there, let a delete be found for a while after it on the
-        # 2.3.5 server: Strong until that is solved.
-        self.consistency = "Strong" if consistency == "auto" else consistency
+        # Strong costs a Milvus server a time tick (200 ms by default) per search; Session
+        # waits only for the writes noted on `clock` (vectors/clock.py). Milvus Lite is one
+        # process with no tick: Strong.
+        level = "Strong" if consistency == "auto" else consistency
+        self.consistency = "Strong" if self.is_lite and level == "Session" else level
+        self._clock: WriteClock = clock if clock is not None else LocalClock()
         self.features = Features()
         self._timeout = timeout
         # Opening loads the whole collection into memory (more than 10 s at 100,000
@@ -395,6 +400,42 @@ class MilvusIndex:
             log.warning("milvus %s failed: %s", what, exc)
             raise IndexUnavailable(f"vector index {what} failed: {exc}") from exc
 
+    def _reads(self, collection: str) -> dict[str, Any]:
+        """The consistency arguments of a read of `collection`: at Session, a guarantee
+        timestamp that covers every write noted on the clock (by any worker sharing it)."""
+        if self.consistency != "Session":
+            return {"consistency_level": self.consistency}
+        try:
+            ms = self._clock.latest(self._clock_key(collection))
+        except Exception as exc:  # the shared clock is down: wait a tick instead
+            log.warning("write clock unreadable, this read is Strong: %s", exc)
+            return {"consistency_level": "Strong"}
+        return {"consistency_level": "Customized", "guarantee_timestamp": guarantee(ms)}
+
+    def _wrote(self, collection: str) -> None:
+        """Note an acknowledged write to `collection`: the later of its mutation timestamp,
+        as pymilvus keeps it, and the local time after the acknowledgement (pymilvus keeps
+        no timestamp of a delete on the 2.3.5 server: a guarantee of the last upsert's let
+        deleted entries be found)."""
+        if self.consistency != "Session":
+            return
+        from pymilvus.client import ts_utils
+
+        key = self._clock_key(collection)
+        try:
+            address = self._client._get_connection().server_address
+            hybrid = ts_utils.get_collection_ts(collection, address, self.db_name or "")
+        except Exception:  # a pymilvus without this cache: the local time is later still
+            hybrid = 0
+        ms = max(physical(hybrid), int(time.time() * 1000))
+        try:
+            self._clock.note(key, ms)
+        except Exception as exc:
+            log.warning("write clock not updated (other workers may read a tick late): %s", exc)
+
+    def _clock_key(self, collection: str) -> str:
+        return f"{self.uri}/{self.db_name or 'default'}/{collection}"
+
     def _collections(self) -> list[str]:
         return list(dict.fromkeys([self.name, self.context_name]))
 
@@ -432,11 +473,14 @@ class MilvusIndex:
                 self._call(
                     "upsert", "upsert", rows[start : start + _UPSERT_CHUNK], collection=collection
                 )
+            if rows:
+                self._wrote(collection)
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
             for collection in self._collections():
                 self._call("delete", "delete", ids=list(ids), collection=collection)
+                self._wrote(collection)
 
     def search(
         self,
@@ -474,7 +518,7 @@ class MilvusIndex:
             limit=top_k,
             output_fields=["id"],
             search_params=search_params("COSINE", self.index_type, top_k, self.ef),
-            consistency_level=self.consistency,
+            **self._reads(self.name),
         )
         return [
             [VectorHit(id=str(h["id"]), score=float(h["distance"])) for h in row] for row in result
@@ -539,8 +583,8 @@ class MilvusIndex:
             limit=top_k,
             output_fields=["id"],
             search_params=search_params(metric, index_type, top_k, self.ef),
-            consistency_level=self.consistency,
             collection=collection,
+            **self._reads(collection),
         )
         return [VectorHit(id=str(hit["id"]), score=float(hit["distance"])) for hit in result[0]]
 
@@ -549,7 +593,7 @@ class MilvusIndex:
         if not ids:
             return []
         rows: list[dict[str, Any]] = self._call(
-            "get", "get", ids=list(ids), output_fields=[field], consistency_level=self.consistency
+            "get", "get", ids=list(ids), output_fields=[field], **self._reads(self.name)
         )
         return rows
 
@@ -617,7 +661,7 @@ class MilvusIndex:
             "query",
             filter="",
             output_fields=["count(*)"],
-            consistency_level=self.consistency,
+            **self._reads(self.name),
         )
         return int(rows[0]["count(*)"])
 
