@@ -282,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         "Consistency level against search latency (HNSW, ef 64, unfiltered, p50 ms): "
         + ", ".join(f"{level} {ms:.2f}" for level, ms in consistency.items())
-        + ". The service searches at Strong: a search sees every write acknowledged before it.",
+        + ". With Redis the service searches at Session with a shared write clock (a search "
+        "waits only for writes acknowledged before it: docs/deployment.md), Strong without.",
         "",
         "Filtered HNSW on this server: with a filter that lets 10% of the rows through (a "
         "metadata filter, or one tenant of ten) recall@10 grows with the beam only up to "
