@@ -112,6 +112,11 @@ def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None
         part = vectors[at : at + len(rows)]
         index.upsert([indexing.vector_record(m, v) for m, v in zip(rows, part, strict=True)])
         progress.update(offset + at + len(rows))
+    from django.db import connection
+
+    if connection.vendor == "postgresql":  # as autovacuum would: plans need the new rows' stats
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE memories_memory")
 
 
 def engine_and_numpy(
