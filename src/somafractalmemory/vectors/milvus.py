@@ -10,7 +10,6 @@ import re
 import sqlite3
 import subprocess
 import threading
-import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -413,23 +412,23 @@ class MilvusIndex:
         return {"consistency_level": "Customized", "guarantee_timestamp": guarantee(ms)}
 
     def _wrote(self, collection: str) -> None:
-        """Note an acknowledged write to `collection`: the later of its mutation timestamp,
-        as pymilvus keeps it, and the local time after the acknowledgement (pymilvus keeps
-        no timestamp of a delete on the 2.3.5 server: a guarantee of the last upsert's let
-        deleted entries be found)."""
+        """Note an acknowledged write to `collection`: a timestamp the server allocates after
+        the acknowledgement (its TSO is monotonic, so it follows the write's own). Not the
+        write's mutation timestamp, which pymilvus does not keep for a delete on the 2.3.5
+        server, and never this machine's clock, which may differ from the server's."""
         if self.consistency != "Session":
             return
-        from pymilvus.client import ts_utils
-
-        key = self._clock_key(collection)
         try:
+            with self._gate.shared():
+                hybrid = _allocated_timestamp(self._client, self._timeout)
+        except Exception as exc:  # an old server without the call: the write's own, if kept
+            from pymilvus.client import ts_utils
+
+            log.warning("Milvus allocated no timestamp (%s): the write's own is noted", exc)
             address = self._client._get_connection().server_address
             hybrid = ts_utils.get_collection_ts(collection, address, self.db_name or "")
-        except Exception:  # a pymilvus without this cache: the local time is later still
-            hybrid = 0
-        ms = max(physical(hybrid), int(time.time() * 1000))
         try:
-            self._clock.note(key, ms)
+            self._clock.note(self._clock_key(collection), physical(hybrid))
         except Exception as exc:
             log.warning("write clock not updated (other workers may read a tick late): %s", exc)
 
@@ -675,6 +674,18 @@ class MilvusIndex:
 
                 server_manager_instance.release_server(self.uri)
             self._release_lite_file()
+
+
+def _allocated_timestamp(client: Any, timeout: float) -> int:
+    """A fresh hybrid timestamp from the server's TSO (the AllocTimestamp call, which the
+    MilvusClient API does not wrap)."""
+    from pymilvus.grpc_gen import milvus_pb2
+
+    stub = client._get_connection()._stub
+    answer = stub.AllocTimestamp(milvus_pb2.AllocTimestampRequest(), timeout=timeout)
+    if answer.status.code != 0 or not answer.timestamp:
+        raise RuntimeError(answer.status.reason or "no timestamp")
+    return int(answer.timestamp)
 
 
 def _features_of(described: dict[str, Any]) -> Features:
