@@ -27,15 +27,19 @@ def free_port() -> int:
 
 
 def run_sfm(
-    *args: str, env: dict[str, Any] | None = None, timeout: float = 120
+    *args: str,
+    env: dict[str, Any] | None = None,
+    timeout: float = 120,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`sfm ARGS` in a process of its own; its exit code and output."""
+    """`sfm ARGS` in a process of its own (`stdin` its input); its exit code and output."""
     return subprocess.run(
         [sys.executable, "-m", "somafractalmemory.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
+        input=stdin,
     )
 
 

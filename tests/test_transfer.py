@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from somafractalmemory import client as sdk
 from tests.conftest import server_environment
-from tests.servers import free_port, server
+from tests.servers import free_port, run_sfm, server
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +28,7 @@ QUESTIONS = (
 def sfm(
     env: dict[str, str], *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "somafractalmemory.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        input=stdin,
-    )
+    return run_sfm(*args, env=env, timeout=300, stdin=stdin)
 
 
 def snapshot(memory: sdk.Memory) -> dict[str, Any]:
