@@ -374,18 +374,54 @@ def test_a_namespace_limited_key_cannot_remove_a_link_into_a_namespace_it_cannot
     assert [e["target"] for e in writer.ok("GET", f"/memory/{inside}/links")["links"]] == [outside]
 
 
-def test_wrong_keys_never_lock_out_a_valid_key(api: Api, settings_env: Any) -> None:
+class Clock:
+    """`time.time` for the tenancy module, moved by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("start", [0.5, 59.99], ids=["early-in-a-minute", "at-its-end"])
+def test_wrong_keys_never_lock_out_a_valid_key(
+    api: Api, settings_env: Any, monkeypatch: pytest.MonkeyPatch, start: float
+) -> None:
     settings_env(auth_failures_per_minute="3")
+    clock = Clock(60.0 * 29_000_000 + start)
+    monkeypatch.setattr(tenancy, "time", clock)
     _, good = tenant_with_key()
     address = f"10.8.{uuid.uuid4().int % 250}.9"
     good.client.defaults["REMOTE_ADDR"] = address
     guesser = Api(f"sfm_guess{uuid.uuid4().hex}")
     guesser.client.defaults["REMOTE_ADDR"] = address
     assert [guesser.call("GET", "/usage").status_code for _ in range(5)][-1] == 429
+    clock.now += 0.02  # into the next minute, when the guessing ended at one's end
     other = Api(f"sfm_other{uuid.uuid4().hex}")  # another wrong key from the same address
     other.client.defaults["REMOTE_ADDR"] = address
     assert other.call("GET", "/usage").status_code == 429
     assert good.call("GET", "/usage").status_code == 200  # the valid key still works
+    clock.now += 120.0  # two minutes on, the failures are forgotten
+    assert other.call("GET", "/usage").status_code == 401
+
+
+def test_failures_are_counted_over_the_last_minute_not_since_the_clock_turned() -> None:
+    # At a minute's turn the previous minute counts in full, then fades out over this one.
+    assert tenancy.recent_failures(10, 0, 0.0) == 10
+    assert tenancy.recent_failures(10, 2, 0.5) == 7
+    assert tenancy.recent_failures(10, 2, 0.99) == pytest.approx(2.1)
+    # Retry-After: until one more failure fits under the limit again.
+    assert tenancy.seconds_until_allowed(0, 2, 0.3, limit=3) == 0
+    assert tenancy.seconds_until_allowed(10, 0, 0.0, limit=3) == pytest.approx(48)  # 10 → 2
+    assert tenancy.seconds_until_allowed(0, 5, 0.5, limit=3) == pytest.approx(30 + 36)
+    for previous, current, elapsed in [(10, 0, 0.0), (4, 3, 0.2), (0, 9, 0.9), (7, 7, 0.5)]:
+        wait = tenancy.seconds_until_allowed(previous, current, elapsed, limit=3)
+        later = elapsed + wait / 60
+        if later < 1:  # still this minute
+            assert tenancy.recent_failures(previous, current, later) == pytest.approx(2)
+        else:  # in the next one
+            assert tenancy.recent_failures(current, 0, later - 1) == pytest.approx(2)
 
 
 def test_behind_a_trusted_proxy_clients_are_told_apart(api: Api, settings_env: Any) -> None:

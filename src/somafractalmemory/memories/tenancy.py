@@ -107,41 +107,74 @@ def authenticate(header: str | None, client: str) -> Principal:
     return Principal(found.tenant_id, found.id, tuple(found.scopes), tuple(found.namespaces))
 
 
-def _failure_counters(client: str, shown: str) -> tuple[str, str]:
-    """This minute's counters of failed keys: from the client, and from the client with
-    this key prefix."""
-    window = int(time.time() // 60)
+FAILURE_WINDOW = 60.0  # seconds: `auth_failures_per_minute` counts failures over this long
+
+
+def recent_failures(previous: int, current: int, elapsed: float) -> float:
+    """Failures in the last minute, estimated from two fixed one-minute counters: the
+    previous minute's count, weighted by the part of it still inside the last 60 s, plus
+    this minute's. (Two fixed windows alone would forget every failure at each boundary, so
+    a guesser could fail twice the limit across one.) `elapsed` is the part of this minute
+    gone, in [0, 1)."""
+    return previous * (1.0 - elapsed) + current
+
+
+def seconds_until_allowed(previous: int, current: int, elapsed: float, limit: int) -> float:
+    """How long until one more failure fits under `limit` again, if none comes meanwhile."""
+    room = limit - 1  # the next failure must leave the estimate at or under the limit
+    if recent_failures(previous, current, elapsed) <= room:
+        return 0.0
+    if current <= room and previous > 0:  # the previous minute's weight fades this minute
+        return FAILURE_WINDOW * (1.0 - (room - current) / previous - elapsed)
+    # Only when this minute's own count has faded enough, in the next one.
+    fade = 1.0 - room / current if current else 0.0
+    return FAILURE_WINDOW * (1.0 - elapsed + fade)
+
+
+def _failure_counts(client: str, shown: str, add: bool) -> tuple[int, int, float]:
+    """The failed keys from this client, and from this client with this key prefix (the
+    larger of the two estimates wins): (previous minute, this minute, part of this minute
+    gone). With `add`, this failure is counted first; with not, only this key's counters
+    are read (a valid key is never refused for other keys' failures)."""
+    now = time.time()
+    minute, elapsed = divmod(now, FAILURE_WINDOW)
     tag = hashlib.sha256(shown.encode("utf-8", "replace")).hexdigest()[:16]
-    return f"sfm:authfail:{client}:{window}", f"sfm:authfail:{client}:{tag}:{window}"
+    kinds = [f"sfm:authfail:{client}:{tag}"] + ([f"sfm:authfail:{client}"] if add else [])
+    worst = (0, 0)
+    for kind in kinds:
+        this_minute = f"{kind}:{int(minute)}"
+        if add:
+            cache.add(this_minute, 0, timeout=int(3 * FAILURE_WINDOW))
+            current = int(cache.incr(this_minute))
+        else:
+            current = int(cache.get(this_minute, 0) or 0)
+        previous = int(cache.get(f"{kind}:{int(minute) - 1}", 0) or 0)
+        fraction = elapsed / FAILURE_WINDOW
+        if recent_failures(previous, current, fraction) > recent_failures(*worst, fraction):
+            worst = (previous, current)
+    return worst[0], worst[1], elapsed / FAILURE_WINDOW
 
 
-def _too_many(count: int) -> None:
-    if count > get_config().auth_failures_per_minute:
+def _too_many(counts: tuple[int, int, float]) -> None:
+    limit = get_config().auth_failures_per_minute
+    previous, current, elapsed = counts
+    if recent_failures(previous, current, elapsed) > limit:
         raise RateLimited(
             "too many failed API keys from this address; wait a minute",
-            retry_after=60 - time.time() % 60,
+            retry_after=max(1.0, seconds_until_allowed(previous, current, elapsed, limit)),
         )
 
 
 def _refuse_repeated_failures(client: str, shown: str) -> None:
-    """Refuse, before looking it up, a key that has failed too often this minute from this
-    client. Only that key: a valid key is never refused for other keys' failures."""
-    _, this_key = _failure_counters(client, shown)
-    _too_many(int(breaker.call(lambda: cache.get(this_key, 0), 0) or 0))
+    """Refuse, before looking it up, a key that has failed too often in the last minute
+    from this client. Only that key: a valid key is never refused for other keys' failures."""
+    _too_many(breaker.call(lambda: _failure_counts(client, shown, add=False), (0, 0, 0.0)))
 
 
 def _count_failure(client: str, shown: str) -> None:
-    """Count a failed key; past the limit from this client, failures answer 429 (a 401
-    otherwise). The cache is optional: without it, nothing is counted."""
-
-    def count() -> int:
-        counts = []
-        for name in _failure_counters(client, shown):
-            cache.add(name, 0, timeout=120)
-            counts.append(int(cache.incr(name)))
-        return max(counts)
-
-    _too_many(breaker.call(count, 0))
+    """Count a failed key; past the limit from this client in the last minute, failures
+    answer 429 (a 401 otherwise). The cache is optional: without it, nothing is counted."""
+    _too_many(breaker.call(lambda: _failure_counts(client, shown, add=True), (0, 0, 0.0)))
 
 
 def check_rate(principal: Principal) -> None:
