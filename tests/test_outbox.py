@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from somafractalmemory import backends
 from somafractalmemory.memories import indexing, services
 from somafractalmemory.memories.jobs import maintenance
-from somafractalmemory.memories.models import Memory, VectorTask
+from somafractalmemory.memories.models import Lease, Memory, VectorTask
 from somafractalmemory.vectors.milvus import MilvusIndex
 from tests.conftest import MILVUS_SERVER, Api, embedded, server_environment
 from tests.servers import run_sfm
@@ -26,6 +27,41 @@ def reopen(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch) -> MilvusIndex:
     again = MilvusIndex(index.uri, model=embedder.name, dim=embedder.dim, db_name=index.db_name)
     monkeypatch.setattr(backends, "_index", again)
     return again
+
+
+def test_one_process_drains_the_outbox_at_a_time(
+    api: Api, namespace: str, fresh_index: MilvusIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh_index.close()
+    stored = api.ok("POST", "/memory/store", {"content": "Owed once", "namespace": namespace})
+    again = reopen(fresh_index, monkeypatch)
+    VectorTask.objects.update(next_attempt_at=datetime.now(UTC))  # due now
+    # Another worker (another host's process) is draining the outbox.
+    Lease.objects.create(
+        name=maintenance.OUTBOX_LEASE,
+        holder="another-host:1",
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+    def loops(n: int) -> None:
+        """Run this process's outbox worker for n rounds."""
+        stop, rounds = threading.Event(), []
+
+        def counted() -> None:
+            rounds.append(1)
+            if len(rounds) == n:
+                stop.set()
+
+        monkeypatch.setattr(maintenance, "flush_reinforcements", counted)
+        maintenance.run_outbox_worker(stop, interval=0.001)
+
+    loops(3)
+    task = VectorTask.objects.get(memory_id=stored["id"])
+    assert task.attempts == 0 and stored["id"] not in dict(again.entries())
+    Lease.objects.filter(name=maintenance.OUTBOX_LEASE).delete()  # that worker is done
+    loops(1)
+    assert not VectorTask.objects.exists() and stored["id"] in dict(again.entries())
+    assert not Lease.objects.exists()  # and this one let go of it
 
 
 def test_store_is_acknowledged_while_the_index_is_down(

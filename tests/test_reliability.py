@@ -385,3 +385,53 @@ def test_milvus_server_dies_mid_load_and_comes_back(
         assert_all_kept(base, "milvus", dict(client.acked))
         doctor = run_sfm("doctor", env=env, timeout=300)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+
+
+def test_two_servers_share_memories_limits_and_quotas(
+    tmp_path: Path, server_env: dict[str, str]
+) -> None:
+    """Two `sfm serve` processes on two ports, sharing PostgreSQL, Redis and the Milvus
+    server: what one stores the other finds at once, and a tenant's quota and requests per
+    minute hold across both (counted in PostgreSQL and Redis, not in either process)."""
+    if not MILVUS_SERVER:
+        pytest.skip("production-stack run only (make test runs it with SFM_TEST_MILVUS=server)")
+    ports = free_port(), free_port()
+    bases = [f"http://127.0.0.1:{port}/api/v2" for port in ports]
+
+    def tenant(*limits: str) -> dict[str, str]:
+        """A new tenant with these `sfm tenant create` limits: its key's request headers."""
+        name = f"two{uuid.uuid4().hex[:8]}"
+        for command in (["tenant", "create", name, *limits], ["key", "create", "--tenant", name]):
+            done = run_sfm(*command, env=server_env)
+            assert done.returncode == 0, done.stderr
+        return {"Authorization": f"Bearer {done.stdout.strip().splitlines()[-1]}"}
+
+    with (
+        server(server_env, ports[0], tmp_path / "a.log"),
+        server(server_env, ports[1], tmp_path / "b.log"),
+        httpx.Client(timeout=30) as http,
+    ):
+        shared = tenant()
+        body = {"content": "The boiler was serviced on Tuesday", "namespace": "two"}
+        stored = http.post(f"{bases[0]}/memory/store", json=body, headers=shared).json()
+        search = {"query": "when was the boiler serviced", "namespace": "two"}
+        found = http.post(f"{bases[1]}/memory/search", json=search, headers=shared).json()
+        assert [m["id"] for m in found["memories"]] == [stored["id"]]
+
+        small = tenant("--max-memories", "5")
+
+        def store(i: int) -> int:
+            item = {"content": f"Reading number {i} of the meter", "namespace": "two"}
+            return http.post(f"{bases[i % 2]}/memory/store", json=item, headers=small).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(store, range(12)))
+        assert sorted(codes) == [200] * 5 + [403] * 7, codes
+        listed = http.get(f"{bases[1]}/memory", params={"namespace": "two"}, headers=small)
+        assert len(listed.json()["memories"]) == 5
+
+        slow = tenant("--rpm", "6")  # a burst of 6, then one more each 10 s
+        started = time.monotonic()
+        codes = [http.get(f"{bases[i % 2]}/usage", headers=slow).status_code for i in range(10)]
+        refilled = int((time.monotonic() - started) // 10)
+        assert 6 <= codes.count(200) <= 6 + refilled and set(codes) == {200, 429}, codes

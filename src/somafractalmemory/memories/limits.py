@@ -120,11 +120,21 @@ def check_metadata(metadata: dict[str, Any]) -> None:
         )
 
 
-def check_quota(tenant: str, contents: Sequence[str]) -> None:
-    """Refuse (403 quota_exceeded) a store that would take the tenant past its limits."""
+def check_quota(tenant: str, contents: Sequence[str], *, lock: bool = False) -> None:
+    """Refuse (403 quota_exceeded) a store that would take the tenant past its limits.
+
+    With `lock` (inside the store's transaction), a tenant with limits has its row locked
+    first, so that concurrent stores, from any worker, are counted one after the other and
+    never pass a limit together. (FOR NO KEY UPDATE: inserting memories, which only share
+    the row, is not held up.) A tenant without limits locks nothing."""
     limits = Tenant.objects.filter(id=tenant).values("max_memories", "max_bytes").first()
     if not limits or not contents:
         return
+    if limits["max_memories"] is None and limits["max_bytes"] is None:
+        return
+    if lock:
+        locked = Tenant.objects.select_for_update(no_key=True).filter(id=tenant)
+        limits = locked.values("max_memories", "max_bytes").first() or limits
     rows = Memory.objects.filter(tenant_id=tenant)
     if limits["max_memories"] is not None:
         held = rows.count()

@@ -111,6 +111,8 @@ def store_many(
     data_key(tenant, check=True)
     with transaction.atomic():
         ensure_tenant(tenant)
+        # Again, under the tenant's lock: a concurrent store may have committed since.
+        limits.check_quota(tenant, [items[i].content for i in fresh], lock=True)
         Memory.objects.bulk_create(created.values())
         for memory in raised.values():
             memory.updated_at = datetime.now(UTC)

@@ -23,7 +23,7 @@ from somafractalmemory.errors import ConsolidationBusy
 from somafractalmemory.memories import indexing, tenancy
 from somafractalmemory.memories.indexing import drain_outbox, write_vectors
 from somafractalmemory.memories.jobs import consolidation, forgetting
-from somafractalmemory.memories.jobs.runner import Progress, quiet
+from somafractalmemory.memories.jobs.runner import Progress, lease, quiet
 from somafractalmemory.memories.models import Memory, VectorTask
 from somafractalmemory.memories.recall import flush_reinforcements
 
@@ -152,14 +152,24 @@ def _write_each(memories: list[Memory]) -> dict[str, str]:
 # -- the outbox worker and the scheduled jobs ---------------------------------------------
 
 
+OUTBOX_LEASE = "outbox"
+"""The lease a process holds while it drains the outbox: of all the workers sharing a
+database, one pays owed writes at a time (two would embed and write the same rows, and a
+slow one could write a vector older than the other's)."""
+
+
 def run_outbox_worker(stop: threading.Event, *, interval: float = 1.0) -> None:
-    """Drain the outbox (and write noted recalls) until `stop` is set; sleeps `interval`
-    when there is nothing due. Tasks left by a previous process are due at once."""
+    """Drain the outbox (and write this process's noted recalls) until `stop` is set;
+    sleeps `interval` when there is nothing due, or when another process is draining.
+    Tasks left by a previous process are due at once."""
     started = datetime.now(UTC)
     while not stop.is_set():
         try:
             flush_reinforcements()
-            paid = drain_outbox(owed_before=started)
+            paid = 0
+            with lease(OUTBOX_LEASE, 600) as mine:
+                if mine:
+                    paid = drain_outbox(owed_before=started)
         except Exception as exc:  # the worker must outlive any one failure
             log.warning("outbox worker: %s", exc)
             paid = 0
