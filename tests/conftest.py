@@ -65,6 +65,16 @@ def django_db_modify_db_settings() -> None:
         database.setdefault("TEST", {})["NAME"] = f"test_sfm_{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None) -> Iterator[None]:
+    """The test database, whose connections on the search legs' threads are closed before
+    it is dropped."""
+    yield
+    from somafractalmemory.memories import recall
+
+    recall.close_leg_connections()
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--clock-shift",

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
+import pytest
+from django.db import transaction
+
+from somafractalmemory.memories import recall
 from somafractalmemory.memories.models import Memory
 from tests.conftest import Api
 
@@ -70,6 +76,37 @@ def test_sql_full_text_serves_both_lexical_legs(
     assert set(found["memories"][0]["explain"]["legs"]) == {"lexical", "context_lexical"}
     assert set(found["memories"][1]["explain"]["legs"]) == {"context_lexical"}
     assert Memory.objects.get(id=code).context_tokens  # written with the vector
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sql_lexical_legs_run_at_once_off_the_request_thread(
+    api: Api, namespace: str, settings_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside a transaction the two SQL legs run on the leg pool, each on its own
+    connection, while the query is embedded; inside one (as the other tests run) they run on
+    the caller's thread, whose uncommitted rows other connections cannot see. Same answer."""
+    settings_env(lexical_engine="sql")
+    code = store(api, namespace, "Server password rotation ticket XK-4471 is due Friday")
+    report = store(api, namespace, "The quarterly report needs two more charts")
+    threads: list[str] = []
+    real = recall._sql_lexical
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recall, "_sql_lexical", spied)
+    answers = []
+    for in_transaction in (False, True):
+        threads.clear()
+        with transaction.atomic() if in_transaction else contextlib.nullcontext():
+            answers.append(search(api, namespace, "XK-4471 charts", explain=True))
+        caller = threading.current_thread().name
+        assert len(threads) == 2 and all((t == caller) == in_transaction for t in threads)
+    assert ids(answers[0]) == ids(answers[1]) and set(ids(answers[0])) == {code, report}
+    assert [m["explain"]["legs"] for m in answers[0]["memories"]] == [
+        m["explain"]["legs"] for m in answers[1]["memories"]
+    ]
 
 
 def test_explain_returns_each_component(api: Api, namespace: str) -> None:

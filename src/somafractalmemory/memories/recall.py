@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from django.db import close_old_connections, connection, connections
 from django.db.models import F
 
 from somafractalmemory import backends, metrics
@@ -35,7 +36,21 @@ from somafractalmemory.vectors.base import VectorHit
 log = logging.getLogger(__name__)
 
 MODES = ("hybrid", "vector", "lexical")
-_LEG_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sfm-leg")
+LEG_THREADS = 8
+_LEG_POOL = ThreadPoolExecutor(max_workers=LEG_THREADS, thread_name_prefix="sfm-leg")
+
+
+def close_leg_connections() -> None:
+    """Close the database connections of the leg pool's threads (each keeps its own between
+    searches, as a request thread does): before the database is dropped, or at shutdown."""
+    barrier = threading.Barrier(LEG_THREADS)
+
+    def close() -> None:
+        barrier.wait(timeout=60)  # every thread holds one job until all do: one each
+        connections.close_all()
+
+    for done in [_LEG_POOL.submit(close) for _ in range(LEG_THREADS)]:
+        done.result()
 
 
 @dataclass(frozen=True)
@@ -188,6 +203,21 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
             futures["context_lexical"] = leg(index.search_lexical, tokens, True)
         # An index without BM25 (a Milvus server before 2.5): SQL full text is the lexical leg.
         sql_lexical = query.mode != "vector" and not by_index
+        if sql_lexical and not connection.in_atomic_block:
+            # Off this thread, at once, on the pool threads' own database connections: only
+            # outside a transaction, whose uncommitted rows other connections cannot see.
+            for name, context in (("lexical", False), ("context_lexical", True)):
+                futures[name] = _LEG_POOL.submit(
+                    contextvars.copy_context().run,
+                    _sql_leg,
+                    tenant,
+                    query,
+                    where,
+                    text,
+                    pool,
+                    context=context,
+                )
+            sql_lexical = False
     except IndexUnavailable as exc:
         failure = exc
     embedding_started = time.perf_counter()
@@ -201,7 +231,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         if vector is not None:
             futures["vector"] = leg(index.search, vector, False)
             futures["context_vector"] = leg(index.search, vector, True)
-        if sql_lexical:  # on this thread (its database connection) while the index answers
+        if sql_lexical:  # in a transaction: on this thread (its connection), meanwhile
             for name, context in (("lexical", False), ("context_lexical", True)):
                 legs[name] = _sql_lexical(tenant, query, where, text, pool, context=context)
         order = ("vector", "context_vector", "lexical", "context_lexical")
@@ -307,6 +337,13 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
 
 
 SQL_FILTER_POOL = 2000
+
+
+def _sql_leg(*args: Any, **kwargs: Any) -> list[VectorHit]:
+    """`_sql_lexical` on a pool thread: its connection is health-checked and aged as a
+    request's is (a broken or old one is replaced)."""
+    close_old_connections()
+    return _sql_lexical(*args, **kwargs)
 
 
 def _sql_lexical(

@@ -202,7 +202,8 @@ def gcra(tat: float, now: float, limit: int) -> tuple[float, float]:
     tolerance = interval * (limit - 1)
     tat = max(tat, now)
     if tat - now > tolerance + 1e-6:  # (the tat is a sum of intervals: rounding slack)
-        return tat, tat - now - tolerance
+        # At most one interval: the tat is never further ahead (min() drops rounding).
+        return tat, min(interval, tat - now - tolerance)
     return tat + interval, 0.0
 
 
@@ -222,7 +223,7 @@ GCRA_LUA = """
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local now, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 if tat < now then tat = now end
-if tat - now > tolerance + 1e-6 then return tostring(tat - now - tolerance) end
+if tat - now > tolerance + 1e-6 then return tostring(math.min(interval, tat - now - tolerance)) end
 redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000))
 return '0'
 """
