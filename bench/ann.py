@@ -5,6 +5,7 @@ engine call's latency and numpy brute force's in the same run.
 
     .venv/bin/python bench/ann.py --n 100000            # starts its own Milvus server
     .venv/bin/python bench/ann.py --n 100000 --uri http://127.0.0.1:19530
+    .venv/bin/python bench/ann.py --n 1000000 --types HNSW
 
 Writes the "ann" section of docs/benchmarks.md. The records go through MilvusIndex (the
 service's own code: its layout, filters and per-request search parameters).
@@ -173,6 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--uri", help="a running Milvus server (default: start one)")
+    parser.add_argument(
+        "--types",
+        default=",".join(dict.fromkeys(t for t, _, _ in SETTINGS)),
+        help="index types to build, comma-separated (at 1M: HNSW alone takes ~20 min a layout)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
 
@@ -214,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for layout, (_, chosen) in layouts.items()
             for scope, (mask, _, _) in chosen.items()
         }
-        for index_type in dict.fromkeys(t for t, _, _ in SETTINGS):
+        for index_type in args.types.split(","):
             for layout, (recs, chosen) in layouts.items():
                 name = f"ann-{index_type.lower()}-{layout}-{uuid.uuid4().hex[:6]}"
                 index = MilvusIndex(

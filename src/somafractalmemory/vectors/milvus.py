@@ -411,24 +411,28 @@ class MilvusIndex:
             return {"consistency_level": "Strong"}
         return {"consistency_level": "Customized", "guarantee_timestamp": guarantee(ms)}
 
-    def _wrote(self, collection: str) -> None:
-        """Note an acknowledged write to `collection`: a timestamp the server allocates after
-        the acknowledgement (its TSO is monotonic, so it follows the write's own). Not the
-        write's mutation timestamp, which pymilvus does not keep for a delete on the 2.3.5
+    def _wrote(self, collections: Sequence[str]) -> None:
+        """Note acknowledged writes to `collections`: one timestamp the server allocates
+        after the acknowledgements (its TSO is monotonic, so it follows the writes' own). Not
+        a write's mutation timestamp, which pymilvus does not keep for a delete on the 2.3.5
         server, and never this machine's clock, which may differ from the server's."""
-        if self.consistency != "Session":
+        if self.consistency != "Session" or not collections:
             return
         try:
             with self._gate.shared():
-                hybrid = _allocated_timestamp(self._client, self._timeout)
-        except Exception as exc:  # an old server without the call: the write's own, if kept
+                allocated = _allocated_timestamp(self._client, self._timeout)
+            times = dict.fromkeys(collections, allocated)
+        except Exception as exc:  # an old server without the call: the writes' own, if kept
             from pymilvus.client import ts_utils
 
             log.warning("Milvus allocated no timestamp (%s): the write's own is noted", exc)
             address = self._client._get_connection().server_address
-            hybrid = ts_utils.get_collection_ts(collection, address, self.db_name or "")
+            times = {
+                c: ts_utils.get_collection_ts(c, address, self.db_name or "") for c in collections
+            }
         try:
-            self._clock.note(self._clock_key(collection), physical(hybrid))
+            for collection, hybrid in times.items():
+                self._clock.note(self._clock_key(collection), physical(hybrid))
         except Exception as exc:
             log.warning("write clock not updated (other workers may read a tick late): %s", exc)
 
@@ -467,19 +471,24 @@ class MilvusIndex:
                 row["context_lexical"] = r.context_lexical or r.lexical
             main.append(row)
         # The context rows first: the memory collection's entry is what says "indexed".
-        for rows, collection in ((context, self.context_name), (main, self.name)):
-            for start in range(0, len(rows), _UPSERT_CHUNK):
-                self._call(
-                    "upsert", "upsert", rows[start : start + _UPSERT_CHUNK], collection=collection
-                )
-            if rows:
-                self._wrote(collection)
+        written: list[str] = []
+        try:
+            for rows, collection in ((context, self.context_name), (main, self.name)):
+                for start in range(0, len(rows), _UPSERT_CHUNK):
+                    chunk = rows[start : start + _UPSERT_CHUNK]
+                    self._call("upsert", "upsert", chunk, collection=collection)
+                    written.append(collection)
+        finally:  # what was acknowledged, also when a later call failed
+            self._wrote(list(dict.fromkeys(written)))
 
     def delete(self, ids: Sequence[str]) -> None:
-        if ids:
-            for collection in self._collections():
+        written: list[str] = []
+        try:
+            for collection in self._collections() if ids else []:
                 self._call("delete", "delete", ids=list(ids), collection=collection)
-                self._wrote(collection)
+                written.append(collection)
+        finally:
+            self._wrote(written)
 
     def search(
         self,
