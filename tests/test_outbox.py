@@ -53,6 +53,8 @@ def test_one_process_drains_the_outbox_at_a_time(
                 stop.set()
 
         monkeypatch.setattr(maintenance, "flush_reinforcements", counted)
+        # It would close this test's connection, whose transaction is the test's database.
+        monkeypatch.setattr(maintenance, "close_old_connections", lambda: None)
         maintenance.run_outbox_worker(stop, interval=0.001)
 
     loops(3)
