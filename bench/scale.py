@@ -266,7 +266,7 @@ def plot(points: Sequence[Point], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, axes = plt.subplots(figsize=(10, 4.5), dpi=120)
     series = (
         ("HTTP search, hybrid (client)", "http", "tab:blue"),
         ("server latency_ms", "server", "tab:cyan"),
@@ -300,10 +300,10 @@ def plot(points: Sequence[Point], path: Path) -> None:
     axes.set_ylabel("latency, ms")
     axes.set_title(f"Search latency against collection size ({', '.join(stacks)}; 2 cores)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import fcntl
@@ -760,12 +761,14 @@ def _claim(path: Path) -> IO[str]:
             f"the Milvus Lite file {path} is open in another process (one process owns it: "
             "use the running server's API, or stop the server first)"
         ) from None
+    atexit.register(handle.close)  # held until the index closes, or the process ends
     return handle
 
 
 def _unlock(handle: IO[str]) -> None:
     fcntl.flock(handle, fcntl.LOCK_UN)
     handle.close()
+    atexit.unregister(handle.close)
 
 
 class LiteServer:
