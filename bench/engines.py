@@ -291,6 +291,18 @@ def render(args: Any, info: Any, rows: list[Row], builds: list[Built]) -> list[s
     lines += ["", "| engine | build or load s | size on disk |", "|---|---|---|"]
     for b in builds:
         lines.append(f"| {b.engine} | {b.seconds:.1f} | {b.bytes / 2**20:.0f} MiB |")
+    lines += [
+        "",
+        "Reading: an HNSW graph in the process answers in about a tenth of numpy brute "
+        "force's time and a thirtieth of today's engine (Milvus Lite FLAT, a gRPC call to its "
+        "engine process, linear in the collection). Only faiss takes the allowed rows *inside* "
+        "the graph walk at C++ speed (`IDSelectorBitmap`): its filtered searches cost what "
+        "unfiltered ones do and keep their recall with the beam. hnswlib's filter is a Python "
+        "call per visited node (filtered searches several times slower than unfiltered); "
+        "usearch's Python API has no filter at all (oversampling and post-filtering: slower, "
+        "and a filter narrow enough would miss). The beam that reaches 0.99 on these vectors "
+        "is about 256 for a pool of 40.",
+    ]
     return lines
 
 
