@@ -18,7 +18,7 @@ import contextlib
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,7 +163,7 @@ def consistency_cost(index: Any, queries: np.ndarray) -> dict[str, float]:
     return out
 
 
-def recall(found: list[list[str]], truth: list[list[str]]) -> float:
+def recall(found: Sequence[Sequence[Hashable]], truth: Sequence[Sequence[Hashable]]) -> float:
     return float(
         np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
     )

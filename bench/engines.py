@@ -52,8 +52,7 @@ class Row:
     setting: str
     scope: str
     recall: float
-    p50_ms: float
-    p99_ms: float
+    latency: run.Stats
 
 
 @dataclass(frozen=True)
@@ -141,14 +140,6 @@ def timed(
     return found, times
 
 
-def recall(found: list[list[int]], truth: list[list[int]]) -> float:
-    return float(np.mean([len(set(f) & set(t)) / TOP_K for f, t in zip(found, truth, strict=True)]))
-
-
-def _percentiles(times: list[float]) -> tuple[float, float]:
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
-
-
 def _dir_size(path: str) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -190,14 +181,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     exact = numpy_exact(matrix)
     truth = {scope: timed(exact, queries, mask) for scope, mask in masks.items()}
     rows = [
-        Row("numpy exact (baseline)", "-", s, 1.0, *_percentiles(t)) for s, (_, t) in truth.items()
+        Row("numpy exact (baseline)", "-", s, 1.0, run.Stats.of(t)) for s, (_, t) in truth.items()
     ]
     builds: list[Built] = []
 
-    def measure(engine: str, setting: str, search: Search) -> None:
-        for scope, mask in masks.items():
-            found, times = timed(search, queries, mask)
-            row = Row(engine, setting, scope, recall(found, truth[scope][0]), *_percentiles(times))
+    def measure(engine: str, setting: str, search: Search, scopes: Sequence[str] = ()) -> None:
+        for scope in scopes or masks:
+            found, times = timed(search, queries, masks[scope])
+            row = Row(
+                engine, setting, scope, ann.recall(found, truth[scope][0]), run.Stats.of(times)
+            )
             _log(f"[engines] {row}")
             rows.append(row)
 
@@ -238,22 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert lite.count() == len(items)  # loaded and answering
         builds.append(Built("Milvus Lite FLAT", time.perf_counter() - started, _dir_size(tmp)))
         where = filters.parse({"user_id": {"$in": ann.FILTER_USERS}})
-        for scope, filt in (("unfiltered", None), ("10% filter", where)):
 
-            def search(q: np.ndarray, _: np.ndarray | None, filt: Any = filt) -> list[int]:
-                hits = lite.search(q, tenant="t0", namespace="ns", where=filt, top_k=POOL)
-                return [int(h.id[1:]) for h in hits]
+        def search(q: np.ndarray, mask: np.ndarray | None) -> list[int]:
+            filt = None if mask is None else where  # the mask is the 10% filter's rows
+            hits = lite.search(q, tenant="t0", namespace="ns", where=filt, top_k=POOL)
+            return [int(h.id[1:]) for h in hits]
 
-            found, times = timed(search, queries, None)
-            row = Row(
-                "Milvus Lite FLAT",
-                "today's engine",
-                scope,
-                recall(found, truth[scope][0]),
-                *_percentiles(times),
-            )
-            _log(f"[engines] {row}")
-            rows.append(row)
+        measure("Milvus Lite FLAT", "today's engine", search, ["unfiltered", "10% filter"])
         with contextlib.suppress(Exception):
             lite.close()
     info = run.RunInfo(when, code, "", *others.finish(), clock.seconds)
@@ -285,8 +269,8 @@ def render(args: Any, info: Any, rows: list[Row], builds: list[Built]) -> list[s
     ]
     for r in rows:
         lines.append(
-            f"| {r.engine} | {r.setting} | {r.scope} | {r.recall:.4f} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} |"
+            f"| {r.engine} | {r.setting} | {r.scope} | {r.recall:.4f} | {r.latency.p50:.2f} | "
+            f"{r.latency.p99:.2f} |"
         )
     lines += ["", "| engine | build or load s | size on disk |", "|---|---|---|"]
     for b in builds:
