@@ -36,6 +36,8 @@ from somafractalmemory.vectors.base import VectorHit
 log = logging.getLogger(__name__)
 
 MODES = ("hybrid", "vector", "lexical")
+SQL_LEGS = (("lexical", False), ("context_lexical", True))
+"""The lexical legs SQL full text serves where the index has no BM25: (leg, context)."""
 LEG_THREADS = 8
 _LEG_POOL = ThreadPoolExecutor(max_workers=LEG_THREADS, thread_name_prefix="sfm-leg")
 
@@ -206,7 +208,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         if sql_lexical and not connection.in_atomic_block:
             # Off this thread, at once, on the pool threads' own database connections: only
             # outside a transaction, whose uncommitted rows other connections cannot see.
-            for name, context in (("lexical", False), ("context_lexical", True)):
+            for name, context in SQL_LEGS:
                 futures[name] = _LEG_POOL.submit(
                     contextvars.copy_context().run,
                     _sql_leg,
@@ -232,7 +234,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
             futures["vector"] = leg(index.search, vector, False)
             futures["context_vector"] = leg(index.search, vector, True)
         if sql_lexical:  # in a transaction: on this thread (its connection), meanwhile
-            for name, context in (("lexical", False), ("context_lexical", True)):
+            for name, context in SQL_LEGS:
                 legs[name] = _sql_lexical(tenant, query, where, text, pool, context=context)
         order = ("vector", "context_vector", "lexical", "context_lexical")
         legs |= {name: futures[name].result() for name in order if name in futures}

@@ -136,8 +136,8 @@ def _failure_counts(client: str, shown: str, add: bool) -> tuple[int, int, float
     larger of the two estimates wins): (previous minute, this minute, part of this minute
     gone). With `add`, this failure is counted first; with not, only this key's counters
     are read (a valid key is never refused for other keys' failures)."""
-    now = time.time()
-    minute, elapsed = divmod(now, FAILURE_WINDOW)
+    minute, seconds = divmod(time.time(), FAILURE_WINDOW)
+    elapsed = seconds / FAILURE_WINDOW
     tag = hashlib.sha256(shown.encode("utf-8", "replace")).hexdigest()[:16]
     kinds = [f"sfm:authfail:{client}:{tag}"] + ([f"sfm:authfail:{client}"] if add else [])
     worst = (0, 0)
@@ -149,10 +149,9 @@ def _failure_counts(client: str, shown: str, add: bool) -> tuple[int, int, float
         else:
             current = int(cache.get(this_minute, 0) or 0)
         previous = int(cache.get(f"{kind}:{int(minute) - 1}", 0) or 0)
-        fraction = elapsed / FAILURE_WINDOW
-        if recent_failures(previous, current, fraction) > recent_failures(*worst, fraction):
+        if recent_failures(previous, current, elapsed) > recent_failures(*worst, elapsed):
             worst = (previous, current)
-    return worst[0], worst[1], elapsed / FAILURE_WINDOW
+    return worst[0], worst[1], elapsed
 
 
 def _too_many(counts: tuple[int, int, float]) -> None:
