@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -274,6 +275,61 @@ def test_session_workers_see_each_others_writes_and_deletes_at_once(
     finally:
         one.close()
         other.close()
+
+
+def test_a_write_notes_one_server_time_for_what_was_acknowledged(
+    server: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write to both collections (the 2.3.5 server keeps the context vectors in a second
+    one) asks the server for one timestamp, after both; when the second call fails, the
+    first one's write is still noted, so a reader waits for it."""
+    from somafractalmemory.vectors import milvus
+
+    uri, db_name = server
+    clock = LocalClock()
+    index = MilvusIndex(
+        uri,
+        model=f"noted-{uuid.uuid4().hex[:8]}",
+        dim=DIM,
+        db_name=db_name,
+        consistency="Session",
+        clock=clock,
+    )
+    try:
+        if index.context_name == index.name:
+            pytest.skip("this server holds both vectors in one collection")
+        asked: list[int] = []
+        real = milvus._allocated_timestamp
+
+        def allocated(*args: Any) -> int:
+            asked.append(1)
+            return int(real(*args))
+
+        monkeypatch.setattr(milvus, "_allocated_timestamp", allocated)
+        tenant = uuid.uuid4().hex
+        index.upsert([record(1, tenant)])
+        assert len(asked) == 1
+        assert clock.latest(index._clock_key(index.name)) > 0
+        # One server time for both collections.
+        assert clock.latest(index._clock_key(index.context_name)) == clock.latest(
+            index._clock_key(index.name)
+        )
+        calls = index._call
+
+        def main_fails(what: str, method: str, *args: Any, collection: str = "", **kw: Any) -> Any:
+            if collection == index.name:
+                raise IndexUnavailable("vector index upsert failed: the test")
+            return calls(what, method, *args, collection=collection, **kw)
+
+        monkeypatch.setattr(index, "_call", main_fails)
+        index._clock = fresh = LocalClock()  # what this write notes, alone
+        with pytest.raises(IndexUnavailable):
+            index.upsert([record(2, tenant)])
+        assert len(asked) == 2
+        assert fresh.latest(index._clock_key(index.context_name)) > 0  # the context write
+        assert fresh.latest(index._clock_key(index.name)) == 0  # nothing acknowledged there
+    finally:
+        index.close()
 
 
 def test_a_write_clock_keeps_the_latest_time() -> None:
