@@ -14,7 +14,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from somafractalmemory.errors import ValidationFailed
 from somafractalmemory.memories import tenancy
+from somafractalmemory.memories.limits import LIMIT_CEILINGS
 from somafractalmemory.memories.models import ApiKey, AuditEntry
 from tests.conftest import Api
 from tests.servers import JsonHandler, local_http
@@ -185,6 +187,21 @@ def test_requests_per_minute_and_quotas(api: Api, namespace: str) -> None:
         tiny.error(403, "POST", "/memory/batch", {"memories": [{"content": "0123456789A"}]})
         == "quota_exceeded"
     )
+
+
+def test_limits_beyond_what_the_database_holds_are_refused(api: Api) -> None:
+    """A limit past its column's range was a 500 (SQLite overflow); now a 422, and nothing made."""
+    tenancy.create_tenant("default")
+    operator = Api(tenancy.create_key("default", ["read", "write", "admin"]).secret)
+    for limit, ceiling in LIMIT_CEILINGS.items():
+        name = f"t{uuid.uuid4().hex[:10]}"
+        body = {"id": name, limit: ceiling + 1}
+        assert operator.error(422, "POST", "/admin/tenants", body) == "validation_error"
+        with pytest.raises(ValidationFailed):
+            tenancy.create_tenant(name, **{limit: ceiling + 1})
+        assert not tenancy.Tenant.objects.filter(id=name).exists()
+        made = operator.ok("POST", "/admin/tenants", {"id": name, limit: ceiling})
+        assert made[limit] == ceiling
 
 
 READ_ONLY = """package sfm.authz

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Field
 
-from somafractalmemory.memories.limits import MAX_QUERY_CHARS
+from somafractalmemory.memories.limits import LIMIT_CEILINGS, MAX_QUERY_CHARS
 from somafractalmemory.memories.remember import NewMemory
 
 if TYPE_CHECKING:
@@ -398,9 +398,11 @@ class UsageOut(Schema):
 
 class TenantIn(Strict):
     id: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-    max_memories: int | None = Field(default=None, ge=1)
-    max_bytes: int | None = Field(default=None, ge=1)
-    requests_per_minute: int | None = Field(default=None, ge=1)
+    max_memories: int | None = Field(default=None, ge=1, le=LIMIT_CEILINGS["max_memories"])
+    max_bytes: int | None = Field(default=None, ge=1, le=LIMIT_CEILINGS["max_bytes"])
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, le=LIMIT_CEILINGS["requests_per_minute"]
+    )
 
 
 class TenantOut(Schema):

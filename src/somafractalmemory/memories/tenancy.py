@@ -34,6 +34,7 @@ from somafractalmemory.errors import (
     ValidationFailed,
 )
 from somafractalmemory.memories.identity import new_id
+from somafractalmemory.memories.limits import LIMIT_CEILINGS
 from somafractalmemory.memories.models import (
     DEFAULT_TENANT,
     ApiKey,
@@ -304,14 +305,17 @@ def create_tenant(name: str, **limits: int | None) -> Tenant:
             "tenant names are lower-case letters, digits, `_` and `-` (at most 63)",
             details={"tenant": name},
         )
+    for limit, value in limits.items():
+        ceiling = LIMIT_CEILINGS.get(limit)
+        if value is not None and ceiling is not None and not 1 <= value <= ceiling:
+            raise ValidationFailed(
+                f"{limit} must be between 1 and {ceiling}", details={"limit": limit}
+            )
     tenant, _ = Tenant.objects.update_or_create(
-        id=name, defaults={k: v for k, v in limits.items() if k in _LIMIT_FIELDS}
+        id=name, defaults={k: v for k, v in limits.items() if k in LIMIT_CEILINGS}
     )
     cache_forget(name)
     return tenant
-
-
-_LIMIT_FIELDS = ("max_memories", "max_bytes", "requests_per_minute")
 
 
 def cache_forget(tenant: str) -> None:
