@@ -118,11 +118,14 @@ def _sqlite(
     queryset: QuerySet, tokens: list[str], limit: int, table: str
 ) -> list[tuple[str, float]]:
     match = " OR ".join(f'"{t}"' for t in tokens)
-    inner, params = queryset.values("id").query.sql_with_params()
+    # The scope as a subquery on each match's own row: `m.id IN (scope)` built the whole
+    # scope's id list first, every search (24 of 25 ms at 10,000 memories here).
+    correlated = queryset.extra(where=[f'"memories_memory".rowid = {table}.rowid'])
+    inner, params = correlated.values("id").query.sql_with_params()
     sql = (
         f"SELECT m.id, -bm25({table}) AS score FROM {table} "
         f"JOIN memories_memory m ON m.rowid = {table}.rowid "
-        f"WHERE {table} MATCH %s AND m.id IN ({inner}) ORDER BY score DESC LIMIT %s"
+        f"WHERE {table} MATCH %s AND EXISTS ({inner}) ORDER BY score DESC LIMIT %s"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [match, *params, limit])
