@@ -5,12 +5,14 @@ time and index size; numpy brute force in the same run as the baseline.
 
     .venv/bin/python bench/engines.py --n 100000
 
-Candidates: Milvus Lite FLAT through MilvusIndex (today's engine: a gRPC call to its engine
-process, the service's filters), faiss HNSW with the allowed rows as an `IDSelectorBitmap`
-inside the search, hnswlib HNSW with a filter callable, usearch HNSW (no filtered search in its
-Python API: filtered scopes oversample and post-filter), and numpy exact search over the
-allowed rows. Filters reach the in-process engines as the set of allowed rows (a bitmap): the
-cost of finding that set (SQL, or the engine's own metadata) is not in their numbers.
+Candidates: the service's local engine as built on faiss (vectors/local.py: its filters
+evaluated on its own columns, inside the timing; small scopes scored exactly), Milvus Lite
+FLAT through MilvusIndex (the earlier engine: a gRPC call to its engine process), faiss HNSW
+with the allowed rows as an `IDSelectorBitmap` inside the search, hnswlib HNSW with a filter
+callable, usearch HNSW (no filtered search in its Python API: filtered scopes oversample and
+post-filter), and numpy exact search over the allowed rows. Filters reach the bare engines as
+the set of allowed rows (a bitmap): the cost of finding that set is not in their numbers (it is
+in the local engine's).
 
 Writes the "engines" section of docs/benchmarks.md.
 """
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 TOP_K, POOL, TENANTS = ann.TOP_K, ann.POOL, ann.TENANTS
 M, EF_CONSTRUCTION = 32, 200
 BEAMS = (64, 128, 256)
+ENGINES = ("local", "faiss", "hnswlib", "usearch", "lite")
 Search = Callable[[np.ndarray, np.ndarray | None], list[int]]
 """(query, allowed-rows mask or None) -> row numbers of the best POOL, best first."""
 
@@ -127,6 +130,25 @@ def milvus_lite(items: Sequence[corpus.Item], matrix: np.ndarray, work: Path) ->
     return index
 
 
+def local_engine(items: Sequence[corpus.Item], matrix: np.ndarray, work: Path) -> Any:
+    """The service's own engine (vectors/local.py), loaded through its upsert as the outbox
+    writes it (5,000 at a time; one tenant, the ten scopes as namespaces)."""
+    import dataclasses
+
+    from somafractalmemory.vectors.local import LocalIndex
+
+    index = LocalIndex(work, model="engines", dim=matrix.shape[1])
+    recs = [
+        dataclasses.replace(r, namespace=f"ns{i % TENANTS}")
+        for i, r in enumerate(ann.records(items, matrix, 1))
+    ]
+    for at in range(0, len(recs), 5000):
+        index.upsert(recs[at : at + 5000])
+        if (at // 5000) % 10 == 9:
+            _log(f"[engines] local engine: {at + 5000:,} rows")
+    return index
+
+
 def timed(
     search: Search, queries: np.ndarray, mask: np.ndarray | None
 ) -> tuple[list[list[int]], list[float]]:
@@ -155,11 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--engines",
+        default=",".join(ENGINES),
+        help=f"comma-separated, of {','.join(ENGINES)} (Milvus Lite loads ~350 rows/s at 1M)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     import faiss
-    import hnswlib
-    from usearch.index import Index as UIndex
 
     from somafractalmemory.retrieval import filters
 
@@ -194,6 +219,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             _log(f"[engines] {row}")
             rows.append(row)
 
+    chosen = set(args.engines.split(","))
+    if chosen - set(ENGINES):
+        parser.error(f"unknown engines: {sorted(chosen - set(ENGINES))}")
+    if "faiss" in chosen:
+        faiss_rows(matrix, measure, builds)
+    if "hnswlib" in chosen:
+        hnswlib_rows(matrix, measure, builds)
+    if "usearch" in chosen:
+        usearch_rows(matrix, measure, builds)
+    where = filters.parse({"user_id": {"$in": ann.FILTER_USERS}})
+    if "local" in chosen:
+        local_rows(items, matrix, masks, where, measure, builds)
+    if "lite" in chosen:
+        lite_rows(items, matrix, where, measure, builds)
+    info = run.RunInfo(when, code, "", *others.finish(), clock.seconds)
+    lines = render(args, info, rows, builds)
+    run.write_report(args.out, f"engines-{args.n // 1000}k", "\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def faiss_rows(matrix: np.ndarray, measure: Any, builds: list[Built]) -> None:
+    import faiss
+
     dim = matrix.shape[1]
     started = time.perf_counter()
     fx = faiss.IndexHNSWFlat(dim, M, faiss.METRIC_INNER_PRODUCT)
@@ -210,27 +259,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ef in BEAMS:
         measure("faiss HNSW", f"M {M}, ef {ef}", faiss_hnsw(ef, fx))
 
+
+def hnswlib_rows(matrix: np.ndarray, measure: Any, builds: list[Built]) -> None:
+    import hnswlib
+
+    n, dim = matrix.shape
     started = time.perf_counter()
     hx = hnswlib.Index(space="ip", dim=dim)
-    hx.init_index(max_elements=args.n, ef_construction=EF_CONSTRUCTION, M=M)
-    hx.add_items(matrix, np.arange(args.n))
+    hx.init_index(max_elements=n, ef_construction=EF_CONSTRUCTION, M=M)
+    hx.add_items(matrix, np.arange(n))
     builds.append(Built("hnswlib", time.perf_counter() - started, size_of(hx.save_index)))
     for ef in BEAMS:
         measure("hnswlib", f"M {M}, ef {ef}", hnswlib_hnsw(ef, hx))
 
+
+def usearch_rows(matrix: np.ndarray, measure: Any, builds: list[Built]) -> None:
+    from usearch.index import Index as UIndex
+
+    n, dim = matrix.shape
     started = time.perf_counter()
     ux = UIndex(ndim=dim, metric="ip", connectivity=M, expansion_add=EF_CONSTRUCTION)
-    ux.add(np.arange(args.n), matrix)
+    ux.add(np.arange(n), matrix)
     builds.append(Built("usearch", time.perf_counter() - started, size_of(ux.save)))
     for ef in BEAMS:
         measure("usearch", f"M {M}, ef {ef}", usearch_hnsw(ef, ux))
 
+
+def local_rows(
+    items: Sequence[corpus.Item],
+    matrix: np.ndarray,
+    masks: dict[str, np.ndarray | None],
+    where: Any,
+    measure: Any,
+    builds: list[Built],
+) -> None:
+    import faiss
+
+    from somafractalmemory.vectors.local import LocalIndex
+
+    dim = matrix.shape[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # as the service adds: every core
+        started = time.perf_counter()
+        local = local_engine(items, matrix, Path(tmp))
+        local.close()  # saves the graphs
+        builds.append(Built("local engine (load)", time.perf_counter() - started, _dir_size(tmp)))
+        started = time.perf_counter()
+        local = LocalIndex(Path(tmp), model="engines", dim=dim)
+        builds.append(Built("local engine (reopen)", time.perf_counter() - started, 0))
+        faiss.omp_set_num_threads(1)
+
+        def scoped(q: np.ndarray, mask: np.ndarray | None) -> list[int]:
+            """The filter's own work included: the service's filter, or a namespace."""
+            if mask is None or mask is masks["10% filter"]:
+                filt = None if mask is None else where
+                hits = local.search(q, tenant="t0", namespace=None, where=filt, top_k=POOL)
+            else:
+                hits = local.search(q, tenant="t0", namespace="ns3", where=None, top_k=POOL)
+            return [int(h.id[1:]) for h in hits]
+
+        measure("local engine", f"M 32, efC 100, ef {local.ef}", scoped)
+        local.close()
+
+
+def lite_rows(
+    items: Sequence[corpus.Item], matrix: np.ndarray, where: Any, measure: Any, builds: list[Built]
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         lite = milvus_lite(items, matrix, Path(tmp))
         assert lite.count() == len(items)  # loaded and answering
         builds.append(Built("Milvus Lite FLAT", time.perf_counter() - started, _dir_size(tmp)))
-        where = filters.parse({"user_id": {"$in": ann.FILTER_USERS}})
 
         def search(q: np.ndarray, mask: np.ndarray | None) -> list[int]:
             filt = None if mask is None else where  # the mask is the 10% filter's rows
@@ -240,11 +339,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure("Milvus Lite FLAT", "today's engine", search, ["unfiltered", "10% filter"])
         with contextlib.suppress(Exception):
             lite.close()
-    info = run.RunInfo(when, code, "", *others.finish(), clock.seconds)
-    lines = render(args, info, rows, builds)
-    run.write_report(args.out, f"engines-{args.n // 1000}k", "\n".join(lines))
-    print("\n".join(lines))
-    return 0
 
 
 def render(args: Any, info: Any, rows: list[Row], builds: list[Built]) -> list[str]:

@@ -4,8 +4,8 @@ each size next to the bare engine call and an exact numpy search, and a plot.
     .venv/bin/python bench/scale.py [--sizes 10000,100000,1000000] [--queries 200] [--quick]
         [--out docs/benchmarks.md] [--plot docs/scale.png]
 
-One temporary data directory (built-in defaults: SQLite, Milvus Lite, LocMem cache, ONNX
-query encoder) grows to each size in turn. Memories are synthetic (bench/corpus.py) and
+One temporary data directory (built-in defaults: SQLite, the local vector engine, LocMem
+cache, ONNX query encoder) grows to each size in turn. Memories are synthetic (bench/corpus.py) and
 loaded in bulk with the service's own row and index-record builders, with the vectors the
 default encoder gives their texts (bench/vectors.py computes them once and caches them: a
 million take some 80 minutes to encode here). A bulk-loaded memory's context vector is its
@@ -47,9 +47,9 @@ CHUNK = 5_000
 NAMESPACES = 20
 INGEST = 2_000  # memories batch-stored over HTTP at the largest size (beyond the loaded ones)
 STACKS = ("embedded", "production")
-"""`embedded`: the built-in defaults (SQLite, Milvus Lite, LocMem cache). `production`: a fresh
-PostgreSQL database, Redis and a Milvus standalone server (PyPI `milvus`, started here unless
---milvus-uri names one)."""
+"""`embedded`: the built-in defaults (SQLite, the local vector engine, LocMem cache).
+`production`: a fresh PostgreSQL database, Redis and a Milvus standalone server (PyPI
+`milvus`, started here unless --milvus-uri names one)."""
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,16 @@ class Point:
     engine: run.Stats
     numpy: run.Stats
     recall: float
-    approximate: run.Stats
-    approximate_recall: float
     ingest_per_s: float = float("nan")
     """Memories a second batch-stored over HTTP (validation, encoding, SQL, index)."""
     encoder_per_s: float = float("nan")
     """The same texts through the encoder alone, in the bench process."""
+    startup_s: float = float("nan")
+    """From `sfm serve` started to ready (migrations, model, the index opened)."""
+    rss_mib: float = float("nan")
+    """Resident memory of the server's processes after the searches."""
+    doctor_s: float = float("nan")
+    """`sfm doctor` (SQL against the index, every memory) at the largest size."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,53 +125,20 @@ def load(items: Sequence[corpus.Item], vectors: run.Matrix, offset: int) -> None
 
 def engine_and_numpy(
     matrix: run.Matrix, questions: run.Matrix, ids: Sequence[str]
-) -> tuple[run.Stats, run.Stats, float, run.Stats, float]:
-    """The bare dense search (the configured index: FLAT on Milvus Lite) and numpy brute
-    force per question, recall@10 of the first; then the same search with the vectors
-    indexed AUTOINDEX, and its recall@10. The index is closed afterwards (the next opening
-    indexes it FLAT again)."""
+) -> tuple[run.Stats, run.Stats, float]:
+    """The bare dense search (the configured index, built) and numpy brute force per
+    question, and recall@10 of the first."""
     from somafractalmemory import backends
     from somafractalmemory.conf import get_config
-    from somafractalmemory.vectors.milvus import MilvusIndex
 
     index = backends.vector_index()
-    on_server = get_config().milvus_server
-    if on_server:  # an index on a server: measure it built
+    if get_config().milvus_server:  # an index on a server: measure it built
         from ann import built  # bench/ann.py
 
         built(index)
     found, engine = run.time_index_only(questions, None)
     exact, brute = run.time_numpy(matrix, questions)
-    recall = run.recall_at_k(found, exact, ids)
-    if on_server:  # HNSW already: no AUTOINDEX comparison
-        return engine, brute, recall, engine, recall
-    embedder = backends.embedder()
-    backends.reset()
-    index = MilvusIndex(
-        get_config().effective_milvus_uri,
-        model=embedder.name,
-        dim=embedder.dim,
-        index_type="AUTOINDEX",
-    )
-    try:
-        latencies, approximate = [], []
-        for n, vector in enumerate(questions):
-            clock = run.Clock()
-            hits = index.search(
-                vector, tenant="default", namespace=None, where=None, top_k=run.TOP_K
-            )
-            if n >= run.WARM_UP:
-                latencies.append(clock.ms)
-            approximate.append([h.id for h in hits])
-    finally:
-        index.close()
-    return (
-        engine,
-        brute,
-        recall,
-        run.Stats.of(latencies),
-        run.recall_at_k(approximate, exact, ids),
-    )
+    return engine, brute, run.recall_at_k(found, exact, ids)
 
 
 def server_pid(port: int) -> int:
@@ -243,21 +214,38 @@ def hot_frames(stacks: Path, top: int = 25) -> list[tuple[str, float, float]]:
     return [(k, inclusive[k] / total, own.get(k, 0) / total) for k in ranked] if total else []
 
 
+def server_rss_mib(port: int) -> float:
+    """Resident memory of every `sfm serve` process on `port` (master and workers)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if b"serve" in argv and str(port).encode() in argv:
+                    status = (entry / "status").read_text()
+                    total += int(status.split("VmRSS:")[1].split()[0])  # kB
+    return total / 1024
+
+
 def over_http(
     env: dict[str, str], log_path: Path, asked: Sequence[Sequence[str]], profile: Path | None
-) -> tuple[run.Stats, run.Stats]:
+) -> tuple[run.Stats, run.Stats, float, float]:
     """Warm-up, then the timed series; with `profile`, a third series of other questions
-    under py-spy (untimed: sampling costs the server a little)."""
+    under py-spy (untimed: sampling costs the server a little). Also the seconds the server
+    took to be ready, and its resident memory after the searches."""
     warm_up, timed, sampled = asked
+    started = run.Clock()
     with (
         run.server(env, log_path) as base,
         httpx.Client(base_url=base, timeout=120.0, trust_env=False) as client,
     ):
-        result = run.http_search(client, timed, warm_up)
+        startup = started.seconds
+        http, server = run.http_search(client, timed, warm_up)
+        rss = server_rss_mib(int(base.rsplit(":", 1)[1]))
         if profile is not None:
             with profiled(base, profile):
                 run.http_search(client, sampled, ())
-        return result
+        return http, server, startup, rss
 
 
 def plot(points: Sequence[Point], path: Path) -> None:
@@ -312,13 +300,16 @@ PROFILE_FRAMES = (
     "ThreadWorker.handle_request (gthread.py)",
     "WSGIHandler.__call__ (wsgi.py)",
     "search (api.py)",
-    "recall (services.py)",
+    "recall (recall.py)",
     "embed_query (cache.py)",
     "Session.run (onnxruntime_inference_collection.py)",
     "MilvusIndex._call (milvus.py)",
-    "_score (services.py)",
+    "LocalIndex._nearest (local.py)",
+    "LocalIndex._allowed (local.py)",
+    "_sql_lexical (recall.py)",
+    "_score (recall.py)",
     "SQLCompiler.execute_sql (compiler.py)",
-    "reinforce (services.py)",
+    "reinforce (recall.py)",
     "Response.write (wsgi.py)",
     "keyed_tokens (lexical.py)",
     "open_sealed (crypto.py)",
@@ -365,15 +356,20 @@ def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo)
         f"code {info.code}; {box['cpu']}, "
         f"{box['cores']} cores, {box['ram']}; other processes during the run: {info.others}; "
         f"{args.queries} questions per series, each asked once, after {run.WARM_UP} untimed "
-        f"ones. Total {info.seconds / 60:.1f} min.",
+        f"ones. Total {info.seconds / 60:.1f} min."
+        + "".join(
+            f" `sfm doctor` at {p.size:,} ({p.stack}): {p.doctor_s:.1f} s."
+            for p in points
+            if p.doctor_s == p.doctor_s
+        ),
         "",
         *run.render_warning(info),
         f"![search latency against size]({args.plot.name})",
         "",
         "| stack | memories | HTTP search p50 / p95 / p99 ms | server `latency_ms` p50 / p99 | "
         "engine: one dense search p50 / p99 | numpy brute force p50 / p99 | engine / "
-        "numpy (p50) | recall@10 | load s |",
-        "|---|---:|---|---|---|---|---:|---:|---:|",
+        "numpy (p50) | recall@10 | load s | server start s | server RSS MiB |",
+        "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
@@ -381,7 +377,8 @@ def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo)
             f"{p.http.p99:.1f} | "
             f"{p.server.p50:.1f} / {p.server.p99:.1f} | {p.engine.p50:.2f} / "
             f"{p.engine.p99:.2f} | {p.numpy.p50:.2f} / {p.numpy.p99:.2f} | "
-            f"{p.engine.p50 / p.numpy.p50:.2f}x | {p.recall:.3f} | {p.load_s:.0f} |"
+            f"{p.engine.p50 / p.numpy.p50:.2f}x | {p.recall:.3f} | {p.load_s:.0f} | "
+            f"{p.startup_s:.1f} | {p.rss_mib:.0f} |"
         )
     ingested = [p for p in points if p.ingest_per_s == p.ingest_per_s]  # not NaN
     lines += [
@@ -399,36 +396,16 @@ def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo)
             for p in ingested
         ),
         "",
-        "Stacks: `embedded` is the built-in defaults (SQLite, Milvus Lite with FLAT, LocMem "
-        "cache); `production` a fresh PostgreSQL 15 database, Redis 7 and a Milvus standalone "
+        "Stacks: `embedded` is the built-in defaults (SQLite, the local vector engine: faiss "
+        "HNSW in process, SQLite FTS5 lexical legs; LocMem cache); `production` a fresh "
+        "PostgreSQL 15 database, Redis 7 and a Milvus standalone "
         f"server (PyPI `milvus` 2.3.5; `proxy.timeTickInterval` {args.milvus_tick_ms} ms, as "
         "docs/deployment.md advises: a Strong search waits for a time tick, 200 ms at "
         "Milvus's default), HNSW, the lexical legs from PostgreSQL BM25 (2.3.5 has no BM25). "
         "The engine and recall rows on the server are measured after the index is built.",
     ]
-    lite = [p for p in points if p.stack == "embedded"]
-    lines += (
-        []
-        if not lite
-        else [
-            "",
-            "The index type, by measurement (the same questions, the same vectors): Milvus Lite "
-            "accepts FLAT, IVF_FLAT and AUTOINDEX, and unless the index is FLAT it answers from "
-            "a built-in approximate index whose search parameters cannot be set (`nprobe` and "
-            "`ef` change nothing). The default (`milvus_index_type: auto`) is therefore FLAT on "
-            "Lite:",
-            "",
-            "| memories | FLAT p50 / p99 ms | recall@10 | AUTOINDEX p50 / p99 ms | recall@10 |",
-            "|---:|---|---:|---|---:|",
-            *(
-                f"| {p.size:,} | {p.engine.p50:.2f} / {p.engine.p99:.2f} | {p.recall:.3f} | "
-                f"{p.approximate.p50:.2f} / {p.approximate.p99:.2f} | {p.approximate_recall:.3f} |"
-                for p in lite
-            ),
-            "",
-            *render_profile(lite, args),
-        ]
-    )
+    embedded = [p for p in points if p.stack == "embedded"]
+    lines += ["", *render_profile(embedded, args)] if embedded else []
     lines += [
         "",
         "HTTP search: `POST /api/v2/memory/search` with the default hybrid mode (dense, "
@@ -506,6 +483,16 @@ def stack_settings(stack: str, milvus_uri: str | None, tick_ms: int) -> Iterator
         }
 
 
+def timed_doctor(env: dict[str, str]) -> float:
+    """Seconds of `sfm doctor` on the data directory (what it found goes to the log)."""
+    clock = run.Clock()
+    done = subprocess.run(
+        [run.sfm_command(), "doctor"], env=env, capture_output=True, text=True, check=False
+    )
+    run.log(f"[doctor] exit {done.returncode}: {(done.stdout or done.stderr)[-300:].strip()}")
+    return clock.seconds
+
+
 def ingest(
     env: dict[str, str], log_path: Path, items: Sequence[corpus.Item]
 ) -> tuple[float, float]:
@@ -562,7 +549,7 @@ def measure(stack: str, args: argparse.Namespace) -> list[Point]:
             run.log(f"[{stack} {size:,}] engine and numpy, {len(asked)} questions")
             measured = engine_and_numpy(matrix[:size], vectors, ids)
             engine, brute, recall = measured[:3]
-            backends.reset()  # one process owns the Lite file: the server's turn
+            backends.reset()  # one process owns the embedded index: the server's turn
             connections.close_all()
             later = [
                 questions[first + k * args.queries : first + (k + 1) * args.queries] for k in (1, 2)
@@ -573,14 +560,31 @@ def measure(stack: str, args: argparse.Namespace) -> list[Point]:
                 if args.profiles and stack == "embedded"
                 else None
             )
-            http, server = over_http(
+            http, server, startup, rss = over_http(
                 env, tmp / f"server-{size}.log", [questions[: run.WARM_UP], *later], profile
             )
-            stored = encoded = float("nan")
+            stored = encoded = doctor = float("nan")
+            if size == sizes[-1]:
+                doctor = timed_doctor(env)
+                run.log(f"[{stack} {size:,}] sfm doctor: {doctor:.1f} s")
             if size == sizes[-1]:  # last: the new memories are in no numpy matrix
                 run.log(f"[{stack} {size:,}] HTTP batch store of {INGEST:,} new memories")
                 stored, encoded = ingest(env, tmp / f"ingest-{size}.log", fresh)
-            points.append(Point(stack, size, load_s, http, server, *measured, stored, encoded))
+            points.append(
+                Point(
+                    stack,
+                    size,
+                    load_s,
+                    http,
+                    server,
+                    *measured,
+                    stored,
+                    encoded,
+                    startup,
+                    rss,
+                    doctor,
+                )
+            )
             run.log(
                 f"[{stack} {size:,}] HTTP p50 {http.p50:.1f} ms, engine p50 {engine.p50:.2f} "
                 f"ms, numpy p50 {brute.p50:.2f} ms, recall@10 {recall:.3f}, ingest "

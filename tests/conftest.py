@@ -1,4 +1,4 @@
-"""Shared fixtures. The embedding model and the Milvus Lite file are built once per run."""
+"""Shared fixtures. The embedding model and the vector index are built once per run."""
 
 from __future__ import annotations
 
@@ -93,6 +93,10 @@ milvus_server.py) and the whole suite uses it; `SFM_TEST_MILVUS=http://host:1953
 server instead (deploy/docker-compose.yml's Milvus 2.5, say). Each test process and each server
 process it starts works in a Milvus database of its own."""
 _milvus: contextlib.ExitStack | None = None
+EMBEDDED_RUN = not (
+    MILVUS_SERVER or os.environ.get("SFM_DATABASE_URL") or os.environ.get("SFM_REDIS_URL")
+)
+"""The run on the built-in defaults alone (SQLite, LocMem, the local vector engine)."""
 
 
 def _start_milvus() -> None:
@@ -236,7 +240,7 @@ def _with_database(env: dict[str, str]) -> Iterator[dict[str, str]]:
 
 
 def embedded(env: dict[str, str]) -> dict[str, str]:
-    """`env` with the embedded Milvus Lite file in its data directory, whatever the run uses."""
+    """`env` with the embedded index in its data directory, whatever the run uses."""
     return {k: v for k, v in env.items() if k not in ("SFM_MILVUS_URI", "SFM_MILVUS_DB")}
 
 
@@ -276,8 +280,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 @pytest.fixture
 def fresh_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The service uses an empty Milvus Lite index of its own for this test."""
+    """The service uses an empty vector index of its own for this test: the run's kind (the
+    embedded engine, or a database of its own on the run's Milvus server)."""
     from somafractalmemory import backends
+    from somafractalmemory.vectors.base import VectorIndex
+    from somafractalmemory.vectors.local import LocalIndex
     from somafractalmemory.vectors.milvus import MilvusIndex
 
     embedder = backends.embedder()
@@ -288,9 +295,11 @@ def fresh_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
             uri = os.environ["SFM_MILVUS_URI"]
             name = create_database(uri, "own")
             stack.callback(drop_database, uri, name)
-            index = MilvusIndex(uri, model=embedder.name, dim=embedder.dim, db_name=name)
+            index: VectorIndex = MilvusIndex(
+                uri, model=embedder.name, dim=embedder.dim, db_name=name
+            )
         else:
-            index = MilvusIndex(str(tmp_path / "own.db"), model=embedder.name, dim=embedder.dim)
+            index = LocalIndex(tmp_path / "own", model=embedder.name, dim=embedder.dim)
         monkeypatch.setattr(backends, "_index", index)
         yield index
         left = backends._index  # whichever index the test left in place

@@ -15,7 +15,7 @@ from somafractalmemory.errors import MemoryNotFound
 from somafractalmemory.memories import indexing, limits, services
 from somafractalmemory.memories.jobs import maintenance
 from somafractalmemory.memories.models import Memory
-from somafractalmemory.vectors.milvus import MilvusIndex
+from somafractalmemory.vectors.base import VectorIndex
 from tests.conftest import Api
 
 
@@ -24,7 +24,7 @@ def store(api: Api, namespace: str, content: str, **fields: Any) -> str:
     return str(api.ok("POST", "/memory/store", body)["id"])
 
 
-def indexed(index: MilvusIndex) -> set[str]:
+def indexed(index: VectorIndex) -> set[str]:
     return {memory_id for memory_id, _ in index.entries()}
 
 
@@ -47,7 +47,7 @@ def first_call_runs(target: Any, name: str, action: Any) -> Iterator[None]:
 
 
 def test_a_delete_while_a_patch_embeds_stays_deleted(
-    api: Api, namespace: str, fresh_index: MilvusIndex
+    api: Api, namespace: str, fresh_index: VectorIndex
 ) -> None:
     victim = store(api, namespace, "victim of a race")
     # The DELETE commits while the PATCH computes its embedding.
@@ -60,7 +60,7 @@ def test_a_delete_while_a_patch_embeds_stays_deleted(
 
 
 def test_an_index_write_landing_after_a_delete_leaves_no_vector(
-    api: Api, namespace: str, fresh_index: MilvusIndex
+    api: Api, namespace: str, fresh_index: VectorIndex
 ) -> None:
     victim = store(api, namespace, "written late by a patch")
     # The DELETE commits and clears the index before the PATCH's write lands.
@@ -74,7 +74,7 @@ def test_an_index_write_landing_after_a_delete_leaves_no_vector(
 
 
 def test_a_neighbours_context_refresh_does_not_bring_back_a_deleted_episode(
-    api: Api, namespace: str, fresh_index: MilvusIndex
+    api: Api, namespace: str, fresh_index: VectorIndex
 ) -> None:
     at = "2026-03-01T10:00:00Z"
     first = store(api, namespace, "the quince orchard burned down", created_at=at)
@@ -192,7 +192,7 @@ def test_patch_and_delete_racing_on_threads_never_resurrect(namespace: str) -> N
 
 
 def test_a_write_the_index_refuses_is_dead_lettered_and_blocks_nothing(
-    api: Api, namespace: str, fresh_index: MilvusIndex
+    api: Api, namespace: str, fresh_index: VectorIndex
 ) -> None:
     from datetime import UTC, datetime
 
@@ -259,7 +259,7 @@ def test_filters_the_docs_allow_run_in_the_index(api: Api, namespace: str) -> No
 
 
 def test_a_neighbour_deleted_while_its_context_is_rewritten_stays_out(
-    api: Api, namespace: str, fresh_index: MilvusIndex
+    api: Api, namespace: str, fresh_index: VectorIndex
 ) -> None:
     at = "2026-03-03T10:00:00Z"
     first = store(api, namespace, "the first of two episodes", created_at=at)
@@ -289,7 +289,7 @@ def test_the_schema_is_as_strict_as_the_server(api: Api, namespace: str) -> None
 
 
 def test_an_uncontended_write_is_written_once(
-    api: Api, namespace: str, fresh_index: MilvusIndex
+    api: Api, namespace: str, fresh_index: VectorIndex
 ) -> None:
     """The check after each index write finds nothing to redo when nothing raced it."""
     calls: list[int] = []

@@ -186,6 +186,7 @@ def test_only_backends_names_implementations() -> None:
         "embedding.onnx",
         "embedding.http",
         "vectors.milvus",
+        "vectors.local",
         "summaries.extractive",
         "summaries.llm",
     }

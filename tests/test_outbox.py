@@ -16,21 +16,27 @@ from somafractalmemory import backends
 from somafractalmemory.memories import indexing, services
 from somafractalmemory.memories.jobs import maintenance
 from somafractalmemory.memories.models import Lease, Memory, VectorTask
+from somafractalmemory.vectors.base import VectorIndex
+from somafractalmemory.vectors.local import LocalIndex
 from somafractalmemory.vectors.milvus import MilvusIndex
 from tests.conftest import MILVUS_SERVER, Api, embedded, server_environment
 from tests.servers import run_sfm
 
 
-def reopen(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch) -> MilvusIndex:
-    """The index comes back (same file, new client)."""
+def reopen(index: Any, monkeypatch: pytest.MonkeyPatch) -> VectorIndex:
+    """The index comes back (same files, or same server database with a new client)."""
     embedder = backends.embedder()
-    again = MilvusIndex(index.uri, model=embedder.name, dim=embedder.dim, db_name=index.db_name)
+    again: VectorIndex = (
+        LocalIndex(index.directory.parent, model=embedder.name, dim=embedder.dim)
+        if isinstance(index, LocalIndex)
+        else MilvusIndex(index.uri, model=embedder.name, dim=embedder.dim, db_name=index.db_name)
+    )
     monkeypatch.setattr(backends, "_index", again)
     return again
 
 
 def test_one_process_drains_the_outbox_at_a_time(
-    api: Api, namespace: str, fresh_index: MilvusIndex, monkeypatch: pytest.MonkeyPatch
+    api: Api, namespace: str, fresh_index: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fresh_index.close()
     stored = api.ok("POST", "/memory/store", {"content": "Owed once", "namespace": namespace})
@@ -67,7 +73,7 @@ def test_one_process_drains_the_outbox_at_a_time(
 
 
 def test_store_is_acknowledged_while_the_index_is_down(
-    api: Api, namespace: str, fresh_index: MilvusIndex, monkeypatch: pytest.MonkeyPatch
+    api: Api, namespace: str, fresh_index: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fresh_index.close()  # every call now fails, as with a dead Milvus
     stored = api.ok("POST", "/memory/store", {"content": "Owed but kept", "namespace": namespace})
@@ -107,7 +113,7 @@ def test_store_is_acknowledged_while_the_index_is_down(
 
 
 def test_delete_while_the_index_is_down_is_paid_later(
-    api: Api, namespace: str, fresh_index: MilvusIndex, monkeypatch: pytest.MonkeyPatch
+    api: Api, namespace: str, fresh_index: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stored = api.ok("POST", "/memory/store", {"content": "Soon gone", "namespace": namespace})
     fresh_index.close()
@@ -126,9 +132,7 @@ def test_backoff_doubles_and_caps() -> None:
     assert delays == sorted(delays)
 
 
-def test_reindex_rebuilds_an_empty_index(
-    api: Api, namespace: str, fresh_index: MilvusIndex
-) -> None:
+def test_reindex_rebuilds_an_empty_index(api: Api, namespace: str, fresh_index: Any) -> None:
     items = [{"content": f"Rebuild me {i}", "namespace": namespace} for i in range(30)]
     ids = {m["id"] for m in api.ok("POST", "/memory/batch", {"memories": items})["memories"]}
     fresh_index.reset()
@@ -145,7 +149,7 @@ def test_reindex_rebuilds_an_empty_index(
     assert hits["memories"][0]["content"] == "Rebuild me 7"
 
 
-def test_doctor_finds_and_repairs_drift(api: Api, namespace: str, fresh_index: MilvusIndex) -> None:
+def test_doctor_finds_and_repairs_drift(api: Api, namespace: str, fresh_index: Any) -> None:
     items = [{"content": f"Drift case {i}", "namespace": namespace} for i in range(4)]
     ids = [m["id"] for m in api.ok("POST", "/memory/batch", {"memories": items})["memories"]]
     assert maintenance.doctor().clean
@@ -162,19 +166,25 @@ def test_doctor_finds_and_repairs_drift(api: Api, namespace: str, fresh_index: M
     assert dict(fresh_index.entries())[ids[1]] == "vec_newer"
 
 
-def test_serve_refuses_several_workers_on_milvus_lite(tmp_path: Path) -> None:
+def test_serve_refuses_several_workers_on_the_embedded_index(tmp_path: Path) -> None:
     import os
 
     env = embedded({**os.environ, "SFM_DATA_DIR": str(tmp_path)})
     result = run_sfm("serve", "--workers", "2", env=env)
     assert result.returncode == 2
-    assert "Milvus Lite" in result.stderr and "config_error" in result.stderr
+    assert "embedded vector index" in result.stderr and "config_error" in result.stderr
 
 
-def test_maintenance_commands_refuse_a_locked_lite_file(tmp_path: Path) -> None:
-    held = MilvusIndex(str(tmp_path / "milvus.db"), model="all-MiniLM-L6-v2", dim=384)
+@pytest.mark.parametrize("engine", ["local", "milvus"])
+def test_maintenance_commands_refuse_a_locked_index(tmp_path: Path, engine: str) -> None:
+    """Another process holds the embedded index's files (the local engine's, a Lite file)."""
+    held: VectorIndex = (
+        LocalIndex(tmp_path / "vectors", model="all-MiniLM-L6-v2", dim=384)
+        if engine == "local"
+        else MilvusIndex(str(tmp_path / "milvus.db"), model="all-MiniLM-L6-v2", dim=384)
+    )
     with server_environment(tmp_path) as env:
-        env = embedded(env)
+        env = {**embedded(env), "SFM_VECTOR_ENGINE": engine}
         try:
             for command in (["doctor"], ["reindex"], ["worker"]):
                 result = run_sfm(*command, env=env)
@@ -220,7 +230,7 @@ def test_cli_consolidate_and_forget(server_env: dict[str, str]) -> None:
 
 
 def test_doctor_keeps_archived_memories_out_of_the_index(
-    api: Api, namespace: str, fresh_index: MilvusIndex
+    api: Api, namespace: str, fresh_index: Any
 ) -> None:
     from somafractalmemory.memories.jobs import forgetting
 

@@ -69,10 +69,20 @@ def check_dimension(config: Config, embedder: Embedder) -> int:
 
 
 def build_index(config: Config, embedder: Embedder) -> VectorIndex:
+    dim = check_dimension(config, embedder)
+    if config.local_index:
+        from somafractalmemory.vectors.local import LocalIndex
+
+        return LocalIndex(
+            config.data_dir / "vectors",
+            model=embedder.name,
+            dim=dim,
+            ef=config.local_search_ef,
+            predecessor=Path(config.effective_milvus_uri),
+        )
     from somafractalmemory.vectors.clock import RedisClock
     from somafractalmemory.vectors.milvus import MilvusIndex
 
-    dim = check_dimension(config, embedder)
     uri = config.effective_milvus_uri
     if not config.milvus_server:
         config.data_dir.mkdir(parents=True, exist_ok=True)

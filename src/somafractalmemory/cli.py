@@ -78,8 +78,8 @@ def serve(
         conf = get_config()
         if workers > 1 and not conf.milvus_server:
             raise ConfigError(
-                "--workers > 1 needs a Milvus server: the Milvus Lite file can be opened by one "
-                "process only. Use --threads to scale the embedded default, or set milvus_uri."
+                "--workers > 1 needs a Milvus server: the embedded vector index is owned by one "
+                "process. Use --threads to scale the embedded default, or set milvus_uri."
             )
         bind = host or conf.api_host
         if conf.auth != "required" and not insecure and not _loopback(bind):
@@ -135,7 +135,7 @@ def _warm_up(worker: Any) -> None:
     try:
         backends.vector_index()
     except IndexUnavailable as exc:
-        if isinstance(exc, IndexLocked) or not get_config().milvus_server:
+        if isinstance(exc, IndexLocked) or not get_config().milvus_server:  # embedded: fatal
             worker.log.error("error [%s]: %s", exc.code, exc.message)
             sys.exit(4)  # gunicorn stops when a worker fails to boot
         # A Milvus server that does not answer yet: serve anyway (stores are owed to the

@@ -60,7 +60,7 @@ class Config:
     )
     data_dir: Path = field(
         default=Path("sfm-data"),
-        metadata=_doc("Directory holding the embedded SQLite file and the Milvus Lite file."),
+        metadata=_doc("Directory holding the embedded SQLite file and the embedded vector index."),
     )
     database_url: str | None = field(
         default=None,
@@ -72,10 +72,28 @@ class Config:
         default=None,
         metadata=_doc("Original README key; used as `database_url` when that is unset."),
     )
+    vector_engine: str = field(
+        default="auto",
+        metadata=_doc(
+            "The vector index: `local`, HNSW graphs in this process over files in "
+            "`data_dir/vectors` (faiss; one process owns them); `milvus`, a Milvus server at "
+            "`milvus_uri`, or a Milvus Lite file in `data_dir` when that is unset; `auto`: "
+            "`milvus` when `milvus_uri` (or `milvus_host`) is set, `local` otherwise."
+        ),
+    )
+    local_search_ef: int = field(
+        default=256,
+        metadata=_doc(
+            "`local` engine: the HNSW search beam (at least the leg's candidate pool). Scopes "
+            "of at most 10,000 allowed memories are scored exactly instead "
+            "(docs/benchmarks.md)."
+        ),
+    )
     milvus_uri: str | None = field(
         default=None,
         metadata=_doc(
-            "Milvus server URI (`http://host:19530`). Unset: Milvus Lite file in `data_dir`."
+            "Milvus server URI (`http://host:19530`). Unset, with `vector_engine: milvus`: a "
+            "Milvus Lite file in `data_dir`."
         ),
     )
     milvus_host: str | None = field(
@@ -331,6 +349,13 @@ class Config:
         return bool(self.milvus_uri or self.milvus_host)
 
     @property
+    def local_index(self) -> bool:
+        """Whether the index is the in-process engine (vectors/local.py)."""
+        return self.vector_engine == "local" or (
+            self.vector_engine == "auto" and not self.milvus_server
+        )
+
+    @property
     def effective_milvus_uri(self) -> str:
         if self.milvus_uri:
             return self.milvus_uri
@@ -414,6 +439,14 @@ def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"setting 'milvus_index_type' must be one of {list(INDEX_TYPES)}")
     if config.lexical_engine not in ("auto", "sql"):
         raise ConfigError("setting 'lexical_engine' must be 'auto' or 'sql'")
+    if config.vector_engine not in ("auto", "local", "milvus"):
+        raise ConfigError("setting 'vector_engine' must be 'auto', 'local' or 'milvus'")
+    if config.vector_engine == "local" and config.milvus_server:
+        raise ConfigError(
+            "setting 'vector_engine' is 'local' but milvus_uri/milvus_host is set: unset one"
+        )
+    if not 1 <= config.local_search_ef <= 32_768:
+        raise ConfigError("setting 'local_search_ef' must be between 1 and 32768")
     if config.milvus_consistency not in CONSISTENCY_LEVELS:
         raise ConfigError(f"setting 'milvus_consistency' must be one of {list(CONSISTENCY_LEVELS)}")
     if not 1 <= config.milvus_search_ef <= 32_768:

@@ -38,13 +38,13 @@ def check_batch(size: int) -> None:
 
 
 MAX_QUERY_CHARS = 4_000
+"""A search's text: ample for a question, and it bounds the work one search causes."""
 LIMIT_CEILINGS = {
     "max_memories": 2**31 - 1,
     "max_bytes": 2**63 - 1,
     "requests_per_minute": 2**31 - 1,
 }
 """The largest value each tenant limit can hold (its column's range on every database)."""
-"""A search's text: ample for a question, and it bounds the work one search causes."""
 INT64 = (-(2**63), 2**63 - 1)
 """What the index (and PostgreSQL's JSON) can hold of an integer."""
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
-import fcntl
 import logging
-import re
 import sqlite3
 import subprocess
-import threading
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,8 +25,10 @@ from somafractalmemory.retrieval.filters import (
     presence_map,
     to_milvus,
 )
+from somafractalmemory.vectors import shared
 from somafractalmemory.vectors.base import VectorHit, VectorRecord
 from somafractalmemory.vectors.clock import LocalClock, WriteClock, guarantee, physical
+from somafractalmemory.vectors.shared import Gate, collection_name
 
 log = logging.getLogger(__name__)
 OPEN_TIMEOUT = 900.0
@@ -85,12 +83,6 @@ def index_params(index_type: str) -> dict[str, Any]:
         "HNSW": {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION},
         "IVF_FLAT": {"nlist": IVF_NLIST},
     }.get(index_type, {})
-
-
-def collection_name(model: str, dim: int) -> str:
-    """One collection per embedding model and dimension."""
-    slug = re.sub(r"[^a-z0-9]+", "_", model.rsplit("/", 1)[-1].lower()).strip("_")
-    return f"sfm_{slug[:180]}_{dim}"
 
 
 class MilvusIndex:
@@ -167,7 +159,7 @@ class MilvusIndex:
 
     def _release_lite_file(self) -> None:
         if self._owner is not None:
-            _unlock(self._owner)
+            shared.release(self._owner)
             self._owner = None
 
     def _connect(self, uri: str, token: str | None, db_name: str | None) -> Any:
@@ -711,64 +703,13 @@ def _features_of(described: dict[str, Any]) -> Features:
     )
 
 
-class Gate:
-    """Many calls at once, or one exclusive operation (closing, scrubbing) alone."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer)
-            self._writer = True  # new readers wait from here on
-            self._cond.wait_for(lambda: self._readers == 0)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 def _claim(path: Path) -> IO[str]:
     """Hold our own lock on a Lite file while this process uses it.
 
     milvus-lite's own lock is not enough: a second process that fails to open the file
     deletes the lock file on its way out, and a third then opens it beside the first.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path.with_name(path.name + ".owner"), "a")  # noqa: SIM115 - held open
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise IndexLocked(
-            f"the Milvus Lite file {path} is open in another process (one process owns it: "
-            "use the running server's API, or stop the server first)"
-        ) from None
-    atexit.register(handle.close)  # held until the index closes, or the process ends
-    return handle
-
-
-def _unlock(handle: IO[str]) -> None:
-    fcntl.flock(handle, fcntl.LOCK_UN)
-    handle.close()
-    atexit.unregister(handle.close)
+    return shared.claim(path.with_name(path.name + ".owner"), f"the Milvus Lite file {path}")
 
 
 class LiteServer:
@@ -803,5 +744,5 @@ class LiteServer:
                 process.wait(timeout=30)
         self._server.stop()  # SIGKILL if it still runs; removes milvus-lite's lock file
         if self._owner is not None:
-            _unlock(self._owner)
+            shared.release(self._owner)
             self._owner = None

@@ -1,0 +1,249 @@
+"""The embedded engine's own promises (vectors/local.py), beyond the contract every index keeps
+(test_vector_index.py): its files after a crash and an erasure, its graph's recall, its
+threads."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from somafractalmemory.errors import IndexLocked
+from somafractalmemory.retrieval import filters
+from somafractalmemory.vectors.base import VectorRecord
+from somafractalmemory.vectors.local import LocalIndex
+
+DIM = 32
+
+
+def vectors(n: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def records(rows: np.ndarray, tenant: str = "t", start: int = 0) -> list[VectorRecord]:
+    return [
+        VectorRecord(
+            id=f"m{start + i}",
+            embedding_id=f"v{start + i}",
+            vector=row,
+            tenant=tenant,
+            namespace="ns",
+            type="episodic",
+            importance=0.5,
+            created_at_ms=start + i,
+            metadata={"tenth": (start + i) % 10 == 0},
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+def top(index: LocalIndex, query: np.ndarray, **kwargs: object) -> list[str]:
+    options: dict[str, object] = {"tenant": "t", "namespace": "ns", "where": None, "top_k": 10}
+    options.update(kwargs)
+    return [h.id for h in index.search(query, **options)]  # type: ignore[arg-type]
+
+
+WRITER = """
+import os, sys
+import numpy as np
+from somafractalmemory.vectors.local import LocalIndex
+from tests.test_local_index import records, vectors
+index = LocalIndex(__import__("pathlib").Path(sys.argv[1]), model="m", dim=32, save_every=300)
+rows = vectors(1000, seed=1)
+for start in range(0, 1000, 100):
+    index.upsert(records(rows[start:start + 100], start=start))
+    print(start + 100, flush=True)  # acknowledged
+index.delete(["m5"])
+print("deleted", flush=True)
+sys.stdin.read()  # killed here, never closed
+"""
+
+
+def test_every_acknowledged_write_is_found_after_kill_9(tmp_path: Path) -> None:
+    """Graphs saved every 300 entries, the rest only in the log: what the killed process had
+    acknowledged is all there when the files are opened again, the deleted entry too gone."""
+    with subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(WRITER), str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    ) as process:
+        assert process.stdout is not None
+        try:
+            lines = [process.stdout.readline().strip() for _ in range(11)]
+        finally:
+            process.kill()
+    assert lines[-2:] == ["1000", "deleted"]
+    saved = [p for p in (tmp_path / "sfm_m_32").iterdir() if p.suffix == ".faiss"]
+    assert saved, "the graphs were saved at least once before the kill"
+    index = LocalIndex(tmp_path, model="m", dim=32)
+    try:
+        assert index.count() == 999
+        rows = vectors(1000, seed=1)
+        for i in (0, 299, 300, 999):  # saved, saved, logged only, logged only
+            assert top(index, rows[i])[0] == f"m{i}"
+        assert "m5" not in top(index, rows[5], top_k=50)
+    finally:
+        index.close()
+
+
+def test_a_deleted_vector_leaves_every_file_once_scrubbed(tmp_path: Path) -> None:
+    rows = vectors(200, seed=2)
+    index = LocalIndex(tmp_path, model="m", dim=DIM)
+    index.upsert(records(rows))
+    index.close()  # the vectors are in the graph files now
+    index = LocalIndex(tmp_path, model="m", dim=DIM)
+    try:
+        index.delete(["m7", "m8"])
+        assert index.scrub()
+        stored = b"".join(p.read_bytes() for p in (tmp_path / "sfm_m_32").iterdir())
+        for i in (7, 8):
+            assert rows[i].tobytes() not in stored
+        assert rows[9].tobytes() in stored  # what is kept is there: the check can fail
+        assert index.count() == 198 and top(index, rows[9])[0] == "m9"
+        index.delete(["m9"])
+        index._release()  # the process dies: the graph files on disk still hold m9
+    finally:
+        index.close()
+    index = LocalIndex(tmp_path, model="m", dim=DIM)
+    try:
+        assert index.scrub()
+        stored = b"".join(p.read_bytes() for p in (tmp_path / "sfm_m_32").iterdir())
+        assert rows[9].tobytes() not in stored and rows[10].tobytes() in stored
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("where", [None, {"tenth": True}], ids=["unfiltered", "10%"])
+def test_the_graph_walk_finds_what_exact_scoring_finds(tmp_path: Path, where: object) -> None:
+    rows = vectors(5000, seed=3)
+    walked = LocalIndex(tmp_path / "walk", model="m", dim=DIM, exact_rows=0)
+    exact = LocalIndex(tmp_path / "exact", model="m", dim=DIM, exact_rows=10**9)
+    try:
+        for index in (walked, exact):
+            index.upsert(records(rows))
+        node = filters.parse(where)
+        found = 0
+        for query in vectors(50, seed=4):
+            truth = set(top(exact, query, where=node))
+            assert len(truth) == 10
+            found += len(truth & set(top(walked, query, where=node)))
+        assert found / 500 >= 0.97
+    finally:
+        walked.close()
+        exact.close()
+
+
+def test_damaged_graph_files_start_empty_and_say_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = LocalIndex(tmp_path, model="m", dim=DIM)
+    index.upsert(records(vectors(50)))
+    index.close()
+    graph = tmp_path / "sfm_m_32" / "vector.faiss"
+    graph.write_bytes(graph.read_bytes()[:100])
+    with caplog.at_level(logging.ERROR):
+        reopened = LocalIndex(tmp_path, model="m", dim=DIM)
+    try:
+        assert reopened.count() == 0
+        assert "sfm reindex" in caplog.text
+        reopened.upsert(records(vectors(5)))  # and it works again
+        assert reopened.count() == 5
+    finally:
+        reopened.close()
+
+
+def test_one_process_owns_the_files(tmp_path: Path) -> None:
+    index = LocalIndex(tmp_path, model="m", dim=DIM)
+    try:
+        with pytest.raises(IndexLocked):
+            LocalIndex(tmp_path, model="m", dim=DIM)
+    finally:
+        index.close()
+    LocalIndex(tmp_path, model="m", dim=DIM).close()  # closed is released
+
+
+def test_a_change_of_fields_alone_is_made_in_place(tmp_path: Path) -> None:
+    rows = vectors(20)
+    index = LocalIndex(tmp_path, model="m", dim=DIM)
+    try:
+        index.upsert(records(rows))
+        entries = len(index._columns)
+        changed = [
+            VectorRecord(**{**r.__dict__, "importance": 0.9, "namespace": "other"})
+            for r in records(rows[:3])
+        ]
+        index.upsert(changed)
+        assert len(index._columns) == entries  # no new graph entries
+        important = filters.parse({"importance": {"$gt": 0.8}})
+        assert sorted(top(index, rows[0], namespace="other", where=important)) == [
+            "m0",
+            "m1",
+            "m2",
+        ]
+        assert "m0" not in top(index, rows[0])  # gone from its old namespace
+        moved = VectorRecord(**{**changed[0].__dict__, "vector": rows[19]})
+        index.upsert([moved])  # a new vector: a new entry, the old one dead
+        assert len(index._columns) == entries + 1 and index.count() == 20
+        assert top(index, rows[19], namespace="other")[0] == "m0"
+    finally:
+        index.close()
+
+
+def test_searches_and_writes_from_many_threads(tmp_path: Path) -> None:
+    rows = vectors(2000, seed=5)
+    index = LocalIndex(tmp_path, model="m", dim=DIM, save_every=500)
+    index.upsert(records(rows[:200]))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def write(part: int) -> None:
+        try:
+            for start in range(200 + part * 450, 200 + (part + 1) * 450, 50):
+                index.upsert(records(rows[start : start + 50], start=start))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def search() -> None:
+        try:
+            while not stop.is_set():
+                assert top(index, rows[3])[0] == "m3"
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(p,)) for p in range(4)]
+    readers = [threading.Thread(target=search) for _ in range(3)]
+    try:
+        for thread in writers + readers:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        stop.set()
+        for thread in readers:
+            thread.join()
+        assert not errors
+        assert index.count() == 2000
+        assert all(top(index, rows[i])[0] == f"m{i}" for i in range(0, 2000, 97))
+    finally:
+        index.close()
+
+
+def test_an_earlier_versions_lite_file_is_named_while_the_index_is_empty(tmp_path: Path) -> None:
+    lite = tmp_path / "milvus.db"
+    lite.write_bytes(b"an earlier version's index")
+    index = LocalIndex(tmp_path / "vectors", model="m", dim=DIM, predecessor=lite)
+    try:
+        (note,) = index.notes()
+        assert "milvus.db" in note and "sfm reindex" in note
+        index.upsert(records(vectors(1)))
+        assert index.notes() == []
+    finally:
+        index.close()
