@@ -125,7 +125,7 @@ def test_a_deleted_vector_leaves_every_file_once_scrubbed(tmp_path: Path) -> Non
 @pytest.mark.parametrize("where", [None, {"tenth": True}], ids=["unfiltered", "10%"])
 def test_the_graph_walk_finds_what_exact_scoring_finds(tmp_path: Path, where: object) -> None:
     rows = vectors(5000, seed=3)
-    walked = LocalIndex(tmp_path / "walk", model="m", dim=DIM, exact_rows=0)
+    walked = LocalIndex(tmp_path / "walk", model="m", dim=DIM, exact_rows=0, exact_share=0.0)
     exact = LocalIndex(tmp_path / "exact", model="m", dim=DIM, exact_rows=10**9)
     try:
         for index in (walked, exact):

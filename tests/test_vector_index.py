@@ -23,7 +23,7 @@ from somafractalmemory.vectors.clock import (
     WriteClock,
     guarantee,
 )
-from somafractalmemory.vectors.local import EXACT_ROWS, LocalIndex
+from somafractalmemory.vectors.local import EXACT_ROWS, EXACT_SHARE, LocalIndex
 from somafractalmemory.vectors.milvus import MilvusIndex
 from tests.conftest import EMBEDDED_RUN, MILVUS_SERVER
 from tests.milvus_server import FOR_TESTS, create_database, drop_database, standalone
@@ -74,8 +74,14 @@ def index(
     with contextlib.ExitStack() as stack:
         work = tmp_path_factory.mktemp("contract")
         if request.param.startswith("local"):
-            exact = 0 if request.param == "local-graph" else EXACT_ROWS
-            local = LocalIndex(work, model="contract", dim=DIM, exact_rows=exact)
+            walk = request.param == "local-graph"
+            local = LocalIndex(
+                work,
+                model="contract",
+                dim=DIM,
+                exact_rows=0 if walk else EXACT_ROWS,
+                exact_share=0.0 if walk else EXACT_SHARE,
+            )
             yield local
             local.close()
             return
