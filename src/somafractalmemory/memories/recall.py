@@ -205,7 +205,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
             futures["context_lexical"] = leg(index.search_lexical, tokens, True)
         # An index without BM25 (a Milvus server before 2.5): SQL full text is the lexical leg.
         sql_lexical = query.mode != "vector" and not by_index
-        if sql_lexical and not connection.in_atomic_block:
+        if sql_lexical and not connection.in_atomic_block and not _memory_db():
             # Off this thread, at once, on the pool threads' own database connections: only
             # outside a transaction, whose uncommitted rows other connections cannot see.
             for name, context in SQL_LEGS:
@@ -339,6 +339,13 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
 
 
 SQL_FILTER_POOL = 2000
+
+
+def _memory_db() -> bool:
+    """An in-memory SQLite database (the tests'): its connections share one cache with
+    table locks, so a leg reading on another connection can lock out this one's writes."""
+    sqlite: Any = connection  # django.db.backends.sqlite3's wrapper
+    return connection.vendor == "sqlite" and bool(sqlite.is_in_memory_db())
 
 
 def _sql_leg(*args: Any, **kwargs: Any) -> list[VectorHit]:
