@@ -4,8 +4,9 @@ rows, so they apply inside the search; small scopes are scored exactly instead.
 
 Files, one directory per model (data_dir/vectors/<collection>/):
 
-- `entries.sqlite`: every entry by label, with its id, embedding id, filter fields and
-  whether it is live, and its vectors until a saved graph holds them (the write-ahead log);
+- `entries.sqlite`: every entry by label (`entries`: its id, embedding id, filter fields and
+  whether it is live), and the vectors of the entries no saved graph holds yet (`pending`:
+  the write-ahead log);
 - `vector.faiss`, `context.faiss`: the two graphs, vectors included, saved now and then.
 
 Labels are positions in the graphs: entry k is the k-th vector added to each. A graph file
@@ -69,9 +70,12 @@ CREATE TABLE IF NOT EXISTS entries (
     importance REAL NOT NULL,
     created_at_ms INTEGER NOT NULL,
     metadata TEXT NOT NULL,
-    live INTEGER NOT NULL,
-    vector BLOB,
-    context BLOB
+    live INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending (
+    label INTEGER PRIMARY KEY,
+    vector BLOB NOT NULL,
+    context BLOB NOT NULL
 )
 """
 _TYPES = {"episodic": 0, "semantic": 1, "summary": 2}
@@ -376,14 +380,14 @@ class LocalIndex:
             pragmas = ("auto_vacuum = INCREMENTAL", "journal_mode = WAL", "synchronous = FULL")
             for pragma in (*pragmas, "secure_delete = ON"):
                 self._db.execute(f"PRAGMA {pragma}")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
             try:
                 self._open()
             except Damaged as exc:
                 # Derived data: start empty rather than not at all; `sfm doctor` then reports
                 # every memory missing, and `sfm reindex` (or doctor --repair) writes them.
                 log.error("vector index %s: %s; it starts empty: run `sfm reindex`", self.name, exc)
-                self._db.execute("DELETE FROM entries")
+                self._db.executescript("DELETE FROM entries; DELETE FROM pending;")
                 for which in ("vector", "context"):
                     self._graph_path(which).unlink(missing_ok=True)
                 self._open()
@@ -431,7 +435,8 @@ class LocalIndex:
             start = graph.ntotal
             replayed = max(replayed, entries - start)
             logged = self._db.execute(
-                f"SELECT label, live, {which} FROM entries WHERE label >= ? ORDER BY label",
+                f"SELECT e.label, e.live, p.{which} FROM entries e "
+                "LEFT JOIN pending p ON p.label = e.label WHERE e.label >= ? ORDER BY e.label",
                 (start,),
             )
             while chunk := logged.fetchmany(ADD_STEP * 8):
@@ -469,12 +474,9 @@ class LocalIndex:
             finally:
                 os.close(directory)
             held = min(graph.ntotal for graph in self._graphs.values())
-            self._db.execute(
-                "UPDATE entries SET vector = NULL, context = NULL "
-                "WHERE label < ? AND vector IS NOT NULL",
-                (held,),
-            )
-            self._db.execute("PRAGMA incremental_vacuum")
+            self._db.execute("DELETE FROM pending WHERE label < ?", (held,))
+            # (executescript runs it to the end: execute() frees one page per call)
+            self._db.executescript("PRAGMA incremental_vacuum;")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._unsaved = 0
 
@@ -541,10 +543,7 @@ class LocalIndex:
                     replaced[i] = label
                 added.append(i)
             first = len(columns)
-            new = [
-                (first + n, *self._entry(records[i]), vectors[i].tobytes(), contexts[i].tobytes())
-                for n, i in enumerate(added)
-            ]
+            new = [(first + n, *self._entry(records[i])) for n, i in enumerate(added)]
             with self._transaction():
                 self._forget(list(replaced.values()))
                 self._db.executemany(
@@ -553,7 +552,14 @@ class LocalIndex:
                     [(*entry[2:7], label) for label, entry in kept],
                 )
                 self._db.executemany(
-                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new
+                )
+                self._db.executemany(
+                    "INSERT INTO pending VALUES (?, ?, ?)",
+                    [
+                        (row[0], vectors[i].tobytes(), contexts[i].tobytes())
+                        for row, i in zip(new, added, strict=True)
+                    ],
                 )
             with self._gate.exclusive():
                 for label, entry in kept:
@@ -619,10 +625,10 @@ class LocalIndex:
         """Mark labels dead in the log (inside a transaction), their metadata and vectors
         gone (an erased memory's metadata may name its subject)."""
         self._db.executemany(
-            "UPDATE entries SET live = 0, metadata = '{}', vector = NULL, context = NULL "
-            "WHERE label = ?",
+            "UPDATE entries SET live = 0, metadata = '{}' WHERE label = ?",
             [(label,) for label in labels],
         )
+        self._db.executemany("DELETE FROM pending WHERE label = ?", [(label,) for label in labels])
 
     def _zero(self, labels: Sequence[int]) -> None:
         """Labels dead in memory (gate held): out of every filter, their vectors zeroed."""
@@ -781,7 +787,7 @@ class LocalIndex:
 
     def reset(self) -> None:
         with self._writing(), self._gate.exclusive():
-            self._db.execute("DELETE FROM entries")
+            self._db.executescript("DELETE FROM entries; DELETE FROM pending;")
             for which in self._graphs:
                 self._graph_path(which).unlink(missing_ok=True)
             self._db.execute("VACUUM")
