@@ -17,7 +17,7 @@ import pytest
 from somafractalmemory.errors import IndexLocked
 from somafractalmemory.retrieval import filters
 from somafractalmemory.vectors.base import VectorRecord
-from somafractalmemory.vectors.local import LocalIndex
+from somafractalmemory.vectors.local import LocalIndex, beam
 
 DIM = 32
 
@@ -53,7 +53,7 @@ def top(index: LocalIndex, query: np.ndarray, **kwargs: object) -> list[str]:
 WRITER = """
 import os, sys
 import numpy as np
-from somafractalmemory.vectors.local import LocalIndex
+from somafractalmemory.vectors.local import LocalIndex, beam
 from tests.test_local_index import records, vectors
 index = LocalIndex(__import__("pathlib").Path(sys.argv[1]), model="m", dim=32, save_every=300)
 rows = vectors(1000, seed=1)
@@ -247,3 +247,12 @@ def test_an_earlier_versions_lite_file_is_named_while_the_index_is_empty(tmp_pat
         assert index.notes() == []
     finally:
         index.close()
+
+
+def test_the_beam_grows_with_the_index_and_narrows_filters() -> None:
+    assert beam(256, 5_000, 1.0) == beam(256, 100_000, 1.0) == 256  # as configured
+    assert 1000 <= beam(256, 1_000_000, 1.0) <= 1050  # the beam 0.99 needed at 1M
+    assert beam(256, 100_000, 0.1) == round(256 / 0.1**0.5)  # a 10% filter: about 810
+    assert beam(256, 100_000, 0.0001) == 4 * 256  # widened at most 4x
+    sizes = [10**k for k in range(3, 8)]
+    assert [beam(256, n, 0.5) for n in sizes] == sorted(beam(256, n, 0.5) for n in sizes)
