@@ -141,14 +141,22 @@ def engine_and_numpy(
     return engine, brute, run.recall_at_k(found, exact, ids)
 
 
-def server_pid(port: int) -> int:
-    """The `sfm serve` master listening on `port` (py-spy follows its worker from there)."""
-    for entry in Path("/proc").iterdir():
+def server_processes(port: int) -> list[Path]:
+    """/proc entries of the `sfm serve` processes on `port` (master first, then workers)."""
+    found = []
+    for entry in sorted(Path("/proc").iterdir(), key=lambda p: (len(p.name), p.name)):
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
                 if b"serve" in argv and str(port).encode() in argv:
-                    return int(entry.name)
+                    found.append(entry)
+    return found
+
+
+def server_pid(port: int) -> int:
+    """The `sfm serve` master listening on `port` (py-spy follows its worker from there)."""
+    for entry in server_processes(port):
+        return int(entry.name)
     raise RuntimeError(f"no `sfm serve` process on port {port}")
 
 
@@ -217,13 +225,10 @@ def hot_frames(stacks: Path, top: int = 25) -> list[tuple[str, float, float]]:
 def server_rss_mib(port: int) -> float:
     """Resident memory of every `sfm serve` process on `port` (master and workers)."""
     total = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                if b"serve" in argv and str(port).encode() in argv:
-                    status = (entry / "status").read_text()
-                    total += int(status.split("VmRSS:")[1].split()[0])  # kB
+    for entry in server_processes(port):
+        with contextlib.suppress(OSError):
+            status = (entry / "status").read_text()
+            total += int(status.split("VmRSS:")[1].split()[0])  # kB
     return total / 1024
 
 

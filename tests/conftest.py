@@ -93,9 +93,7 @@ milvus_server.py) and the whole suite uses it; `SFM_TEST_MILVUS=http://host:1953
 server instead (deploy/docker-compose.yml's Milvus 2.5, say). Each test process and each server
 process it starts works in a Milvus database of its own."""
 _milvus: contextlib.ExitStack | None = None
-EMBEDDED_RUN = not (
-    MILVUS_SERVER or os.environ.get("SFM_DATABASE_URL") or os.environ.get("SFM_REDIS_URL")
-)
+EMBEDDED_RUN = not (MILVUS_SERVER or get_config().effective_database_url or get_config().redis_url)
 """The run on the built-in defaults alone (SQLite, LocMem, the local vector engine)."""
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Union
@@ -328,15 +329,21 @@ def milvus_literal(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def presence_map(metadata: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, int]:
-    """Every key path present in `metadata` (dotted) -> 1, for `$exists` without `not`."""
-    keys: dict[str, int] = {}
+def key_paths(
+    metadata: dict[str, Any], prefix: str = "", depth: int = 0
+) -> Iterator[tuple[str, Any]]:
+    """Every key path of `metadata` (dotted, as filters name them, at most MAX_DEPTH deep)
+    with its value."""
     for key, value in metadata.items():
         path = f"{prefix}{key}"
-        keys[path] = 1
+        yield path, value
         if isinstance(value, dict) and depth + 1 < MAX_DEPTH:
-            keys.update(presence_map(value, f"{path}.", depth + 1))
-    return keys
+            yield from key_paths(value, f"{path}.", depth + 1)
+
+
+def presence_map(metadata: dict[str, Any]) -> dict[str, int]:
+    """Every key path present in `metadata` (dotted) -> 1, for `$exists` without `not`."""
+    return {path: 1 for path, _ in key_paths(metadata)}
 
 
 # -- SQL (Django ORM) ---------------------------------------------------------------------

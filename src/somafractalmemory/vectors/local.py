@@ -38,7 +38,15 @@ import numpy as np
 import numpy.typing as npt
 
 from somafractalmemory.errors import IndexUnavailable
-from somafractalmemory.retrieval.filters import MAX_DEPTH, All, AnyOf, Compare, Exists, Node
+from somafractalmemory.retrieval.filters import (
+    MEMORY_TYPES,
+    All,
+    AnyOf,
+    Compare,
+    Exists,
+    Node,
+    key_paths,
+)
 from somafractalmemory.vectors import shared
 from somafractalmemory.vectors.base import VectorHit, VectorRecord
 from somafractalmemory.vectors.shared import Gate, collection_name
@@ -78,7 +86,7 @@ CREATE TABLE IF NOT EXISTS pending (
     context BLOB NOT NULL
 )
 """
-_TYPES = {"episodic": 0, "semantic": 1, "summary": 2}
+_TYPES = {name: code for code, name in enumerate(MEMORY_TYPES)}
 
 
 class Allowed:
@@ -172,7 +180,7 @@ class Columns:
             label = first + offset
             if entry[8]:
                 self.label_of[entry[0]] = label
-            for path, value in _flatten(json.loads(entry[7])):
+            for path, value in key_paths(json.loads(entry[7])):
                 labels, codes, numbers = pending.setdefault(path, ([], [], []))
                 kind = _kind(value)
                 labels.append(label)
@@ -328,15 +336,19 @@ def _within_int64(value: Any) -> bool:
     return True
 
 
-def _flatten(
-    metadata: dict[str, Any], prefix: str = "", depth: int = 0
-) -> Iterator[tuple[str, Any]]:
-    """Every key path of `metadata` (dotted, as filters name them) with its value."""
-    for key, value in metadata.items():
-        path = f"{prefix}{key}"
-        yield path, value
-        if isinstance(value, dict) and depth + 1 < MAX_DEPTH:
-            yield from _flatten(value, f"{path}.", depth + 1)
+def _entry(r: VectorRecord) -> tuple[Any, ...]:
+    """A record as an `entries` row without its label (the order Columns.append takes)."""
+    return (
+        r.id,
+        r.embedding_id,
+        r.tenant,
+        r.namespace,
+        r.type,
+        float(r.importance),
+        int(r.created_at_ms),
+        json.dumps(r.metadata, sort_keys=True, ensure_ascii=False),
+        1,
+    )
 
 
 def _unit(rows: Any, dim: int) -> Vectors:
@@ -401,10 +413,7 @@ class LocalIndex:
                 # Derived data: start empty rather than not at all; `sfm doctor` then reports
                 # every memory missing, and `sfm reindex` (or doctor --repair) writes them.
                 log.error("vector index %s: %s; it starts empty: run `sfm reindex`", self.name, exc)
-                self._db.executescript("DELETE FROM entries; DELETE FROM pending;")
-                for which in ("vector", "context"):
-                    self._graph_path(which).unlink(missing_ok=True)
-                self._open()
+                self._empty()
         except BaseException:
             self._release()
             raise
@@ -412,6 +421,13 @@ class LocalIndex:
             log.warning("vector index %s: %s", self.name, note)
 
     # -- files -----------------------------------------------------------------------------
+
+    def _empty(self) -> None:
+        """No entries, no graph files, the log rewritten small; then open that."""
+        self._db.executescript("DELETE FROM entries; DELETE FROM pending; VACUUM;")
+        for which in ("vector", "context"):
+            self._graph_path(which).unlink(missing_ok=True)
+        self._open()
 
     def _graph_path(self, which: str) -> Path:
         return self.directory / f"{which}.faiss"
@@ -544,11 +560,11 @@ class LocalIndex:
         )
         with self._writing():
             columns = self._columns
+            entries = [_entry(r) for r in records]
             added: list[int] = []
             kept: list[tuple[int, tuple[Any, ...]]] = []
             replaced: dict[int, int] = {}  # record -> the label its new entry replaces
-            for i, r in enumerate(records):
-                entry = self._entry(r)
+            for i, (r, entry) in enumerate(zip(records, entries, strict=True)):
                 label = columns.label_of.get(r.id)
                 if label is not None and self._same(label, entry, vectors[i], contexts[i]):
                     kept.append((label, entry))
@@ -557,7 +573,7 @@ class LocalIndex:
                     replaced[i] = label
                 added.append(i)
             first = len(columns)
-            new = [(first + n, *self._entry(records[i])) for n, i in enumerate(added)]
+            new = [(first + n, *entries[i]) for n, i in enumerate(added)]
             with self._transaction():
                 self._forget(list(replaced.values()))
                 self._db.executemany(
@@ -590,19 +606,6 @@ class LocalIndex:
             self._unsaved += len(added)
             if self._unsaved >= max(self._save_every, len(columns) // 10):
                 self.save()
-
-    def _entry(self, r: VectorRecord) -> tuple[Any, ...]:
-        return (
-            r.id,
-            r.embedding_id,
-            r.tenant,
-            r.namespace,
-            r.type,
-            float(r.importance),
-            int(r.created_at_ms),
-            json.dumps(r.metadata, sort_keys=True, ensure_ascii=False),
-            1,
-        )
 
     def _same(self, label: int, entry: tuple[Any, ...], vector: Vectors, context: Vectors) -> bool:
         """Whether a live label already holds this entry's vectors and metadata (then only
@@ -792,19 +795,14 @@ class LocalIndex:
         """Write the graphs without the dead entries' vectors (zeroed when they died), and
         rewrite the log without their bytes (secure_delete already zeroed freed cells)."""
         with self._writing():
-            self.save()
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.save()  # which also checkpoints the WAL
             self._db.execute("VACUUM")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return True
 
     def reset(self) -> None:
         with self._writing(), self._gate.exclusive():
-            self._db.executescript("DELETE FROM entries; DELETE FROM pending;")
-            for which in self._graphs:
-                self._graph_path(which).unlink(missing_ok=True)
-            self._db.execute("VACUUM")
-            self._open()
+            self._empty()
             self._unsaved = 0
             self._changed()
 
