@@ -20,6 +20,15 @@ def test_defaults_serve_the_embedded_stack(tmp_path: Path) -> None:
     assert config == Config()
     assert config.api_port == 10101 and config.effective_database_url is None
     assert config.effective_milvus_uri == str(Path("sfm-data") / "milvus.db")
+    assert config.local_index  # the in-process engine, not that Lite file
+
+
+def test_the_vector_engine_follows_the_milvus_uri_unless_named(tmp_path: Path) -> None:
+    absent = {"SFM_CONFIG": str(tmp_path / "absent.yaml")}
+    server = {**absent, "SFM_MILVUS_URI": "http://milvus:19530"}
+    assert not load_config(server).local_index
+    assert not load_config({**absent, "SFM_VECTOR_ENGINE": "milvus"}).local_index  # Lite file
+    assert load_config({**absent, "SFM_VECTOR_ENGINE": "local"}).local_index
 
 
 def test_yaml_then_environment(tmp_path: Path) -> None:
@@ -51,6 +60,9 @@ def test_original_postgres_key_maps_to_database_url(tmp_path: Path) -> None:
         ("", {"SFM_EMBEDDER": "magic"}),
         ("", {"SFM_EMBEDDER": "http"}),
         ("", {"SFM_EMBEDDING_RUNTIME": "cuda"}),
+        ("", {"SFM_VECTOR_ENGINE": "lucene"}),
+        ("", {"SFM_VECTOR_ENGINE": "local", "SFM_MILVUS_URI": "http://milvus:19530"}),
+        ("", {"SFM_LOCAL_SEARCH_EF": "0"}),
     ],
 )
 def test_bad_settings_are_config_errors(tmp_path: Path, text: str, env: dict[str, str]) -> None:

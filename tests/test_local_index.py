@@ -142,6 +142,26 @@ def test_the_graph_walk_finds_what_exact_scoring_finds(tmp_path: Path, where: ob
         exact.close()
 
 
+def test_a_save_takes_the_vectors_out_of_the_log_and_gives_the_space_back(
+    tmp_path: Path,
+) -> None:
+    index = LocalIndex(tmp_path, model="m", dim=DIM)
+    index.upsert(records(vectors(3000)))
+    log = index._db
+    assert log.execute("SELECT count(*) FROM pending").fetchone() == (3000,)
+    logged = log.execute("PRAGMA page_count").fetchone()[0]
+    index.save()
+    assert log.execute("SELECT count(*) FROM pending").fetchone() == (0,)
+    assert log.execute("PRAGMA freelist_count").fetchone() == (0,)
+    assert log.execute("PRAGMA page_count").fetchone()[0] < logged / 2
+    index.close()
+    reopened = LocalIndex(tmp_path, model="m", dim=DIM)  # from the graph files alone
+    try:
+        assert reopened.count() == 3000 and top(reopened, vectors(3000)[42])[0] == "m42"
+    finally:
+        reopened.close()
+
+
 def test_damaged_graph_files_start_empty_and_say_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
