@@ -4,7 +4,9 @@ threads."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,6 +18,7 @@ import pytest
 
 from somafractalmemory.errors import IndexLocked
 from somafractalmemory.retrieval import filters
+from somafractalmemory.vectors import postings
 from somafractalmemory.vectors.base import VectorRecord
 from somafractalmemory.vectors.local import LocalIndex, beam
 
@@ -39,15 +42,28 @@ def records(rows: np.ndarray, tenant: str = "t", start: int = 0) -> list[VectorR
             importance=0.5,
             created_at_ms=start + i,
             metadata={"tenth": (start + i) % 10 == 0},
+            lexical=f"w{start + i} common",
+            context_lexical=f"w{start + i} c{start + i}",
         )
         for i, row in enumerate(rows)
     ]
+
+
+def lexical(index: LocalIndex, tokens: str, **kwargs: object) -> list[str]:
+    options: dict[str, object] = {"tenant": "t", "namespace": "ns", "where": None, "top_k": 10}
+    options.update(kwargs)
+    return [h.id for h in index.search_lexical(tokens, **options)]  # type: ignore[arg-type]
 
 
 def top(index: LocalIndex, query: np.ndarray, **kwargs: object) -> list[str]:
     options: dict[str, object] = {"tenant": "t", "namespace": "ns", "where": None, "top_k": 10}
     options.update(kwargs)
     return [h.id for h in index.search(query, **options)]  # type: ignore[arg-type]
+
+
+def token_bytes(word: str) -> bytes:
+    """How the log stores a token."""
+    return postings.parse(word).astype("<u8").tobytes()
 
 
 WRITER = """
@@ -90,7 +106,10 @@ def test_every_acknowledged_write_is_found_after_kill_9(tmp_path: Path) -> None:
         rows = vectors(1000, seed=1)
         for i in (0, 299, 300, 999):  # saved, saved, logged only, logged only
             assert top(index, rows[i])[0] == f"m{i}"
+            assert lexical(index, f"w{i}") == [f"m{i}"]
+            assert lexical(index, f"c{i}", context=True) == [f"m{i}"]
         assert "m5" not in top(index, rows[5], top_k=50)
+        assert lexical(index, "w5") == []
     finally:
         index.close()
 
@@ -107,7 +126,9 @@ def test_a_deleted_vector_leaves_every_file_once_scrubbed(tmp_path: Path) -> Non
         stored = b"".join(p.read_bytes() for p in (tmp_path / "sfm_m_32").iterdir())
         for i in (7, 8):
             assert rows[i].tobytes() not in stored
+            assert token_bytes(f"w{i}") not in stored and token_bytes(f"c{i}") not in stored
         assert rows[9].tobytes() in stored  # what is kept is there: the check can fail
+        assert token_bytes("w9") in stored
         assert index.count() == 198 and top(index, rows[9])[0] == "m9"
         index.delete(["m9"])
         index._release()  # the process dies: the graph files on disk still hold m9
@@ -276,3 +297,50 @@ def test_the_beam_grows_with_the_index_and_narrows_filters() -> None:
     assert beam(256, 100_000, 0.0001) == 4 * 256  # widened at most 4x
     sizes = [10**k for k in range(3, 8)]
     assert [beam(256, n, 0.5) for n in sizes] == sorted(beam(256, n, 0.5) for n in sizes)
+
+
+def test_new_tokens_make_a_new_entry_and_the_old_ones_stop_matching(tmp_path: Path) -> None:
+    rows = vectors(3)
+    index = LocalIndex(tmp_path, model="m", dim=DIM)
+    try:
+        index.upsert(records(rows))
+        (changed,) = records(rows[:1])
+        index.upsert([dataclasses.replace(changed, lexical="fresh words")])
+        assert len(index._columns) == 4  # same vector and metadata, other tokens: relabelled
+        assert lexical(index, "fresh") == ["m0"]
+        assert lexical(index, "w0") == []
+        assert lexical(index, "common") == ["m1", "m2"]
+    finally:
+        index.close()
+    reopened = LocalIndex(tmp_path, model="m", dim=DIM)
+    try:  # the postings are built again from the log
+        assert lexical(reopened, "fresh") == ["m0"] and lexical(reopened, "w0") == []
+        assert lexical(reopened, "common", where=filters.parse({"tenth": False})) == ["m1", "m2"]
+    finally:
+        reopened.close()
+
+
+def test_a_log_from_before_the_lexical_legs_starts_empty_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its entries have no tokens to search: an index that found them by vector but never by
+    word would be wrong without a sign; `sfm reindex` writes them again."""
+    directory = tmp_path / "sfm_m_32"
+    directory.mkdir()
+    old = sqlite3.connect(directory / "entries.sqlite")
+    old.executescript(
+        "CREATE TABLE entries (label INTEGER PRIMARY KEY, id TEXT NOT NULL, "
+        "embedding_id TEXT NOT NULL, tenant TEXT NOT NULL, namespace TEXT NOT NULL, "
+        "type TEXT NOT NULL, importance REAL NOT NULL, created_at_ms INTEGER NOT NULL, "
+        "metadata TEXT NOT NULL, live INTEGER NOT NULL);"
+        "INSERT INTO entries VALUES (0, 'm0', 'v0', 't', 'ns', 'episodic', 0.5, 0, '{}', 1);"
+    )
+    old.close()
+    with caplog.at_level(logging.ERROR):
+        index = LocalIndex(tmp_path, model="m", dim=DIM)
+    try:
+        assert index.count() == 0 and "sfm reindex" in caplog.text
+        index.upsert(records(vectors(2)))
+        assert lexical(index, "common") == ["m0", "m1"]
+    finally:
+        index.close()

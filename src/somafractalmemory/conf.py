@@ -147,9 +147,10 @@ class Config:
     lexical_engine: str = field(
         default="auto",
         metadata=_doc(
-            "Where the lexical legs of a search come from: `auto`, Milvus BM25 where the index "
-            "has it (Milvus Lite, Milvus 2.5+) and SQL full text otherwise; `sql`, always SQL "
-            "full text (BM25 over the keyed tokens: SQLite FTS5, PostgreSQL GIN)."
+            "Where the lexical legs of a search come from: `auto`, the vector index's BM25 "
+            "where it has one (the local engine, Milvus Lite, Milvus 2.5+) and SQL full text "
+            "otherwise; `sql`, always SQL full text (BM25 over the keyed tokens: SQLite FTS5, "
+            "PostgreSQL GIN)."
         ),
     )
     redis_url: str | None = field(

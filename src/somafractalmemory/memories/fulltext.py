@@ -20,7 +20,7 @@ from django.db import connection
 from django.db.models import BooleanField, F, QuerySet
 from django.db.models.expressions import RawSQL
 
-from somafractalmemory.retrieval.lexical import MAX_TERMS
+from somafractalmemory.retrieval.lexical import BM25_B, BM25_K1, MAX_TERMS
 
 CURRENT = 3
 
@@ -132,11 +132,9 @@ def _sqlite(
         return [(str(row[0]), float(row[1])) for row in cursor.fetchall()]
 
 
-# BM25 as Lucene and Milvus rank (k1 1.2, b 0.75). Every token is 16 hex characters and
-# tokens are separated by single spaces, so a token's count in a document is a substring count
-# and a document's length is its character length over 17: no tsvector needed to rank.
-BM25_K1 = 1.2
-BM25_B = 0.75
+# Every token is 16 hex characters and tokens are separated by single spaces, so a token's
+# count in a document is a substring count and a document's length is its character length
+# over 17: no tsvector needed to rank.
 TOKEN_WIDTH = 16
 
 _POSTGRES_BM25 = f"""

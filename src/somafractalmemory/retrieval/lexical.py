@@ -13,6 +13,9 @@ import hmac
 import re
 
 MAX_TERMS = 64
+BM25_K1 = 1.2
+BM25_B = 0.75
+"""BM25 as Lucene and Milvus rank (and every lexical leg of the service)."""
 MAX_INDEXED_CHARS = 65_000  # the index's text field holds 65,535 characters
 _TERM = re.compile(r"\w+", re.UNICODE)
 # Function words carry no meaning for retrieval (the common English list, as in Lucene/NLTK).

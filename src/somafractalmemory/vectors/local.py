@@ -4,9 +4,9 @@ rows, so they apply inside the search; small scopes are scored exactly instead.
 
 Files, one directory per model (data_dir/vectors/<collection>/):
 
-- `entries.sqlite`: every entry by label (`entries`: its id, embedding id, filter fields and
-  whether it is live), and the vectors of the entries no saved graph holds yet (`pending`:
-  the write-ahead log);
+- `entries.sqlite`: every entry by label (`entries`: its id, embedding id, filter fields,
+  keyed lexical tokens and whether it is live), and the vectors of the entries no saved graph
+  holds yet (`pending`: the write-ahead log);
 - `vector.faiss`, `context.faiss`: the two graphs, vectors included, saved now and then.
 
 Labels are positions in the graphs: entry k is the k-th vector added to each. A graph file
@@ -15,6 +15,9 @@ their logged vectors: a write is durable once its SQLite transaction commits, an
 written only every `save_every` new entries and on close. A replaced or deleted entry keeps
 its label, dead, its vectors zeroed in memory and dropped from the log; they leave the graph
 files at the next save, which `scrub` (after an erasure) does at once.
+
+The lexical legs are BM25 over the logged tokens (postings.py), held in memory only: opening
+builds them from the log.
 
 One process owns the files (shared.claim); its request threads share the index: searches at
 once, writes one at a time, each graph change alone (Gate) in short steps between searches.
@@ -47,7 +50,7 @@ from somafractalmemory.retrieval.filters import (
     Node,
     key_paths,
 )
-from somafractalmemory.vectors import shared
+from somafractalmemory.vectors import postings, shared
 from somafractalmemory.vectors.base import VectorHit, VectorRecord
 from somafractalmemory.vectors.shared import Gate, collection_name
 
@@ -64,6 +67,8 @@ faster than a graph walk that must step over the rows a narrow filter excludes."
 EXACT_SHARE = 1 / 32
 """...or at most this share of the index: a walk would step mostly over excluded rows."""
 SAVE_EVERY = 50_000
+LEXICAL_CHUNK = 100_000
+"""Entries read from the log per postings segment when opening."""
 ADD_STEP = 256
 """Entries added to the graphs per exclusive step: searches run between steps."""
 _MASKS = 16
@@ -78,7 +83,9 @@ CREATE TABLE IF NOT EXISTS entries (
     importance REAL NOT NULL,
     created_at_ms INTEGER NOT NULL,
     metadata TEXT NOT NULL,
-    live INTEGER NOT NULL
+    live INTEGER NOT NULL,
+    lexical BLOB,
+    context_lexical BLOB
 );
 CREATE TABLE IF NOT EXISTS pending (
     label INTEGER PRIMARY KEY,
@@ -351,6 +358,14 @@ def _entry(r: VectorRecord) -> tuple[Any, ...]:
     )
 
 
+def _terms(blob: bytes | None) -> postings.Terms:
+    return np.frombuffer(blob, dtype="<u8").astype(np.uint64) if blob else postings.EMPTY
+
+
+def _blob(terms: postings.Terms) -> bytes:
+    return terms.astype("<u8").tobytes()
+
+
 def _unit(rows: Any, dim: int) -> Vectors:
     """Rows scaled to length 1 (cosine is then the inner product); zero rows stay zero."""
     matrix = np.asarray(rows, dtype=np.float32).reshape(-1, dim)
@@ -361,7 +376,7 @@ def _unit(rows: Any, dim: int) -> Vectors:
 class LocalIndex:
     """VectorIndex in this process (see the module's docstring)."""
 
-    lexical = False  # the lexical legs are SQL full text's (SQLite FTS5 here)
+    lexical = True  # BM25 over the logged tokens (SQLite FTS5 only when this index fails)
 
     def __init__(
         self,
@@ -407,6 +422,7 @@ class LocalIndex:
             for pragma in (*pragmas, "secure_delete = ON"):
                 self._db.execute(f"PRAGMA {pragma}")
             self._db.executescript(_SCHEMA)
+            self._stale = self._add_lexical_columns()
             try:
                 self._open()
             except Damaged as exc:
@@ -425,9 +441,19 @@ class LocalIndex:
     def _empty(self) -> None:
         """No entries, no graph files, the log rewritten small; then open that."""
         self._db.executescript("DELETE FROM entries; DELETE FROM pending; VACUUM;")
+        self._stale = False
         for which in ("vector", "context"):
             self._graph_path(which).unlink(missing_ok=True)
         self._open()
+
+    def _add_lexical_columns(self) -> bool:
+        """Give a log from before the lexical legs their columns; whether it needed them (its
+        entries have no tokens: the index starts again)."""
+        held = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
+        missing = [c for c in ("lexical", "context_lexical") if c not in held]
+        for column in missing:
+            self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} BLOB")
+        return bool(missing)
 
     def _graph_path(self, which: str) -> Path:
         return self.directory / f"{which}.faiss"
@@ -451,13 +477,22 @@ class LocalIndex:
 
     def _open(self) -> None:
         self._columns = Columns()
+        self._lexicals = {w: postings.Postings() for w in ("vector", "context")}
         rows = self._db.execute(
             "SELECT id, embedding_id, tenant, namespace, type, importance, created_at_ms, "
-            "metadata, live FROM entries ORDER BY label"
+            "metadata, live, lexical, context_lexical FROM entries ORDER BY label"
         )
+        docs: list[tuple[bytes | None, bytes | None]] = []
         while chunk := rows.fetchmany(10_000):
-            self._columns.append(chunk)
+            self._columns.append([row[:9] for row in chunk])
+            docs.extend(row[9:] for row in chunk)
+            if len(docs) >= LEXICAL_CHUNK:
+                self._add_lexical(docs)
+                docs = []
+        self._add_lexical(docs)
         entries = len(self._columns)
+        if self._stale and entries:
+            raise Damaged("its log was written before the index held lexical tokens")
         self._graphs = {w: self._load_graph(w, entries) for w in ("vector", "context")}
         # What the graph files do not hold yet, from the log.
         replayed = 0
@@ -486,6 +521,14 @@ class LocalIndex:
             log.info("vector index %s: %d entries added from the log", self.name, replayed)
             self._unsaved = replayed
             self.save()
+
+    def _add_lexical(self, blobs: Sequence[tuple[bytes | None, bytes | None]]) -> None:
+        """The next labels' tokens (from the log: None when dead) into the postings."""
+        live = self._columns.live.view
+        for field, which in enumerate(("vector", "context")):
+            index = self._lexicals[which]
+            index.add([_terms(b[field]) for b in blobs])
+            index.compact(live)
 
     def save(self) -> None:
         """Write both graphs (atomically, each to a new file renamed over the old), then drop
@@ -558,6 +601,11 @@ class LocalIndex:
         contexts = _unit(
             [r.vector if r.context_vector is None else r.context_vector for r in records], self.dim
         )
+        terms = [
+            (postings.parse(r.lexical), postings.parse(r.context_lexical or r.lexical))
+            for r in records
+        ]
+        blobs = [(_blob(lexical), _blob(context)) for lexical, context in terms]
         with self._writing():
             columns = self._columns
             entries = [_entry(r) for r in records]
@@ -566,7 +614,9 @@ class LocalIndex:
             replaced: dict[int, int] = {}  # record -> the label its new entry replaces
             for i, (r, entry) in enumerate(zip(records, entries, strict=True)):
                 label = columns.label_of.get(r.id)
-                if label is not None and self._same(label, entry, vectors[i], contexts[i]):
+                if label is not None and self._same(
+                    label, entry, vectors[i], contexts[i], blobs[i]
+                ):
                     kept.append((label, entry))
                     continue
                 if label is not None:
@@ -582,7 +632,8 @@ class LocalIndex:
                     [(*entry[2:7], label) for label, entry in kept],
                 )
                 self._db.executemany(
-                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", new
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(*row, *blobs[i]) for row, i in zip(new, added, strict=True)],
                 )
                 self._db.executemany(
                     "INSERT INTO pending VALUES (?, ?, ?)",
@@ -602,20 +653,36 @@ class LocalIndex:
                     self._graphs["context"].add(contexts[step])
                     columns.append([row[1:10] for row in new[start : start + ADD_STEP]])
                     self._zero([replaced[i] for i in step if i in replaced])
+                    for field, which in enumerate(("vector", "context")):
+                        self._lexicals[which].add([terms[i][field] for i in step])
                     self._changed()
+            if added:  # merged outside the gate: searches meanwhile read the segments as were
+                for index in self._lexicals.values():
+                    index.compact(columns.live.view)
             self._unsaved += len(added)
             if self._unsaved >= max(self._save_every, len(columns) // 10):
                 self.save()
 
-    def _same(self, label: int, entry: tuple[Any, ...], vector: Vectors, context: Vectors) -> bool:
-        """Whether a live label already holds this entry's vectors and metadata (then only
-        its other fields change, in place)."""
+    def _same(
+        self,
+        label: int,
+        entry: tuple[Any, ...],
+        vector: Vectors,
+        context: Vectors,
+        blobs: tuple[bytes, bytes],
+    ) -> bool:
+        """Whether a live label already holds this entry's vectors, tokens and metadata (then
+        only its other fields change, in place)."""
         columns = self._columns
         return (
             columns.embedding_ids[label] == entry[1]
             and columns.metadata[label] == entry[7]
             and np.array_equal(self._stored("vector")[label], vector)
             and np.array_equal(self._stored("context")[label], context)
+            and self._db.execute(
+                "SELECT lexical, context_lexical FROM entries WHERE label = ?", (label,)
+            ).fetchone()
+            == blobs
         )
 
     def _stored(self, which: str) -> Vectors:
@@ -642,7 +709,8 @@ class LocalIndex:
         """Mark labels dead in the log (inside a transaction), their metadata and vectors
         gone (an erased memory's metadata may name its subject)."""
         self._db.executemany(
-            "UPDATE entries SET live = 0, metadata = '{}' WHERE label = ?",
+            "UPDATE entries SET live = 0, metadata = '{}', lexical = NULL, context_lexical = NULL "
+            "WHERE label = ?",
             [(label,) for label in labels],
         )
         self._db.executemany("DELETE FROM pending WHERE label = ?", [(label,) for label in labels])
@@ -651,6 +719,8 @@ class LocalIndex:
         """Labels dead in memory (gate held): out of every filter, their vectors zeroed."""
         for label in labels:
             self._columns.kill(label)
+        for index in self._lexicals.values():
+            index.kill(labels)
         if labels:
             for which in self._graphs:
                 self._stored(which)[list(labels)] = 0.0
@@ -769,7 +839,17 @@ class LocalIndex:
         top_k: int,
         context: bool = False,
     ) -> list[VectorHit]:
-        raise IndexUnavailable("the embedded index has no BM25 (the lexical legs are SQL's)")
+        terms = postings.parse(tokens)
+        if not len(terms):
+            return []
+        with self._reading():
+            allowed = self._allowed(tenant, namespace, where)
+            if allowed.count == 0:
+                return []
+            index = self._lexicals["context" if context else "vector"]
+            found = index.top(terms, allowed.mask, top_k)
+            ids = self._columns.ids
+            return [VectorHit(id=ids[label], score=score) for label, score in found]
 
     def vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
         with self._reading():
