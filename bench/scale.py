@@ -311,6 +311,8 @@ PROFILE_FRAMES = (
     "MilvusIndex._call (milvus.py)",
     "LocalIndex._nearest (local.py)",
     "LocalIndex._allowed (local.py)",
+    "LocalIndex.search_lexical (local.py)",
+    "Postings.top (postings.py)",
     "_sql_lexical (recall.py)",
     "_score (recall.py)",
     "SQLCompiler.execute_sql (compiler.py)",
@@ -402,7 +404,8 @@ def render(points: Sequence[Point], args: argparse.Namespace, info: run.RunInfo)
         ),
         "",
         "Stacks: `embedded` is the built-in defaults (SQLite, the local vector engine: faiss "
-        "HNSW in process, SQLite FTS5 lexical legs; LocMem cache); `production` a fresh "
+        "HNSW in process, its lexical legs BM25 in process too; LocMem cache); `production` "
+        "a fresh "
         "PostgreSQL 15 database, Redis 7 and a Milvus standalone "
         f"server (PyPI `milvus` 2.3.5; `proxy.timeTickInterval` {args.milvus_tick_ms} ms, as "
         "docs/deployment.md advises: a Strong search waits for a time tick, 200 ms at "

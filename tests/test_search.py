@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -297,6 +298,53 @@ def test_deleting_an_episode_rewrites_its_neighbours_context(api: Api, namespace
     assert ids(search(api, namespace, "canoe rental", mode="lexical")) == []
     # The two remaining episodes are now each other's neighbours.
     assert ids(search(api, namespace, "trout", mode="lexical")) == [last, first]
+
+
+def test_a_batch_reads_only_the_neighbourhoods_of_its_episodes(api: Api, namespace: str) -> None:
+    """A batch spread over a year rewrites the contexts next to its episodes, reading those
+    neighbourhoods alone: an episode months from any of them is neither read nor changed."""
+    from somafractalmemory.memories import indexing
+
+    between = store(api, namespace, "The attic was insulated in June", created_at="2020-06-01")
+    batch = [
+        ("We booked the cabin by the lake", "2020-01-01T10:00:00Z"),
+        ("The canoe rental closes at sunset", "2020-01-01T10:01:00Z"),
+        ("Dinner was grilled trout", "2021-01-01T10:00:00Z"),
+    ]
+    stored = api.ok(
+        "POST",
+        "/memory/batch",
+        {
+            "memories": [
+                {"content": text, "namespace": namespace, "created_at": when}
+                for text, when in batch
+            ]
+        },
+    )
+    cabin, canoe, trout = (m["id"] for m in stored["memories"])
+    times = [datetime.fromisoformat(when) for _, when in batch]
+    window = timedelta(seconds=3600)
+    tenant = Memory.objects.get(id=cabin).tenant_id
+    read = [
+        m.id for part in indexing.episodes_around(tenant, namespace, times, window) for m in part
+    ]
+    assert read == [cabin, canoe, trout]
+    # The neighbours' contexts are right: the canoe episode is in the cabin's, not in the
+    # trout's (a year apart), nor the attic's (months from both).
+    assert set(ids(search(api, namespace, "canoe rental", mode="lexical"))) == {canoe, cabin}
+    assert ids(search(api, namespace, "attic insulated", mode="lexical")) == [between]
+
+
+def test_episode_ranges_merge_what_overlaps() -> None:
+    from somafractalmemory.memories.indexing import episode_ranges
+
+    day = datetime(2020, 1, 1, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    assert episode_ranges([day + 3 * hour, day, day + 100 * hour], hour) == [
+        (day - 2 * hour, day + 5 * hour),
+        (day + 98 * hour, day + 102 * hour),
+    ]
+    assert episode_ranges([], hour) == []
 
 
 def test_filters_apply_inside_every_leg(api: Api, namespace: str) -> None:

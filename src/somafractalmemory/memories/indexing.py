@@ -185,17 +185,40 @@ def _check_written(rows: dict[str, Memory], spans: dict[str, list[str]], rewrite
     write_vectors(fresh, rewrites=rewrites + 1)
 
 
+RANGES_PER_QUERY = 100
+"""Time ranges per SQL query of `episodes_around` (SQLite bounds an expression's depth)."""
+
+
+def episode_ranges(times: Iterable[datetime], window: timedelta) -> list[tuple[datetime, datetime]]:
+    """The ranges within two context windows of any of `times` (a change rewrites its
+    neighbours' contexts, and those need their neighbours), overlapping ones merged, in
+    order."""
+    ranges: list[tuple[datetime, datetime]] = []
+    for t in sorted(times):
+        low, high = t - 2 * window, t + 2 * window
+        if ranges and low <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(high, ranges[-1][1]))
+        else:
+            ranges.append((low, high))
+    return ranges
+
+
 def episodes_around(
-    tenant: str, namespace: str, low: datetime, high: datetime, window: timedelta
-) -> QuerySet[Memory]:
-    """The namespace's episodes from two context windows before `low` to two after `high`,
-    in order: a change rewrites its neighbours' contexts, and those need their neighbours."""
-    return Memory.objects.filter(
-        tenant_id=tenant,
-        namespace=namespace,
-        type="episodic",
-        created_at__range=(low - 2 * window, high + 2 * window),
-    ).order_by(*EPISODE_ORDER)
+    tenant: str, namespace: str, times: Iterable[datetime], window: timedelta
+) -> list[QuerySet[Memory]]:
+    """The namespace's episodes within two context windows of any of `times`: querysets
+    in time order, each ordered, so that their rows one after the other are in order. Only
+    those windows are read: a batch of episodes spread over years reads their neighbourhoods,
+    not the years between (every episode of the namespace, as it once did)."""
+    ranges = episode_ranges(times, window)
+    episodes = Memory.objects.filter(tenant_id=tenant, namespace=namespace, type="episodic")
+    out = []
+    for start in range(0, len(ranges), RANGES_PER_QUERY):
+        within = Q()
+        for low, high in ranges[start : start + RANGES_PER_QUERY]:
+            within |= Q(created_at__range=(low, high))
+        out.append(episodes.filter(within).order_by(*EPISODE_ORDER))
+    return out
 
 
 def _episode_sequences(memories: Sequence[Memory]) -> list[list[Memory]]:
@@ -208,15 +231,11 @@ def _episode_sequences(memories: Sequence[Memory]) -> list[list[Memory]]:
         if m.type == "episodic":
             groups.setdefault((m.tenant_id, m.namespace), []).append(m)
     return [
-        list(
-            episodes_around(
-                tenant,
-                namespace,
-                min(m.created_at for m in group),
-                max(m.created_at for m in group),
-                window,
-            )
-        )
+        [
+            m
+            for part in episodes_around(tenant, namespace, [m.created_at for m in group], window)
+            for m in part
+        ]
         for (tenant, namespace), group in groups.items()
     ]
 
@@ -487,8 +506,8 @@ def rewrite_neighbours(gone: Sequence[Memory]) -> int:
     spans: dict[str, list[str]] = {}  # episode to rewrite -> its span, in time order
     for (tenant, namespace), places in groups.items():
         places.sort()
-        around = episodes_around(tenant, namespace, places[0][0], places[-1][0], window)
-        order = list(around.values_list(*EPISODE_ORDER))
+        around = episodes_around(tenant, namespace, [p[0] for p in places], window)
+        order = [row for part in around for row in part.values_list(*EPISODE_ORDER)]
         spans.update(spans_next_to(order, places, window))
     ids = list(spans)
     for start in range(0, len(ids), 1000):
