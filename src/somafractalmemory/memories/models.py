@@ -139,6 +139,13 @@ class SealedJSONField(SealedTextField):
         return value if value is None or isinstance(value, str) else self.to_text(value)
 
 
+def last_seen(created_at: datetime, last_accessed_at: datetime | None) -> datetime:
+    """A memory's event time or its last recall, the later (Memory.last_seen, from fields)."""
+    if last_accessed_at and last_accessed_at > created_at:
+        return last_accessed_at
+    return created_at
+
+
 class Memory(models.Model):
     id = models.CharField(primary_key=True, max_length=40)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memories")
@@ -198,9 +205,7 @@ class Memory(models.Model):
     @property
     def last_seen(self) -> datetime:
         """When the memory last mattered: its event time or its last recall, the later."""
-        if self.last_accessed_at and self.last_accessed_at > self.created_at:
-            return self.last_accessed_at
-        return self.created_at
+        return last_seen(self.created_at, self.last_accessed_at)
 
     @property
     def place(self) -> tuple[datetime, datetime, str]:
