@@ -10,7 +10,7 @@ from django.test import override_settings
 
 from somafractalmemory import backends
 from somafractalmemory.embedding import cache as qcache
-from somafractalmemory.embedding.base import Vectors
+from somafractalmemory.embedding.base import SameForQueries, Vectors
 from tests.conftest import Api
 
 DEAD_REDIS = {
@@ -22,7 +22,7 @@ DEAD_REDIS = {
 }
 
 
-class CountingEmbedder:
+class CountingEmbedder(SameForQueries):
     """The real model, counting how often it is asked."""
 
     def __init__(self) -> None:

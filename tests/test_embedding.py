@@ -118,3 +118,15 @@ def test_onnx_runtime_gives_the_torch_vectors(tmp_path: Path) -> None:
     np.testing.assert_allclose(again.embed(texts[:3]), got[:3], atol=1e-6)
     assert export.stat().st_mtime_ns == made
     assert fast.embed([]).shape == (0, 384)
+    # Queries on the int8 export beside it (query_encoder: int8); memories still in full.
+    quick = OnnxEmbedder(cache_dir=tmp_path, int8_queries=True)
+    np.testing.assert_allclose(quick.embed(texts[:3]), got[:3], atol=1e-6)
+    queries = quick.embed_queries(texts)
+    (quantized,) = tmp_path.glob("*.int8.onnx")
+    assert quantized.stat().st_size < export.stat().st_size / 3
+    closeness = (queries * got).sum(axis=1)
+    assert float(np.median(closeness)) > 0.95 and float(closeness.min()) > 0.8  # near...
+    assert float(closeness.max()) < 0.99999  # ...not the same model
+    assert quick.query_name != fast.query_name == fast.name  # cached apart
+    # What a search does with them: each query's best match among the texts is the same.
+    assert (np.argmax(queries @ got.T, axis=1) == np.arange(len(texts))).mean() > 0.95

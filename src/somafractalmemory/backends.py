@@ -49,6 +49,7 @@ def build_embedder(config: Config) -> Embedder:
             config.embedding_model,
             cache_dir=config.model_cache_dir or config.data_dir / "models",
             batch_size=config.embedding_batch_size,
+            int8_queries=config.query_encoder == "int8",
         )
     from somafractalmemory.embedding.local import LocalEmbedder
 

@@ -25,6 +25,28 @@ class Embedder(Protocol):
         """One row per text, unit length, shape (len(texts), dim)."""
         ...
 
+    @property
+    def query_name(self) -> str:
+        """Identity of the vectors `embed_queries` gives (the query cache's key)."""
+        ...
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        """Search queries' vectors: `embed`'s, or a faster model's close to them."""
+        ...
+
+
+class SameForQueries:
+    """For an embedder that embeds queries as it embeds memories."""
+
+    name: str
+
+    @property
+    def query_name(self) -> str:
+        return self.name
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        return self.embed(texts)  # type: ignore[attr-defined]
+
 
 def normalise(rows: npt.ArrayLike) -> Vectors:
     """Rows scaled to unit length (zero rows stay zero)."""

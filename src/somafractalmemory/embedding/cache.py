@@ -33,11 +33,11 @@ def cache_key(model: str, text: str, tenant: str) -> str:
 
 def embed_query(embedder: Embedder, text: str, *, tenant: str) -> Vectors:
     """One query's vector (shape (dim,)), from the cache when it has it."""
-    key = cache_key(embedder.name, text, tenant)
+    key = cache_key(embedder.query_name, text, tenant)
     raw = breaker.call(lambda: cache.get(key), None)  # any cache failure: no cache
     if raw is not None:
         return np.frombuffer(raw, dtype=np.float32)
-    vector = embedder.embed([text])[0]
+    vector = embedder.embed_queries([text])[0]
     breaker.call(lambda: cache.set(key, vector.astype(np.float32).tobytes(), TTL_SECONDS), None)
     return vector
 

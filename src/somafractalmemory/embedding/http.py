@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import httpx
 
-from somafractalmemory.embedding.base import Vectors, normalise
+from somafractalmemory.embedding.base import SameForQueries, Vectors, normalise
 from somafractalmemory.errors import EmbeddingUnavailable
 
 
-class HttpEmbedder:
+class HttpEmbedder(SameForQueries):
     """POSTs `{"model", "input": [...]}` to `<base_url>/embeddings`, in batches."""
 
     def __init__(

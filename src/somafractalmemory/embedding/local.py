@@ -8,10 +8,16 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from somafractalmemory.embedding.base import BUNDLED_MODEL, Vectors, model_directory, normalise
+from somafractalmemory.embedding.base import (
+    BUNDLED_MODEL,
+    SameForQueries,
+    Vectors,
+    model_directory,
+    normalise,
+)
 
 
-class LocalEmbedder:
+class LocalEmbedder(SameForQueries):
     """A sentence-transformers model on the CPU, loaded once per process, thread-safe."""
 
     def __init__(self, model: str = BUNDLED_MODEL, *, batch_size: int = 64) -> None:

@@ -5,6 +5,11 @@ The export is cached in the data directory under a name that includes a hash of 
 weights, so a new model version exports again; concurrent first starts export once (a file
 lock). Mean pooling and L2 normalisation are part of the exported graph: the output is
 what sentence-transformers would give (tests compare the two).
+
+Queries may run on a second export beside it, its weights dynamically quantised to 8 bits
+(`query_encoder: int8`): 1.8x faster per query on this machine's CPU, its vectors within
+cosine 0.97 of the full model's, and LoCoMo dev recall@10 within 0.001 (docs/benchmarks.md).
+Memories are always embedded by the full model.
 """
 
 from __future__ import annotations
@@ -89,13 +94,38 @@ def export(model_dir: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
+def quantize(source: Path, target: Path) -> None:
+    """Write `source` with its weights quantised to int8 (dynamic: activations stay float)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    partial = target.with_suffix(".partial")
+    quantizer = logging.getLogger()  # it advises pre-processing on the root logger
+    level = quantizer.level
+    quantizer.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(source), str(partial), weight_type=QuantType.QInt8)
+    finally:
+        quantizer.setLevel(level)
+    os.replace(partial, target)
+
+
 class OnnxEmbedder:
     """The bundled model on onnxruntime (CPU), loaded once per process, thread-safe."""
 
     def __init__(
-        self, model: str = BUNDLED_MODEL, *, cache_dir: Path, batch_size: int = 64, threads: int = 0
+        self,
+        model: str = BUNDLED_MODEL,
+        *,
+        cache_dir: Path,
+        batch_size: int = 64,
+        threads: int = 0,
+        int8_queries: bool = False,
     ) -> None:
         self.name = model
+        self.int8_queries = int8_queries
+        self._queries: Any = None
         self._cache_dir = cache_dir
         self._batch_size = batch_size
         self._threads = threads
@@ -114,15 +144,23 @@ class OnnxEmbedder:
                 target = (
                     self._cache_dir / f"{Path(self.name).name}-{weights_digest(model_dir)}.onnx"
                 )
+                quantized = target.with_suffix(".int8.onnx")
                 with _locked(self._cache_dir / ".export.lock"):
                     if not target.is_file():
                         export(model_dir, target)
+                    if self.int8_queries and not quantized.is_file():
+                        quantize(target, quantized)
                 options = onnxruntime.SessionOptions()
                 if self._threads:
                     options.intra_op_num_threads = self._threads
                 self._session = onnxruntime.InferenceSession(
                     str(target), options, providers=["CPUExecutionProvider"]
                 )
+                self._queries = self._session
+                if self.int8_queries:
+                    self._queries = onnxruntime.InferenceSession(
+                        str(quantized), options, providers=["CPUExecutionProvider"]
+                    )
                 config = json.loads((model_dir / "sentence_bert_config.json").read_text())
                 tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
                 tokenizer.enable_truncation(max_length=int(config.get("max_seq_length", 256)))
@@ -131,22 +169,34 @@ class OnnxEmbedder:
                 self._dim = int(self._run(["dimension"]).shape[1])
             return self._session
 
-    def _run(self, texts: Sequence[str]) -> Vectors:
+    def _run(self, texts: Sequence[str], session: Any = None) -> Vectors:
         encoded = self._tokenizer.encode_batch(list(texts))
         feeds = {
             "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
         }
-        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)
+        run = (session or self._session).run
+        return np.asarray(run(None, feeds)[0], dtype=np.float32)
 
     @property
     def dim(self) -> int:
         self._load()
         return self._dim
 
+    @property
+    def query_name(self) -> str:
+        return f"{self.name}+int8" if self.int8_queries else self.name
+
     def embed(self, texts: Sequence[str]) -> Vectors:
         self._load()
+        return self._embed(texts, self._session)
+
+    def embed_queries(self, texts: Sequence[str]) -> Vectors:
+        self._load()
+        return self._embed(texts, self._queries)
+
+    def _embed(self, texts: Sequence[str], session: Any) -> Vectors:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         # Similar lengths batched together: less padding to compute.
@@ -154,5 +204,5 @@ class OnnxEmbedder:
         out = np.empty((len(texts), self._dim), dtype=np.float32)
         for start in range(0, len(order), self._batch_size):
             picked = order[start : start + self._batch_size]
-            out[picked] = self._run([texts[i] for i in picked])
+            out[picked] = self._run([texts[i] for i in picked], session)
         return normalise(out)
