@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench bench-engines bench-scale bench-stacks bench-fractal bench-erasure eval docs clean
+.PHONY: install serve test lint typecheck pytest bench bench-engines bench-lexical bench-scale bench-stacks bench-fractal bench-erasure eval docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ bench: install
 # Candidate engines for the embedded default's dense legs, side by side (bench/engines.py).
 bench-engines: install
 	$(BIN)/python bench/engines.py $(ARGS)
+
+bench-lexical: install
+	$(BIN)/python bench/lexical.py $(ARGS)
 
 bench-scale: install
 	$(BIN)/python bench/scale.py $(ARGS)
