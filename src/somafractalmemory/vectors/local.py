@@ -482,14 +482,16 @@ class LocalIndex:
             "SELECT id, embedding_id, tenant, namespace, type, importance, created_at_ms, "
             "metadata, live, lexical, context_lexical FROM entries ORDER BY label"
         )
-        docs: list[tuple[bytes | None, bytes | None]] = []
+        docs: list[tuple[postings.Terms, postings.Terms]] = []
         while chunk := rows.fetchmany(10_000):
             self._columns.append([row[:9] for row in chunk])
-            docs.extend(row[9:] for row in chunk)
+            docs.extend((_terms(row[9]), _terms(row[10])) for row in chunk)  # None: dead
             if len(docs) >= LEXICAL_CHUNK:
-                self._add_lexical(docs)
+                self._add_terms(docs)
+                self._compact()
                 docs = []
-        self._add_lexical(docs)
+        self._add_terms(docs)
+        self._compact()
         entries = len(self._columns)
         if self._stale and entries:
             raise Damaged("its log was written before the index held lexical tokens")
@@ -522,13 +524,15 @@ class LocalIndex:
             self._unsaved = replayed
             self.save()
 
-    def _add_lexical(self, blobs: Sequence[tuple[bytes | None, bytes | None]]) -> None:
-        """The next labels' tokens (from the log: None when dead) into the postings."""
-        live = self._columns.live.view
+    def _add_terms(self, docs: Sequence[tuple[postings.Terms, postings.Terms]]) -> None:
+        """The next labels' (memory, context) terms into the two postings, as new segments."""
         for field, which in enumerate(("vector", "context")):
-            index = self._lexicals[which]
-            index.add([_terms(b[field]) for b in blobs])
-            index.compact(live)
+            self._lexicals[which].add([doc[field] for doc in docs])
+
+    def _compact(self) -> None:
+        """Merge the postings' newest segments (writes held off: `live` must not change)."""
+        for index in self._lexicals.values():
+            index.compact(self._columns.live.view)
 
     def save(self) -> None:
         """Write both graphs (atomically, each to a new file renamed over the old), then drop
@@ -653,12 +657,10 @@ class LocalIndex:
                     self._graphs["context"].add(contexts[step])
                     columns.append([row[1:10] for row in new[start : start + ADD_STEP]])
                     self._zero([replaced[i] for i in step if i in replaced])
-                    for field, which in enumerate(("vector", "context")):
-                        self._lexicals[which].add([terms[i][field] for i in step])
+                    self._add_terms([terms[i] for i in step])
                     self._changed()
             if added:  # merged outside the gate: searches meanwhile read the segments as were
-                for index in self._lexicals.values():
-                    index.compact(columns.live.view)
+                self._compact()
             self._unsaved += len(added)
             if self._unsaved >= max(self._save_every, len(columns) // 10):
                 self.save()
@@ -794,10 +796,12 @@ class LocalIndex:
                 return [[] for _ in queries]
             exact = allowed.count <= self._exact_rows or allowed.share < self._exact_share
             found = self._scored(graph, allowed, queries, top_k, exact=exact)
-            ids = self._columns.ids
-            return [
-                [VectorHit(id=ids[label], score=score) for label, score in row] for row in found
-            ]
+            return [self._hits(row) for row in found]
+
+    def _hits(self, found: Sequence[tuple[int, float]]) -> list[VectorHit]:
+        """(label, score) pairs as hits (gate held)."""
+        ids = self._columns.ids
+        return [VectorHit(id=ids[label], score=score) for label, score in found]
 
     def _scored(
         self, graph: Any, allowed: Allowed, queries: Vectors, top_k: int, *, exact: bool
@@ -847,9 +851,7 @@ class LocalIndex:
             if allowed.count == 0:
                 return []
             index = self._lexicals["context" if context else "vector"]
-            found = index.top(terms, allowed.mask, top_k)
-            ids = self._columns.ids
-            return [VectorHit(id=ids[label], score=score) for label, score in found]
+            return self._hits(index.top(terms, allowed.mask, top_k))
 
     def vectors(self, ids: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
         with self._reading():
