@@ -31,6 +31,18 @@ def test_the_vector_engine_follows_the_milvus_uri_unless_named(tmp_path: Path) -
     assert load_config({**absent, "SFM_VECTOR_ENGINE": "local"}).local_index
 
 
+def test_queries_run_on_the_int8_export_unless_full_is_asked(tmp_path: Path) -> None:
+    from somafractalmemory import backends
+
+    absent = {"SFM_CONFIG": str(tmp_path / "absent.yaml")}
+    assert backends.build_embedder(load_config(absent)).query_name.endswith("+int8")
+    full = load_config({**absent, "SFM_QUERY_ENCODER": "full"})
+    embedder = backends.build_embedder(full)
+    assert embedder.query_name == embedder.name
+    with pytest.raises(ConfigError, match="query_encoder"):
+        load_config({**absent, "SFM_QUERY_ENCODER": "fp16"})
+
+
 def test_yaml_then_environment(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("namespace: agents\nvector_dim: 384\napi_port: 9000\nmilvus_host: milvus\n")
