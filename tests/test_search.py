@@ -380,8 +380,8 @@ def test_hits_are_read_in_two_queries_and_only_the_top_k_opened(api: Api, namesp
     ]
     assert len(found.hits) == 3
     assert len(reads) == 2, reads  # candidates for ranking, then the top k: no N+1
-    assert '"memories_memory"."content"' not in reads[0]  # ranking reads nothing sealed
-    assert '"memories_memory"."content"' in reads[1]
+    assert '"content"' not in reads[0]  # ranking reads nothing sealed
+    assert '"content"' in reads[1]
     assert all(h.memory.content.startswith("Harbour log") for h in found.hits)
 
 

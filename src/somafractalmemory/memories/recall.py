@@ -290,24 +290,41 @@ RANKING_FIELDS = (
     "last_accessed_at",
     "archived_at",
 )
-"""What ranking reads of a candidate, as plain tuples (no model instances: a search ranks
+"""What ranking reads of a candidate (columns), as plain tuples (no model instances: a search ranks
 up to 160 candidates): no sealed field, so nothing is decrypted for the candidates that do
 not make the top k."""
+_COLUMNS = tuple(str(f.column) for f in Memory._meta.concrete_fields)
+
+
+def _by_id(columns: Sequence[str], ids: Sequence[str]) -> str:
+    """SELECT `columns` of the rows with these primary keys (`id`): the plain statement the
+    ORM would write, without building a query each time (a search makes two)."""
+    name = connection.ops.quote_name
+    return "SELECT {} FROM {} WHERE {} IN ({})".format(
+        ", ".join(name(c) for c in columns),
+        name(Memory._meta.db_table),
+        name("id"),
+        ", ".join(["%s"] * len(ids)),
+    )
 
 
 def _candidates(ids: list[str], query: Query, tenant: str) -> dict[str, tuple[Any, ...]]:
     """id -> (type, importance, last seen) of the candidates whose row still stands: a hit
     without its row was deleted (or archived) after the index answered, and the row
-    decides. One query by primary key alone: with the tenant in the WHERE clause SQLite
+    decides. One statement by primary key alone: with the tenant in the WHERE clause SQLite
     walks a tenant index instead (every row of a one-tenant store: 150 ms at 100,000
-    memories)."""
+    memories). Plain SQL: building the query and converting its rows took the ORM 1.2 ms
+    of a search at 10,000 memories, the statement 0.5 ms."""
+    if not ids:
+        return {}
     allowed = query.allowed_levels
+    with connection.cursor() as cursor:
+        cursor.execute(_by_id(RANKING_FIELDS, ids), ids)
+        rows = cursor.fetchall()
     out = {}
-    for i, owner, kind, importance, level, created, accessed, archived in Memory.objects.filter(
-        id__in=ids
-    ).values_list(*RANKING_FIELDS):
+    for i, owner, kind, importance, level, created, accessed, archived in rows:
         if owner == tenant and archived is None and (not allowed or level in allowed):
-            out[i] = (kind, importance, last_seen(created, accessed))
+            out[i] = (kind, importance, last_seen(utc(created), accessed and utc(accessed)))
     return out
 
 
@@ -329,7 +346,10 @@ def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[
     floor = query.min_score
     top = [(i, parts) for i, parts in ranked if floor is None or parts.score >= floor]
     top = top[: query.top_k]
-    full = Memory.objects.in_bulk([i for i, _ in top])  # by primary key alone, as above
+    chosen = [i for i, _ in top]  # by primary key alone, as above
+    full = {}
+    if chosen:
+        full = {m.id: m for m in Memory.objects.raw(_by_id(_COLUMNS, chosen), chosen)}
     return [
         Hit(
             full[i],

@@ -69,6 +69,10 @@ def _databases() -> dict[str, Any]:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": str(CONFIG.data_dir / "sfm.sqlite3"),
+            # Kept by each request thread, as a server's are: opening one and running its
+            # pragmas took 0.4 ms of every request.
+            "CONN_MAX_AGE": 600,
+            "CONN_HEALTH_CHECKS": True,
             "OPTIONS": {
                 # WAL lets readers run beside the writer; FULL syncs each commit, so an
                 # acknowledged write survives a crash of the process or the machine.
