@@ -335,6 +335,29 @@ def test_a_batch_reads_only_the_neighbourhoods_of_its_episodes(api: Api, namespa
     assert ids(search(api, namespace, "attic insulated", mode="lexical")) == [between]
 
 
+@pytest.mark.django_db
+def test_episode_reads_seek_their_time_ranges_in_the_index() -> None:
+    """The reads around a batch's episodes (contexts, and `follows` links) seek each time
+    range in the (tenant, namespace, level, created_at) index: with the tenant and type
+    alone SQLite walked every episode of the tenant, a million rows per batch at 1M."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's planner; PostgreSQL plans from its statistics")
+    from somafractalmemory.memories import indexing, linking
+
+    day = datetime(2020, 1, 1, tzinfo=UTC)
+    reads = [
+        *indexing.episodes_around("t", "n", [day, day + timedelta(days=30)], timedelta(hours=1)),
+        *linking.episode_reads("t", "n", day, day + timedelta(days=1)),
+    ]
+    for read in reads:
+        sql, params = read.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            plan = " ".join(row[-1] for row in cursor.fetchall())
+        assert "USING INDEX mem_level" in plan and "created_at" in plan, plan
+        assert "mem_type" not in plan, plan
+
+
 def test_episode_ranges_merge_what_overlaps() -> None:
     from somafractalmemory.memories.indexing import episode_ranges
 

@@ -125,6 +125,12 @@ def test_import_refuses_a_bad_file_and_writes_nothing(tmp_path: Path) -> None:
         assert "line 2" in refused.stderr and "validation_error" in refused.stderr
         path.write_text(json.dumps(good) + "\n{not json\n")
         assert "line 2: not JSON" in sfm(env, "import", str(path)).stderr
+        raised = dict(good, id="mem_up", level=2)  # episodes are leaves: what reads them seeks 0
+        path.write_text(json.dumps(good) + "\n" + json.dumps(raised) + "\n")
+        refused = sfm(env, "import", str(path))
+        assert refused.returncode == 2 and "line 2: an episodic memory is at level 0" in (
+            refused.stderr
+        )
         out = sfm(env, "export", "-")
         assert out.returncode == 0 and out.stdout == ""  # nothing was written
 

@@ -211,13 +211,16 @@ def episodes_around(
     those windows are read: a batch of episodes spread over years reads their neighbourhoods,
     not the years between (every episode of the namespace, as it once did)."""
     ranges = episode_ranges(times, window)
-    episodes = Memory.objects.filter(tenant_id=tenant, namespace=namespace, type="episodic")
+    within = Q(tenant_id=tenant, namespace=namespace, level=0, type="episodic")
     out = []
     for start in range(0, len(ranges), RANGES_PER_QUERY):
-        within = Q()
+        # Each range a whole term, so the planner seeks each in the (tenant, namespace,
+        # level, created_at) index: with the range outside the terms SQLite read every
+        # episode of the tenant (a million rows per batch at 1M memories).
+        either = Q()
         for low, high in ranges[start : start + RANGES_PER_QUERY]:
-            within |= Q(created_at__range=(low, high))
-        out.append(episodes.filter(within).order_by(*EPISODE_ORDER))
+            either |= within & Q(created_at__range=(low, high))
+        out.append(Memory.objects.filter(either).order_by(*EPISODE_ORDER))
     return out
 
 

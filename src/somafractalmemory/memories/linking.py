@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
 from django.db import DatabaseError, connections
+from django.db.models import QuerySet
 
 from somafractalmemory import backends
 from somafractalmemory.conf import get_config
@@ -111,6 +113,19 @@ def _link_from_index(tenant: str, rows: list[tuple[str, str, Any]]) -> None:
         connections.close_all()
 
 
+def episode_reads(
+    tenant: str, namespace: str, low: datetime, high: datetime
+) -> tuple[QuerySet[Memory], QuerySet[Memory]]:
+    """The namespace's episodes before `low` (latest first) and from `low` to `high` (in
+    order). Level 0, which every episode is, lets the planner seek the (tenant, namespace,
+    level, created_at) index: without it SQLite read every episode of the tenant."""
+    scope = Memory.objects.filter(tenant_id=tenant, namespace=namespace, level=0, type="episodic")
+    return (
+        scope.filter(created_at__lt=low).order_by(*(f"-{f}" for f in EPISODE_ORDER)),
+        scope.filter(created_at__range=(low, high)).order_by(*EPISODE_ORDER),
+    )
+
+
 def _follows(episodes: list[Memory]) -> list[links.Edge]:
     """Each new episode -> the episode just before it in its namespace (event time, then
     arrival). One range query per namespace."""
@@ -120,9 +135,7 @@ def _follows(episodes: list[Memory]) -> list[links.Edge]:
     edges = []
     for (tenant, namespace), group in groups.items():
         low, high = min(m.created_at for m in group), max(m.created_at for m in group)
-        scope = Memory.objects.filter(tenant_id=tenant, namespace=namespace, type="episodic")
-        before = scope.filter(created_at__lt=low).order_by(*(f"-{f}" for f in EPISODE_ORDER))
-        around = scope.filter(created_at__range=(low, high)).order_by(*EPISODE_ORDER)
+        before, around = episode_reads(tenant, namespace, low, high)
         sequence = [*before.values_list("id", flat=True)[:1], *around.values_list("id", flat=True)]
         new = {m.id for m in group}
         edges += [

@@ -135,6 +135,12 @@ def parse(stream: IO[str]) -> list[dict[str, Any]]:
             raise ValidationFailed(
                 f"line {line}: unknown type {item['type']!r}", details={"line": line}
             )
+        if item["type"] == MemoryType.EPISODIC and item.get("level"):
+            # Episodes are the tree's leaves: what reads them seeks level 0.
+            raise ValidationFailed(
+                f"line {line}: an episodic memory is at level 0, not {item['level']!r}",
+                details={"line": line},
+            )
         for name in (
             "created_at",
             "stored_at",
