@@ -26,6 +26,7 @@ from somafractalmemory.memories.models import (
     EPISODE_ORDER,
     Memory,
     VectorTask,
+    episodes_of,
     retry_integrity,
 )
 from somafractalmemory.retrieval import lexical
@@ -211,12 +212,11 @@ def episodes_around(
     those windows are read: a batch of episodes spread over years reads their neighbourhoods,
     not the years between (every episode of the namespace, as it once did)."""
     ranges = episode_ranges(times, window)
-    within = Q(tenant_id=tenant, namespace=namespace, level=0, type="episodic")
+    within = episodes_of(tenant, namespace)
     out = []
     for start in range(0, len(ranges), RANGES_PER_QUERY):
-        # Each range a whole term, so the planner seeks each in the (tenant, namespace,
-        # level, created_at) index: with the range outside the terms SQLite read every
-        # episode of the tenant (a million rows per batch at 1M memories).
+        # Each range a whole term, so the planner seeks each in the index (episodes_of):
+        # with the ranges outside the terms SQLite read the whole scope.
         either = Q()
         for low, high in ranges[start : start + RANGES_PER_QUERY]:
             either |= within & Q(created_at__range=(low, high))

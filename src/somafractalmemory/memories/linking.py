@@ -20,7 +20,7 @@ from somafractalmemory import backends
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import IndexUnavailable
 from somafractalmemory.memories import links
-from somafractalmemory.memories.models import EPISODE_ORDER, Link, Memory
+from somafractalmemory.memories.models import EPISODE_ORDER, Link, Memory, episodes_of
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,8 @@ def episode_reads(
     tenant: str, namespace: str, low: datetime, high: datetime
 ) -> tuple[QuerySet[Memory], QuerySet[Memory]]:
     """The namespace's episodes before `low` (latest first) and from `low` to `high` (in
-    order). Level 0, which every episode is, lets the planner seek the (tenant, namespace,
-    level, created_at) index: without it SQLite read every episode of the tenant."""
-    scope = Memory.objects.filter(tenant_id=tenant, namespace=namespace, level=0, type="episodic")
+    order), each read seeking its range in the index (`episodes_of`)."""
+    scope = Memory.objects.filter(episodes_of(tenant, namespace))
     return (
         scope.filter(created_at__lt=low).order_by(*(f"-{f}" for f in EPISODE_ORDER)),
         scope.filter(created_at__range=(low, high)).order_by(*EPISODE_ORDER),

@@ -19,6 +19,15 @@ from somafractalmemory.retrieval import filters
 DEFAULT_TENANT = "default"
 EPISODE_ORDER = ("created_at", "stored_at", "id")
 """An episode's place in its namespace: event time, then arrival, then id."""
+
+
+def episodes_of(tenant: str, namespace: str) -> models.Q:
+    """A namespace's episodes. Level 0, which every episode is, lets the planner seek the
+    (tenant, namespace, level, created_at) index with a time range beside it: with the
+    tenant and type alone SQLite walked every episode of the tenant."""
+    return models.Q(tenant_id=tenant, namespace=namespace, level=0, type="episodic")
+
+
 DELETE_ATTEMPTS = 5
 T = TypeVar("T")
 

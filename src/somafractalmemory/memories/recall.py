@@ -290,9 +290,9 @@ RANKING_FIELDS = (
     "last_accessed_at",
     "archived_at",
 )
-"""What ranking reads of a candidate (columns), as plain tuples (no model instances: a search ranks
-up to 160 candidates): no sealed field, so nothing is decrypted for the candidates that do
-not make the top k."""
+"""The columns ranking reads of a candidate, as plain tuples (no model instances: a search
+ranks up to 160 candidates): no sealed field, so nothing is decrypted for the candidates
+that do not make the top k."""
 _COLUMNS = tuple(str(f.column) for f in Memory._meta.concrete_fields)
 
 
