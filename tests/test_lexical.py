@@ -125,3 +125,22 @@ def test_the_sealing_migration_keeps_what_it_wrote(text: str) -> None:
     assert sealed.tokens_of(text, "t1") == identity.tokens_of(text, "t1")
     assert sealed.content_hash(text, "t1") == identity.content_hash(text, "t1")
     assert sealed.tokens_of(text, "t1") != identity.tokens_of(text, "t2")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "words"),
+    [
+        ({"speaker": "Caroline"}, 1),
+        ({"speaker": "Anna Maria de la Cruz"}, 4),  # at most four words
+        ({"speaker": 7}, 0),
+        ({}, 0),
+        (None, 0),
+    ],
+)
+def test_the_speaker_migration_keeps_what_it_wrote(metadata: Any, words: int) -> None:
+    import importlib
+
+    speakers = importlib.import_module("somafractalmemory.memories.migrations.0010_speaker")
+    wrote = speakers.speaker_tokens(metadata, "t1")
+    assert wrote == identity.speaker_tokens(metadata, "t1")
+    assert len(wrote.split()) == words

@@ -13,6 +13,7 @@ from somafractalmemory.retrieval.ranking import (
     HalfLives,
     Scoring,
     Weights,
+    credit_speakers,
     decay,
     rank,
     rrf,
@@ -46,6 +47,34 @@ def test_rrf_is_bounded_and_rewards_agreement(rankings: list[list[str]]) -> None
 @given(ids, ids)
 def test_rrf_is_symmetric_in_its_lists(a: list[str], b: list[str]) -> None:
     assert rrf([a, b]) == pytest.approx(rrf([b, a]))
+
+
+def test_credit_speakers_lifts_the_named_and_keeps_the_scale() -> None:
+    relevance = {"a": 1.0, "b": 0.7, "c": 0.4}
+    credited = credit_speakers(relevance, {"b"}, 1.0)
+    assert credited == pytest.approx({"a": 0.5, "b": 0.7, "c": 0.2})
+    assert credit_speakers(relevance, {"x"}, 1.0) == relevance  # no candidate named
+    assert credit_speakers(relevance, {"b"}, 0.0) == relevance
+
+
+@given(
+    st.dictionaries(st.sampled_from("abcdefgh"), st.floats(0, 1), min_size=1),
+    st.sets(st.sampled_from("abcdefgh")),
+    st.floats(0, 5),
+)
+def test_credit_speakers_reorders_only_across_the_two_sets(
+    relevance: dict[str, float], named: set[str], boost: float
+) -> None:
+    credited = credit_speakers(relevance, named, boost)
+    assert set(credited) == set(relevance)
+    assert all(0 <= v <= 1 for v in credited.values())
+    for x in relevance:
+        for y in relevance:
+            same_side = (x in named) == (y in named)
+            if same_side and relevance[x] > relevance[y]:
+                assert credited[x] >= credited[y]  # order kept within either side
+            if x in named and y not in named and relevance[x] >= relevance[y]:
+                assert credited[x] >= credited[y]  # a named memory never falls behind
 
 
 def test_decay_halves_per_half_life() -> None:

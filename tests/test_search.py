@@ -413,3 +413,50 @@ def test_search_of_an_empty_store_is_hybrid_and_finds_nothing(fresh_index: Any, 
 
     found = services.recall("anything at all")
     assert found.hits == [] and found.mode == "hybrid" and found.warnings == []
+
+
+def test_a_query_naming_a_speaker_ranks_what_they_said_higher(api: Api, namespace: str) -> None:
+    # Bob's memory holds more of the query's words; Alice is the one the question names.
+    # The names are in metadata only, so only the speaker signal can tell them apart.
+    bob = store(
+        api, namespace, "The ferry to the island was late again", metadata={"speaker": "Bob"}
+    )
+    alice = store(api, namespace, "Our boat was late", metadata={"speaker": "Alice"})
+    store(api, namespace, "The weather was fine all week", metadata={"speaker": "Carol"})
+
+    words = "the ferry to the island, late again"
+    assert ids(search(api, namespace, words))[0] == bob
+    assert ids(search(api, namespace, f"what did Alice say of {words}?"))[:2] == [alice, bob]
+    assert ids(search(api, namespace, f"did Bob say {words}?"))[:2] == [bob, alice]
+    # A soft signal, not a filter: the others' memories are still found.
+    assert {bob, alice} <= set(ids(search(api, namespace, f"what did Carol say of {words}?")))
+
+    # The speaker is stored keyed (no plaintext name), and follows a metadata change.
+    column = Memory.objects.get(id=alice).speaker
+    assert column and "alice" not in column.lower() and len(column.split()) == 1
+    api.ok("PATCH", f"/memory/{alice}", {"metadata": {"speaker": "Dora"}})
+    assert Memory.objects.get(id=alice).speaker != column
+    assert ids(search(api, namespace, f"what did Alice say of {words}?"))[0] == bob
+    assert ids(search(api, namespace, f"what did Dora say of {words}?"))[0] == alice
+
+
+def test_the_speaker_migration_fills_the_memories_stored_before_it(
+    api: Api, namespace: str
+) -> None:
+    import importlib
+
+    from django.apps import apps
+
+    from somafractalmemory.memories import identity
+
+    said = store(api, namespace, "Lunch at noon", metadata={"speaker": "Maria", "topic": "food"})
+    plain = store(api, namespace, "Dinner at eight", metadata={"topic": "food"})
+    Memory.objects.filter(id__in=[said, plain]).update(speaker="")  # as 0009 left them
+    migration = importlib.import_module("somafractalmemory.memories.migrations.0010_speaker")
+    migration.fill_speakers(apps, None)
+    rows = dict(Memory.objects.filter(id__in=[said, plain]).values_list("id", "speaker"))
+    assert rows == {
+        said: identity.speaker_tokens({"speaker": "Maria"}, "default"),
+        plain: "",
+    }
+    assert rows[said]

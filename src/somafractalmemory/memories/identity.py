@@ -11,6 +11,7 @@ import hmac
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import ValidationFailed
@@ -47,6 +48,21 @@ def content_hash(content: str, tenant: str) -> str:
 def tokens_of(content: str, tenant: str) -> str:
     """The keyed lexical tokens of a content (the SQL full-text index holds these)."""
     return lexical.keyed_tokens(content, lexical_key(tenant))
+
+
+SPEAKER = "speaker"
+"""The metadata key that names who said (or wrote) a memory."""
+SPEAKER_TERMS = 4
+
+
+def speaker_tokens(metadata: Any, tenant: str) -> str:
+    """The keyed tokens of who said a memory (`metadata.speaker`, when it is a string; up to
+    four words), space-separated: a search whose text names them ranks the memory higher
+    (`ranking.credit_speakers`). Keyed like the lexical tokens, so no name is stored plain."""
+    who = metadata.get(SPEAKER) if isinstance(metadata, dict) else None
+    if not isinstance(who, str):
+        return ""
+    return " ".join(tokens_of(who, tenant).split()[:SPEAKER_TERMS])
 
 
 def sources_hash_of(children: Iterable[tuple[str, str]]) -> str:

@@ -148,6 +148,16 @@ class SealedJSONField(SealedTextField):
         return value if value is None or isinstance(value, str) else self.to_text(value)
 
 
+class SpeakerField(models.CharField):
+    """The keyed tokens of `metadata.speaker` (identity.speaker_tokens), derived from the
+    metadata on every save and bulk insert, so no write path leaves them stale."""
+
+    def pre_save(self, model_instance: Any, add: bool) -> Any:
+        value = identity.speaker_tokens(model_instance.metadata, model_instance.tenant_id)
+        setattr(model_instance, self.attname, value)
+        return value
+
+
 def last_seen(created_at: datetime, last_accessed_at: datetime | None) -> datetime:
     """A memory's event time or its last recall, the later (Memory.last_seen, from fields)."""
     if last_accessed_at and last_accessed_at > created_at:
@@ -173,6 +183,12 @@ class Memory(models.Model):
         default="",
         help_text="Keyed tokens of the memory with its neighbouring episodes, written with its "
         "vector where SQL full text serves the lexical legs (lexical_engine, no Milvus BM25).",
+    )
+    speaker = SpeakerField(
+        max_length=80,
+        blank=True,
+        default="",
+        help_text="Keyed tokens of metadata.speaker (who said it; ranking's speaker signal).",
     )
     importance = models.FloatField(default=0.5)
     embedding_id = models.CharField(max_length=40)

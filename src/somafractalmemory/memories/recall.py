@@ -194,13 +194,12 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
     # The legs are independent index calls, run at once; the lexical ones need no vector,
     # so they start before the query is embedded and run while it is.
     sql_lexical = False
+    asked = list(dict.fromkeys(lexical.keyed_tokens(text, lexical_key(tenant)).split()))
     try:
         index = backends.vector_index()
         by_index = not indexing.sql_lexical()
         if query.mode != "vector" and by_index:
-            tokens = " ".join(
-                dict.fromkeys(lexical.keyed_tokens(text, lexical_key(tenant)).split())
-            )
+            tokens = " ".join(asked)
             futures["lexical"] = leg(index.search_lexical, tokens, False)
             futures["context_lexical"] = leg(index.search_lexical, tokens, True)
         # An index without BM25 (a Milvus server before 2.5): SQL full text is the lexical leg.
@@ -245,7 +244,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         warnings.append(f"{exc.code}: the vector index failed; results are lexical only")
         legs = {"lexical": _sql_lexical(tenant, query, where, text, pool)}
     searched = time.perf_counter()
-    hits = _score(legs, query, tenant)
+    hits = _score(legs, query, tenant, frozenset(asked))
     if query.reinforce:
         reinforce(h.memory.id for h in hits)
     done = time.perf_counter()
@@ -289,6 +288,7 @@ RANKING_FIELDS = (
     "created_at",
     "last_accessed_at",
     "archived_at",
+    "speaker",
 )
 """The columns ranking reads of a candidate, as plain tuples (no model instances: a search
 ranks up to 160 candidates): no sealed field, so nothing is decrypted for the candidates
@@ -308,8 +308,11 @@ def _by_id(columns: Sequence[str], ids: Sequence[str]) -> str:
     )
 
 
-def _candidates(ids: list[str], query: Query, tenant: str) -> dict[str, tuple[Any, ...]]:
-    """id -> (type, importance, last seen) of the candidates whose row still stands: a hit
+def _candidates(
+    ids: list[str], query: Query, tenant: str, asked: frozenset[str]
+) -> dict[str, tuple[Any, ...]]:
+    """id -> (type, importance, last seen, whether the query's words name its speaker) of
+    the candidates whose row still stands: a hit
     without its row was deleted (or archived) after the index answered, and the row
     decides. One statement by primary key alone: with the tenant in the WHERE clause SQLite
     walks a tenant index instead (every row of a one-tenant store: 150 ms at 100,000
@@ -322,22 +325,29 @@ def _candidates(ids: list[str], query: Query, tenant: str) -> dict[str, tuple[An
         cursor.execute(_by_id(RANKING_FIELDS, ids), ids)
         rows = cursor.fetchall()
     out = {}
-    for i, owner, kind, importance, level, created, accessed, archived in rows:
+    for i, owner, kind, importance, level, created, accessed, archived, speaker in rows:
         if owner == tenant and archived is None and (not allowed or level in allowed):
-            out[i] = (kind, importance, last_seen(utc(created), accessed and utc(accessed)))
+            seen = last_seen(utc(created), accessed and utc(accessed))
+            out[i] = (kind, importance, seen, not asked.isdisjoint(speaker.split()))
     return out
 
 
-def _score(legs: dict[str, list[VectorHit]], query: Query, tenant: str) -> list[Hit]:
+def _score(
+    legs: dict[str, list[VectorHit]], query: Query, tenant: str, asked: frozenset[str]
+) -> list[Hit]:
     relevance = _relevance(legs, query.scoring.fusion)
-    rows = _candidates(list(relevance), query, tenant)
-    relevance = {i: r for i, r in relevance.items() if i in rows}
+    rows = _candidates(list(relevance), query, tenant, asked)
+    relevance = ranking.credit_speakers(
+        {i: r for i, r in relevance.items() if i in rows},
+        {i for i, row in rows.items() if row[3]},
+        query.scoring.fusion.speaker,
+    )
     now = datetime.now(UTC)
     ranked = ranking.rank(
         relevance,
-        ages={i: (now - seen).total_seconds() for i, (_, _, seen) in rows.items()},
-        types={i: kind for i, (kind, _, _) in rows.items()},
-        importance={i: importance for i, (_, importance, _) in rows.items()},
+        ages={i: (now - row[2]).total_seconds() for i, row in rows.items()},
+        types={i: row[0] for i, row in rows.items()},
+        importance={i: row[1] for i, row in rows.items()},
         scoring=query.scoring,
     )
     positions = {

@@ -4,7 +4,8 @@ No I/O here: numbers in, numbers out, so every rule has a unit or property test.
 
 final = w_relevance * relevance + w_recency * recency + w_importance * importance, where
 - relevance is the weighted reciprocal-rank fusion of the retrieval legs, scaled to [0, 1]
-  (1 = first in every leg);
+  (1 = first in every leg), raised for memories said by someone the query names
+  (`credit_speakers`);
 - recency = 0.5 ** (age / half_life), age counted from the later of the memory's event time
   and its last access, with a half-life per memory type;
 - importance is the memory's own importance in [0, 1].
@@ -12,7 +13,7 @@ final = w_relevance * relevance + w_recency * recency + w_importance * importanc
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 DAY = 86_400.0
@@ -44,6 +45,8 @@ class Fusion:
 
     Defaults measured on LoCoMo dev (docs/benchmarks.md): a small k lets the first ranks of
     each leg dominate, and the lexical leg (stemmed BM25) is the stronger one there.
+    `speaker` is the relevance gained by a memory whose speaker the query names (x2 at
+    1.0; chosen by cross-validation over conversations, docs/benchmarks.md).
     """
 
     vector: float = 0.7
@@ -51,6 +54,7 @@ class Fusion:
     context_vector: float = 0.7
     context_lexical: float = 1.0
     k: int = 10
+    speaker: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,18 @@ def rrf(
             fused[item] = fused.get(item, 0.0) + weight / (k + rank + 1)
     best = total / (k + 1)
     return {item: score / best for item, score in fused.items()}
+
+
+def credit_speakers(
+    relevance: Mapping[str, float], named: Collection[str], boost: float
+) -> dict[str, float]:
+    """Relevance with the memories in `named` (said by someone the query names) multiplied
+    by 1 + `boost`, all scaled back to [0, 1]: a soft signal that reorders, never filters.
+    Unchanged when no candidate is named."""
+    if boost <= 0 or not any(item in named for item in relevance):
+        return dict(relevance)
+    scale = 1.0 + boost
+    return {item: rel if item in named else rel / scale for item, rel in relevance.items()}
 
 
 def decay(age_seconds: float, half_life_seconds: float) -> float:
