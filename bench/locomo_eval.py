@@ -138,26 +138,33 @@ class Score:
         }
 
 
-SPEAKER_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0)
-"""Values of `Fusion.speaker` the cross-validation chooses among."""
+FITTED = {"speaker": (0.0, 1.0, 2.0, 3.0, 4.0), "sitting": (0.0, 0.1, 0.2, 0.3, 0.5)}
+"""The fitted `Fusion` parameters and the values cross-validation chooses among."""
+Setting = tuple[float, ...]
+GRID: list[Setting] = [
+    (b, g) for b in FITTED["speaker"] for g in FITTED["sitting"]
+]  # (speaker, sitting)
+NONE: Setting = (0.0, 0.0)
 
 
-def cross_validate(scores: dict[str, dict[float, Score]]) -> list[dict[str, Any]]:
-    """Leave one conversation out: choose the speaker factor on the others (their questions'
-    mean R@10), report the held-out conversation at that factor and at 0 (no signal)."""
+def cross_validate(scores: dict[str, dict[Setting, Score]]) -> list[dict[str, Any]]:
+    """Leave one conversation out: choose the fitted parameters on the others (their
+    questions' mean R@10; ties to the smaller values), report the held-out conversation
+    with them and without (all 0: no speaker signal, no sitting lift)."""
     folds = []
     for held in scores:
         others = [c for c in scores if c != held]
 
-        def train(b: float, others: list[str] = others) -> float:
-            return statistics.fmean(r for c in others for r in scores[c][b].r10)
+        def train(setting: Setting, others: list[str] = others) -> tuple[float, ...]:
+            r10 = statistics.fmean(r for c in others for r in scores[c][setting].r10)
+            return (round(r10, 6), *(-v for v in setting))
 
-        chosen = max(SPEAKER_GRID, key=lambda b: (train(b), -b))
+        chosen = max(GRID, key=train)
         folds.append(
             {
                 "held_out": held,
-                "chosen": chosen,
-                "without": scores[held][0.0].summary(),
+                "chosen": dict(zip(FITTED, chosen, strict=True)),
+                "without": scores[held][NONE].summary(),
                 "with": scores[held][chosen].summary(),
             }
         )
@@ -196,7 +203,7 @@ def store(conversation: Conversation, namespace: str) -> dict[str, str]:
     return ids
 
 
-def search(text: str, namespace: str, mode: str, speaker: float | None = None) -> list[str]:
+def search(text: str, namespace: str, mode: str, fitted: Setting | None = None) -> list[str]:
     from somafractalmemory.memories import links, recall, tree
     from somafractalmemory.memories.models import Memory
     from somafractalmemory.memories.services import Query
@@ -204,8 +211,9 @@ def search(text: str, namespace: str, mode: str, speaker: float | None = None) -
 
     if mode in FLAT:
         query = Query(namespace=namespace, top_k=TOP_K, mode=mode)  # default: level 0
-        if speaker is not None:
-            fusion = dataclasses.replace(ranking.Fusion(), speaker=speaker)
+        if fitted is not None:
+            speaker, sitting = fitted  # FITTED's order
+            fusion = dataclasses.replace(ranking.Fusion(), speaker=speaker, sitting=sitting)
             query = dataclasses.replace(query, scoring=ranking.Scoring(fusion=fusion))
         return [h.memory.id for h in recall.recall(text, query).hits]
     if mode == "zoom":
@@ -233,7 +241,7 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
     scores = {mode: Score() for mode in MODES}
     by_category: dict[str, defaultdict[str, Score]] = {mode: defaultdict(Score) for mode in MODES}
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
-    by_speaker: dict[str, dict[float, Score]] = {}
+    by_setting: dict[str, dict[Setting, Score]] = {}
     run = time.strftime("%Y%m%d%H%M%S")
     for number, conversation in enumerate(conversations, 1):
         namespace = f"locomo-{conversation.sample_id}-{run}"
@@ -248,7 +256,7 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
             file=sys.stderr,
         )
         session = {ids[t.dia_id]: t.session for t in conversation.turns}
-        grid = by_speaker.setdefault(conversation.sample_id, {b: Score() for b in SPEAKER_GRID})
+        grid = by_setting.setdefault(conversation.sample_id, {g: Score() for g in GRID})
         for question in conversation.questions:
             evidence = {ids[e] for e in question.evidence if e in ids}
             if not evidence:
@@ -259,8 +267,8 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
                 times[mode].append((time.perf_counter() - began) * 1000)
                 scores[mode].add(ranked, evidence, session)
                 by_category[mode][question.category].add(ranked, evidence, session)
-            for b in SPEAKER_GRID:
-                grid[b].add(search(question.text, namespace, "hybrid", b), evidence, session)
+            for g in GRID:
+                grid[g].add(search(question.text, namespace, "hybrid", g), evidence, session)
     results: dict[str, Any] = {
         mode: {
             **scores[mode].summary(),
@@ -269,7 +277,7 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
         }
         for mode in MODES
     }
-    results["cross_validation"] = cross_validate(by_speaker)
+    results["cross_validation"] = cross_validate(by_setting)
     return results
 
 
@@ -309,26 +317,36 @@ def table(results: dict[str, Any], data: Path, seconds: float) -> str:
         "MiniLM dense 0.481, naive RRF 0.551; with stemming 0.573; with a neighbour-context "
         "index 0.677. ms/query is the service-layer `recall` call, query embedding included.",
         "",
-        "**The speaker factor, cross-validated** (hybrid; leave one conversation out: the "
-        f"factor among {list(SPEAKER_GRID)} with the best R@10 on the other conversations, "
-        f"then the held-out one; the default is {default_speaker()}):",
+        f"**Fitted parameters, cross-validated** ({len(FITTED)}: "
+        + ", ".join(f"`{name}` among {list(values)}" for name, values in FITTED.items())
+        + f"; defaults {default_fitted()}). Hybrid, leave one conversation out: the values "
+        "with the best R@10 on the other conversations, then the held-out one with them and "
+        "without (all 0):",
         "",
         "| held out | chosen | R@10 without | R@10 with | MRR without | MRR with |",
         "|---|---|---|---|---|---|",
     ]
     for fold in results["cross_validation"]:
         off, on = fold["without"], fold["with"]
+        chosen = ", ".join(f"{k} {v}" for k, v in fold["chosen"].items())
         lines.append(
-            f"| {fold['held_out']} | {fold['chosen']} | {off['recall@10']:.3f} | "
+            f"| {fold['held_out']} | {chosen} | {off['recall@10']:.3f} | "
             f"{on['recall@10']:.3f} | {off['mrr']:.3f} | {on['mrr']:.3f} |"
         )
+    folds = results["cross_validation"]
+    lines += [
+        f"| mean | | {statistics.fmean(f['without']['recall@10'] for f in folds):.3f} | "
+        f"{statistics.fmean(f['with']['recall@10'] for f in folds):.3f} | "
+        f"{statistics.fmean(f['without']['mrr'] for f in folds):.3f} | "
+        f"{statistics.fmean(f['with']['mrr'] for f in folds):.3f} |"
+    ]
     return "\n".join(lines) + "\n"
 
 
-def default_speaker() -> float:
+def default_fitted() -> str:
     from somafractalmemory.retrieval import ranking
 
-    return ranking.Fusion().speaker
+    return ", ".join(f"{name} {getattr(ranking.Fusion(), name)}" for name in FITTED)
 
 
 def code_version() -> str:

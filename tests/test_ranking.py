@@ -15,9 +15,11 @@ from somafractalmemory.retrieval.ranking import (
     Weights,
     credit_speakers,
     decay,
+    lift_sittings,
     rank,
     rrf,
     score,
+    sittings,
 )
 
 ids = st.lists(st.sampled_from([f"m{i}" for i in range(12)]), max_size=12, unique=True)
@@ -75,6 +77,45 @@ def test_credit_speakers_reorders_only_across_the_two_sets(
                 assert credited[x] >= credited[y]  # order kept within either side
             if x in named and y not in named and relevance[x] >= relevance[y]:
                 assert credited[x] >= credited[y]  # a named memory never falls behind
+
+
+def test_sittings_split_where_the_gap_is_longer_than_allowed() -> None:
+    times = {"a": 0.0, "b": 3000.0, "c": 6000.0, "d": 20_000.0, "e": 20_000.0}
+    assert sittings(times, 3600) == {"a": 0, "b": 0, "c": 0, "d": 1, "e": 1}
+    assert sittings(times, 0) == {"a": 0, "b": 1, "c": 2, "d": 3, "e": 3}
+    assert sittings({}, 3600) == {}
+
+
+def test_lift_sittings_favours_the_sitting_with_several_answers() -> None:
+    relevance = {"alone": 0.9, "a1": 0.8, "a2": 0.6, "a3": 0.5, "a4": 0.1, "parent": 0.85}
+    sitting = {"alone": 0, "a1": 1, "a2": 1, "a3": 1, "a4": 1}  # the parent is in none
+    lifted = lift_sittings(relevance, sitting, 0.2)
+    assert lifted["a1"] > lifted["alone"] and lifted["a1"] > lifted["parent"]
+    # The sitting's three best count, whoever is lifted: a4 gains as much as a1.
+    scale = 1 + 0.2 * 3
+    assert lifted["a4"] == pytest.approx((0.1 + 0.2 * 1.9) / scale)
+    assert lifted["alone"] == pytest.approx((0.9 + 0.2 * 0.9) / scale)
+    assert lifted["parent"] == pytest.approx(0.85 / scale)
+    assert lift_sittings(relevance, sitting, 0.0) == relevance
+
+
+@given(
+    st.dictionaries(st.sampled_from("abcdefgh"), st.floats(0, 1), min_size=1),
+    st.dictionaries(st.sampled_from("abcdefgh"), st.integers(0, 2)),
+    st.floats(0, 2),
+)
+def test_lift_sittings_is_bounded_and_keeps_order_within_a_sitting(
+    relevance: dict[str, float], sitting: dict[str, int], share: float
+) -> None:
+    lifted = lift_sittings(relevance, sitting, share)
+    assert set(lifted) == set(relevance)
+    assert all(0 <= v <= 1 + 1e-9 for v in lifted.values())
+    for x in relevance:
+        for y in relevance:
+            same = x in sitting and y in sitting and sitting[x] == sitting[y]
+            neither = x not in sitting and y not in sitting
+            if (same or neither) and relevance[x] > relevance[y]:
+                assert lifted[x] >= lifted[y]
 
 
 def test_decay_halves_per_half_life() -> None:

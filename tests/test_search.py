@@ -460,3 +460,35 @@ def test_the_speaker_migration_fills_the_memories_stored_before_it(
         plain: "",
     }
     assert rows[said]
+
+
+def test_episodes_of_one_sitting_lift_each_other_in_a_full_pool(api: Api, namespace: str) -> None:
+    """Ranking reads each candidate's event time: three matches within an hour of each
+    other outrank a better lone match from another day, once a leg came back full (the
+    store held more candidates than the pool); an episode made a semantic memory is in no
+    sitting, and a zero share leaves the fused order."""
+    from somafractalmemory.memories import services
+    from somafractalmemory.retrieval import ranking
+    from somafractalmemory.vectors.base import VectorHit
+
+    day = "2024-03-0{}T10:{:02d}:00Z"
+    alone = store(api, namespace, "lone", created_at=day.format(1, 0))
+    first, second, third = (
+        store(api, namespace, f"sat {n}", created_at=day.format(5, 20 * n)) for n in range(3)
+    )
+    ranked = [alone, first, second, third]
+    pool = recall.candidate_pool(10)
+    gone = [f"mem_gone{n}" for n in range(pool - len(ranked))]  # no rows: dropped by SQL
+    full = {leg: [VectorHit(i, 1.0) for i in ranked + gone] for leg in ("vector", "lexical")}
+    short = {leg: [VectorHit(i, 1.0) for i in ranked] for leg in ("vector", "lexical")}
+    query = services.Query(namespace=namespace)
+
+    def order(legs: dict[str, list[VectorHit]], query: services.Query = query) -> list[str]:
+        return [h.memory.id for h in recall._score(legs, query, "default", frozenset())]
+
+    assert order(full) == [first, second, third, alone]
+    assert order(short)[0] == alone  # a small store: no lift
+    flat = ranking.Scoring(fusion=ranking.Fusion(sitting=0.0))
+    assert order(full, services.Query(namespace=namespace, scoring=flat))[0] == alone
+    Memory.objects.filter(id__in=[first, second, third]).update(type="semantic")
+    assert order(full)[0] == alone

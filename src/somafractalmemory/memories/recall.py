@@ -25,6 +25,7 @@ from django.db import close_old_connections, connection, connections
 from django.db.models import F
 
 from somafractalmemory import backends, metrics
+from somafractalmemory.conf import get_config
 from somafractalmemory.embedding.cache import embed_query
 from somafractalmemory.errors import IndexUnavailable, ValidationFailed
 from somafractalmemory.memories import fulltext, indexing, limits, links, tree
@@ -311,8 +312,8 @@ def _by_id(columns: Sequence[str], ids: Sequence[str]) -> str:
 def _candidates(
     ids: list[str], query: Query, tenant: str, asked: frozenset[str]
 ) -> dict[str, tuple[Any, ...]]:
-    """id -> (type, importance, last seen, whether the query's words name its speaker) of
-    the candidates whose row still stands: a hit
+    """id -> (type, importance, last seen, whether the query's words name its speaker,
+    event time in seconds) of the candidates whose row still stands: a hit
     without its row was deleted (or archived) after the index answered, and the row
     decides. One statement by primary key alone: with the tenant in the WHERE clause SQLite
     walks a tenant index instead (every row of a one-tenant store: 150 ms at 100,000
@@ -327,8 +328,10 @@ def _candidates(
     out = {}
     for i, owner, kind, importance, level, created, accessed, archived, speaker in rows:
         if owner == tenant and archived is None and (not allowed or level in allowed):
-            seen = last_seen(utc(created), accessed and utc(accessed))
-            out[i] = (kind, importance, seen, not asked.isdisjoint(speaker.split()))
+            created = utc(created)
+            seen = last_seen(created, accessed and utc(accessed))
+            named = not asked.isdisjoint(speaker.split())
+            out[i] = (kind, importance, seen, named, created.timestamp())
     return out
 
 
@@ -337,11 +340,19 @@ def _score(
 ) -> list[Hit]:
     relevance = _relevance(legs, query.scoring.fusion)
     rows = _candidates(list(relevance), query, tenant, asked)
+    fusion = query.scoring.fusion
     relevance = ranking.credit_speakers(
         {i: r for i, r in relevance.items() if i in rows},
         {i for i, row in rows.items() if row[3]},
-        query.scoring.fusion.speaker,
+        fusion.speaker,
     )
+    # Sittings lift only where some leg came back full: the store held more matches than
+    # the pool, so being a candidate says something (in a small store everything is one).
+    if any(len(hits) >= candidate_pool(query.top_k) for hits in legs.values()):
+        episodes = {i: row[4] for i, row in rows.items() if row[0] == "episodic"}
+        gap = float(get_config().context_window_seconds)
+        sitting = ranking.sittings(episodes, gap)
+        relevance = ranking.lift_sittings(relevance, sitting, fusion.sitting)
     now = datetime.now(UTC)
     ranked = ranking.rank(
         relevance,

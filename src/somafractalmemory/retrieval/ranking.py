@@ -5,7 +5,8 @@ No I/O here: numbers in, numbers out, so every rule has a unit or property test.
 final = w_relevance * relevance + w_recency * recency + w_importance * importance, where
 - relevance is the weighted reciprocal-rank fusion of the retrieval legs, scaled to [0, 1]
   (1 = first in every leg), raised for memories said by someone the query names
-  (`credit_speakers`);
+  (`credit_speakers`) and for episodes whose sitting holds other good candidates
+  (`lift_sittings`);
 - recency = 0.5 ** (age / half_life), age counted from the later of the memory's event time
   and its last access, with a half-life per memory type;
 - importance is the memory's own importance in [0, 1].
@@ -45,8 +46,10 @@ class Fusion:
 
     Defaults measured on LoCoMo dev (docs/benchmarks.md): a small k lets the first ranks of
     each leg dominate, and the lexical leg (stemmed BM25) is the stronger one there.
-    `speaker` is the relevance gained by a memory whose speaker the query names (x2 at
-    1.0; chosen by cross-validation over conversations, docs/benchmarks.md).
+    `speaker` is the relevance gained by a memory whose speaker the query names (x3 at
+    2.0); `sitting` the share of its sitting's best relevances an episode gains
+    (`lift_sittings`). Both chosen by cross-validation over conversations
+    (docs/benchmarks.md).
     """
 
     vector: float = 0.7
@@ -54,7 +57,8 @@ class Fusion:
     context_vector: float = 0.7
     context_lexical: float = 1.0
     k: int = 10
-    speaker: float = 1.0
+    speaker: float = 2.0
+    sitting: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,42 @@ def credit_speakers(
         return dict(relevance)
     scale = 1.0 + boost
     return {item: rel if item in named else rel / scale for item, rel in relevance.items()}
+
+
+SITTING_BEST = 3
+"""How many of a sitting's best relevances lift its episodes."""
+
+
+def sittings(times: Mapping[str, float], gap: float) -> dict[str, int]:
+    """Episodes grouped into sittings: in time order, a new sitting starts where the time
+    since the previous episode exceeds `gap` seconds. Sittings are numbered from 0."""
+    number, previous, out = -1, None, {}
+    for item, at in sorted(times.items(), key=lambda pair: (pair[1], pair[0])):
+        if previous is None or at - previous > gap:
+            number += 1
+        out[item], previous = number, at
+    return out
+
+
+def lift_sittings(
+    relevance: Mapping[str, float], sitting: Mapping[str, int], share: float
+) -> dict[str, float]:
+    """Each memory of a sitting gains `share` x the sum of its sitting's SITTING_BEST best
+    relevances (its own included), then all are scaled back to [0, 1]: where several
+    memories of one sitting answer, that sitting is likely the one asked about (the
+    cluster hypothesis). Memories outside `sitting` keep their relevance (before scaling)."""
+    if share <= 0:
+        return dict(relevance)
+    members: dict[int, list[float]] = {}
+    for item, rel in relevance.items():
+        if item in sitting:
+            members.setdefault(sitting[item], []).append(rel)
+    best = {s: sum(sorted(rels, reverse=True)[:SITTING_BEST]) for s, rels in members.items()}
+    scale = 1.0 + share * SITTING_BEST
+    return {
+        item: (rel + share * best[sitting[item]] if item in sitting else rel) / scale
+        for item, rel in relevance.items()
+    }
 
 
 def decay(age_seconds: float, half_life_seconds: float) -> float:
