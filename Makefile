@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench bench-engines bench-lexical bench-scale bench-stacks bench-fractal bench-erasure eval docs clean
+.PHONY: install serve test lint typecheck pytest bench bench-engines bench-lexical bench-scale bench-stacks bench-fractal bench-erasure bench-summaries eval docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +83,11 @@ LOCOMO ?= ../shared/datasets/locomo-dev.json
 
 eval: install
 	$(BIN)/python bench/locomo_eval.py --data $(LOCOMO) --out docs/benchmarks.md $(ARGS)
+
+# Consolidation's summaries against LoCoMo's human session summaries (ROUGE), beside
+# Lead-3 and TextRank.
+bench-summaries: install
+	$(BIN)/python bench/summaries.py --data $(LOCOMO) --out docs/benchmarks.md $(ARGS)
 
 docs: install
 	$(BIN)/sfm config --markdown > docs/settings.md

@@ -15,7 +15,7 @@ from somafractalmemory import backends
 from somafractalmemory.conf import Config
 from somafractalmemory.errors import SummarizerUnavailable
 from somafractalmemory.retrieval import grouping
-from somafractalmemory.summaries.extractive import ExtractiveSummarizer, sentences
+from somafractalmemory.summaries.extractive import ExtractiveSummarizer, pieces_of, sentences
 from somafractalmemory.summaries.llm import LlmSummarizer
 from tests.servers import JsonHandler, local_http
 
@@ -36,6 +36,24 @@ def test_extractive_keeps_the_most_representative_sentences_in_order() -> None:
     assert "It rained on Tuesday." not in picked  # shares no word with the group
     assert any("Lisbon" in p and "bakery" in p for p in picked)
     assert ExtractiveSummarizer().summarize(GROUP, max_bytes=1000) == summary  # deterministic
+
+
+def test_extractive_keeps_sentences_whole_attributed_and_without_repeats() -> None:
+    talk = [
+        "Alice: Hi Bob! I finally moved to Lisbon in May, into a flat near the river.",
+        "Bob: Wow, Alice! How is the new flat near the river in Lisbon?",
+        "Alice: The flat in Lisbon is small, but the river view from the flat is lovely.",
+        "Alice: I moved to Lisbon in May, into a flat near the river.",
+        "Bob: Nice.",
+    ]
+    summary = ExtractiveSummarizer().summarize(talk, max_bytes=1000)
+    # Whole sentences, led by the speaker where the speaker changes; the repeat dropped.
+    assert summary.startswith("Alice: ")
+    assert summary.count("moved to Lisbon in May, into a flat near the river.") == 1
+    assert "Nice." not in summary and "Hi Bob!" not in summary  # greetings say little
+    # Its sentences are the memories' (the speaker's name put back where it changes).
+    heard = {p.text for p in pieces_of(talk)}
+    assert all(p.text in heard for p in pieces_of([summary]))
 
 
 @given(st.lists(st.text(min_size=1, max_size=200), min_size=1, max_size=12), st.integers(1, 400))

@@ -224,7 +224,8 @@ class Config:
         default="extractive",
         metadata=_doc(
             "How consolidation writes a parent: `extractive` (offline: the group's most "
-            "representative sentences) or `llm` (an OpenAI-compatible chat endpoint)."
+            "central sentences, whole, without repeats, led by their speaker) or `llm` (an "
+            "OpenAI-compatible chat endpoint)."
         ),
     )
     llm_url: str | None = field(

@@ -1,58 +1,116 @@
-"""Offline, deterministic summaries: the group's most representative sentences.
+"""Offline, deterministic summaries: the group's most central sentences, whole and attributed.
 
-A sentence represents the group when its words are the group's frequent words: each sentence
-scores the mean, over its distinct stemmed terms, of the share of the group's texts that use
-the term. The best sentences (about one per three texts, at least two, at most eight) are
-kept in their original order, without repeats, up to the size limit.
+Centroid summarization (as MEAD does): each sentence is a tf-idf vector of its stemmed terms
+(idf over the group's sentences), and scores its cosine with the group's centroid, damped for
+sentences of fewer than MIN_TERMS terms (greetings and replies say little). The best are taken
+greedily, skipping any that repeats a chosen one (term overlap above REDUNDANT), until about a
+quarter of the group's words (SHARE; at least two sentences, within the size limit). They are
+written in their original order, each run of one speaker's sentences led by "Speaker:", as the
+memories wrote it ("Alice: I moved in May." is a sentence by Alice).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from somafractalmemory.retrieval.lexical import analyze
 from somafractalmemory.summaries.base import clip
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+SPEAKER = re.compile(r"^([A-Z][\w .'-]{0,39}):\s+(?=\S)")
+"""A leading "Name: " (a capitalised name of at most 40 characters) marks who speaks."""
+MIN_TERMS = 4
+REDUNDANT = 0.6
+SHARE = 0.25
+MIN_SENTENCES = 2
 
 
 def sentences(text: str) -> list[str]:
     return [s.strip() for s in SENTENCE.split(text) if s.strip()]
 
 
+@dataclass(frozen=True)
+class Piece:
+    speaker: str | None
+    text: str
+    terms: Counter[str]
+
+
+def pieces_of(texts: Sequence[str]) -> list[Piece]:
+    """Every sentence with its speaker: a text's leading "Name: " holds until another."""
+    out = []
+    for text in texts:
+        speaker = None
+        for sentence in sentences(text):
+            found = SPEAKER.match(sentence)
+            if found:
+                speaker, sentence = found.group(1), sentence[found.end() :]
+            out.append(Piece(speaker, sentence, Counter(analyze(sentence))))
+    return out
+
+
+def centrality(pieces: Sequence[Piece]) -> list[float]:
+    """Cosine of each sentence's tf-idf vector with the group's centroid, damped for short
+    sentences."""
+    df = Counter(t for p in pieces for t in p.terms)
+    idf = {t: math.log(1 + len(pieces) / n) for t, n in df.items()}
+    vectors = [{t: f * idf[t] for t, f in p.terms.items()} for p in pieces]
+    centroid: Counter[str] = Counter()
+    for vector in vectors:
+        centroid.update(vector)
+    norm_c = math.sqrt(sum(v * v for v in centroid.values())) or 1.0
+    scores = []
+    for vector in vectors:
+        norm = math.sqrt(sum(v * v for v in vector.values()))
+        cosine = sum(w * centroid[t] for t, w in vector.items()) / (norm * norm_c) if norm else 0.0
+        scores.append(cosine * min(1.0, len(vector) / MIN_TERMS))
+    return scores
+
+
+def _overlap(a: Counter[str], b: Counter[str]) -> float:
+    if not a or not b:
+        return 0.0
+    return len(a.keys() & b.keys()) / min(len(a), len(b))
+
+
+def _written(pieces: Sequence[Piece]) -> str:
+    """The sentences in order, each run of one speaker's led by its name."""
+    parts, last = [], None
+    for piece in pieces:
+        lead = piece.speaker is not None and piece.speaker != last
+        parts.append(f"{piece.speaker}: {piece.text}" if lead else piece.text)
+        last = piece.speaker if piece.speaker is not None else last
+    return " ".join(parts)
+
+
 class ExtractiveSummarizer:
     name = "extractive"
 
     def summarize(self, texts: Sequence[str], *, max_bytes: int) -> str:
-        pieces = [(t, n, s) for t, text in enumerate(texts) for n, s in enumerate(sentences(text))]
+        pieces = pieces_of(texts)
         if not pieces:
             return ""
-        terms = [set(analyze(s)) for _, _, s in pieces]
-        used_by: Counter[str] = Counter()
-        for t in range(len(texts)):
-            used_by.update(set().union(*(terms[i] for i, p in enumerate(pieces) if p[0] == t)))
-
-        def representative(i: int) -> float:
-            if not terms[i]:
-                return 0.0
-            return sum(used_by[w] for w in terms[i]) / (len(terms[i]) * len(texts))
-
-        keep = min(8, max(2, round(len(texts) / 3)))
-        order = sorted(range(len(pieces)), key=lambda i: (-representative(i), i))
+        scores = centrality(pieces)
+        budget = SHARE * sum(len(p.text.split()) for p in pieces)
         chosen: list[int] = []
+        words = 0
         seen: set[str] = set()
-        size = 0
-        for i in order:
-            text = pieces[i][2]
-            if text.lower() in seen:
+        for i in sorted(range(len(pieces)), key=lambda i: (-scores[i], i)):
+            piece = pieces[i]
+            if words >= budget and len(chosen) >= MIN_SENTENCES:
+                break
+            if piece.text.lower() in seen or any(
+                _overlap(piece.terms, pieces[j].terms) > REDUNDANT for j in chosen
+            ):
                 continue
-            if size + len(text.encode()) + 1 > max_bytes and chosen:
+            trial = _written([pieces[j] for j in sorted([*chosen, i])])
+            if len(trial.encode()) > max_bytes and chosen:
                 continue
             chosen.append(i)
-            seen.add(text.lower())
-            size += len(text.encode()) + 1
-            if len(chosen) == keep:
-                break
-        return clip(" ".join(pieces[i][2] for i in sorted(chosen)), max_bytes)
+            seen.add(piece.text.lower())
+            words += len(piece.text.split())
+        return clip(_written([pieces[j] for j in sorted(chosen)]), max_bytes)
