@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +101,30 @@ def test_sfm_config_masks_secrets(tmp_path: Path) -> None:
 
 def test_settings_reference_is_current() -> None:
     assert (ROOT / "docs" / "settings.md").read_text() == settings_reference(), "run `make docs`"
+
+
+def test_the_embedded_database_keeps_its_connection_between_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, django_db_blocker: Any
+) -> None:
+    """Each request thread keeps its SQLite connection (opening one and running its pragmas
+    cost 0.4 ms of every request): what Django does at a request's start and end leaves it
+    open, and it is the configured one (WAL, full sync)."""
+    from django.db.utils import ConnectionHandler
+
+    from somafractalmemory.server import settings as server_settings
+
+    monkeypatch.setattr(server_settings, "CONFIG", Config(data_dir=tmp_path))
+    connection = ConnectionHandler(server_settings._databases())["default"]
+    with django_db_blocker.unblock():  # its own database, not the test one
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                assert cursor.fetchone()[0] == "wal"
+                cursor.execute("PRAGMA synchronous")
+                assert cursor.fetchone()[0] == 2  # FULL
+            held = connection.connection
+            connection.close_if_unusable_or_obsolete()  # close_old_connections, per request
+            assert held is not None and connection.connection is held
+        finally:
+            connection.close()
+    assert (tmp_path / "sfm.sqlite3").exists()
