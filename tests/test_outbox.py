@@ -320,3 +320,35 @@ def test_an_embedded_store_moves_onto_a_milvus_server(
     assert "imported 3 memories" in imported.stdout
     found = _python(_SEARCH, "what is the cat's name?", production)
     assert found["mode"] == "hybrid" and found["ids"][0] == ids[2]
+
+
+def test_reindex_embeds_each_memory_about_once(
+    api: Api, namespace: str, fresh_index: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rebuilt in episode order, a chunk's episodes find their neighbours' vectors in the
+    chunk or in the index (the chunk before): only chunk edges embed again (in id order,
+    which is random, nearly every episode's neighbours were embedded again)."""
+    items = [
+        {
+            "content": f"Turn {i} of one long talk",
+            "namespace": namespace,
+            "created_at": f"2024-05-01T10:{i:02d}:00Z",
+        }
+        for i in range(40)
+    ]
+    api.ok("POST", "/memory/batch", {"memories": items})
+    fresh_index.reset()
+    embedded: list[int] = []
+    encode = indexing.embed_texts
+
+    def counting(texts: Any) -> Any:
+        embedded.append(len(texts))
+        return encode(texts)
+
+    monkeypatch.setattr(indexing, "embed_texts", counting)
+    monkeypatch.setattr(maintenance, "CHUNK", 10)
+    report = maintenance.reindex()
+    assert report.indexed == Memory.objects.count() == 40
+    # Beyond the 40, each chunk's edge: the next episode and its neighbour (whose context
+    # the edge's refresh needs), not yet indexed.
+    assert sum(embedded) <= 40 + 2 * 4
