@@ -286,6 +286,11 @@ def test_recall_reinforces_in_batches(api: Api, namespace: str) -> None:
     after = search(api, namespace, "apple pie recipe", explain=True, top_k=1)
     assert after["memories"][0]["explain"]["recency"] > 0.99  # counted from the last recall
     services.flush_reinforcements()
+    # A read that must not change later rankings: not counted.
+    peek = search(api, namespace, "brake pads", top_k=1, reinforce=False)
+    assert [h["id"] for h in peek["memories"]] == [other]
+    assert services.flush_reinforcements() == 0
+    assert api.ok("GET", f"/memory/{other}")["access_count"] == 1  # the GET above only
 
 
 def test_deleting_an_episode_rewrites_its_neighbours_context(api: Api, namespace: str) -> None:

@@ -517,8 +517,10 @@ class Memory:
         explain: bool | None = None,
         expand: str | None = None,
         zoom: bool | None = None,
+        reinforce: bool | None = None,
     ) -> Recall:
-        """The memories that best answer `query`, best first."""
+        """The memories that best answer `query`, best first (`reinforce=False`: without
+        counting them as recalled)."""
         return Recall.of(
             self._send(
                 _Calls.recall(
@@ -535,6 +537,7 @@ class Memory:
                     explain=explain,
                     expand=expand,
                     zoom=zoom,
+                    reinforce=reinforce,
                 )
             )
         )

@@ -117,6 +117,7 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
         zoom=body.zoom,
         expand=body.expand,
         visible=principal(request).namespaces,
+        reinforce=body.reinforce,
     )
     result = services.search(body.query, query, tenant=tenant)
     explain = scoring if body.explain else None

@@ -137,6 +137,12 @@ class SearchIn(Strict):
         description="Find the best semantic memories and summaries first, then answer with "
         "the best episodes under them.",
     )
+    reinforce: bool = Field(
+        default=True,
+        strict=True,
+        description="Count the hits as recalled (strength, recency); false for a read that "
+        "must not change later rankings.",
+    )
 
 
 class ExplainOut(Schema):
