@@ -138,13 +138,27 @@ class Score:
         }
 
 
-FITTED = {"speaker": (0.0, 1.0, 2.0, 3.0, 4.0), "sitting": (0.0, 0.1, 0.2, 0.3, 0.5)}
+FITTED = {
+    "speaker": (0.0, 1.0, 2.0, 3.0, 4.0),
+    "sitting": (0.0, 0.1, 0.2, 0.3, 0.5),
+    "dates": (0.0, 0.5, 1.0, 2.0),
+}
 """The fitted `Fusion` parameters and the values cross-validation chooses among."""
 Setting = tuple[float, ...]
-GRID: list[Setting] = [
-    (b, g) for b in FITTED["speaker"] for g in FITTED["sitting"]
-]  # (speaker, sitting)
-NONE: Setting = (0.0, 0.0)
+
+
+def _grid() -> list[Setting]:
+    """Speaker x sitting at the default `dates`, then each `dates` value at the other two's
+    defaults (a full grid of the three would take four times as long)."""
+    from somafractalmemory.retrieval import ranking
+
+    fusion = ranking.Fusion()
+    grid = [(b, g, fusion.dates) for b in FITTED["speaker"] for g in FITTED["sitting"]]
+    grid += [(fusion.speaker, fusion.sitting, d) for d in FITTED["dates"]]
+    return [*dict.fromkeys(grid), (0.0, 0.0, 0.0)]
+
+
+NONE: Setting = (0.0, 0.0, 0.0)
 
 
 def cross_validate(scores: dict[str, dict[Setting, Score]]) -> list[dict[str, Any]]:
@@ -159,7 +173,7 @@ def cross_validate(scores: dict[str, dict[Setting, Score]]) -> list[dict[str, An
             r10 = statistics.fmean(r for c in others for r in scores[c][setting].r10)
             return (round(r10, 6), *(-v for v in setting))
 
-        chosen = max(GRID, key=train)
+        chosen = max(_grid(), key=train)
         folds.append(
             {
                 "held_out": held,
@@ -212,8 +226,10 @@ def search(text: str, namespace: str, mode: str, fitted: Setting | None = None) 
     if mode in FLAT:
         query = Query(namespace=namespace, top_k=TOP_K, mode=mode)  # default: level 0
         if fitted is not None:
-            speaker, sitting = fitted  # FITTED's order
-            fusion = dataclasses.replace(ranking.Fusion(), speaker=speaker, sitting=sitting)
+            speaker, sitting, when = fitted  # FITTED's order
+            fusion = dataclasses.replace(
+                ranking.Fusion(), speaker=speaker, sitting=sitting, dates=when
+            )
             query = dataclasses.replace(query, scoring=ranking.Scoring(fusion=fusion))
         return [h.memory.id for h in recall.recall(text, query).hits]
     if mode == "zoom":
@@ -256,7 +272,7 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
             file=sys.stderr,
         )
         session = {ids[t.dia_id]: t.session for t in conversation.turns}
-        grid = by_setting.setdefault(conversation.sample_id, {g: Score() for g in GRID})
+        grid = by_setting.setdefault(conversation.sample_id, {g: Score() for g in _grid()})
         for question in conversation.questions:
             evidence = {ids[e] for e in question.evidence if e in ids}
             if not evidence:
@@ -267,7 +283,7 @@ def evaluate(conversations: list[Conversation]) -> dict[str, Any]:
                 times[mode].append((time.perf_counter() - began) * 1000)
                 scores[mode].add(ranked, evidence, session)
                 by_category[mode][question.category].add(ranked, evidence, session)
-            for g in GRID:
+            for g in grid:
                 grid[g].add(search(question.text, namespace, "hybrid", g), evidence, session)
     results: dict[str, Any] = {
         mode: {
@@ -319,9 +335,10 @@ def table(results: dict[str, Any], data: Path, seconds: float) -> str:
         "",
         f"**Fitted parameters, cross-validated** ({len(FITTED)}: "
         + ", ".join(f"`{name}` among {list(values)}" for name, values in FITTED.items())
-        + f"; defaults {default_fitted()}). Hybrid, leave one conversation out: the values "
-        "with the best R@10 on the other conversations, then the held-out one with them and "
-        "without (all 0):",
+        + f"; defaults {default_fitted()}; {len(_grid())} settings: speaker x sitting at the "
+        "default dates, then each dates value at the other two's defaults). Hybrid, leave one "
+        "conversation out: the setting with the best R@10 on the other conversations, then "
+        "the held-out one with it and without (all 0):",
         "",
         "| held out | chosen | R@10 without | R@10 with | MRR without | MRR with |",
         "|---|---|---|---|---|---|",

@@ -157,10 +157,12 @@ def test_async_client(live: Live) -> None:
             stored = await memory.remember(
                 "Carol's cat is called Miso", namespace=space, metadata={"user": "carol"}
             )
-            more = await memory.batch([{"content": "Carol lives in Lyon", "namespace": space}])
+            lyon = {"content": "Carol lives in Lyon", "namespace": space}
+            more = await memory.batch([{**lyon, "created_at": "2020-01-01T00:00:00Z"}])
             # A client test, not a ranking test: the query shares words with one memory only
             # (with "Carol's pet" the only shared word, "Carol", is in both, and the order
-            # hung on a tie in the lexical legs).
+            # hung on a tie in the lexical legs), and the two are years apart, so that their
+            # contexts (each with its neighbours) are not one and the same text.
             found = await memory.recall("what is Carol's cat called?", namespace=space)
             assert found.hits[0].id == stored.id
             listed = [m.id async for m in memory.list(namespace=space, page_size=1)]

@@ -344,3 +344,21 @@ def test_a_log_from_before_the_lexical_legs_starts_empty_and_says_so(
         assert lexical(index, "common") == ["m0", "m1"]
     finally:
         index.close()
+
+
+def test_equal_scores_come_in_id_order_whatever_the_writing_order(tmp_path: Path) -> None:
+    """Two copies of one memory set written in opposite orders answer alike (an imported
+    export answers as the original)."""
+    rows = vectors(3, seed=4)
+    same = [rows[0], rows[0], rows[0], rows[1], rows[2]]  # three equal vectors and texts
+    made = [dataclasses.replace(r, lexical="common") for r in records(np.stack(same))]
+    answers = []
+    for name, order in (("forward", made), ("backward", made[::-1])):
+        index = LocalIndex(tmp_path / name, model="m", dim=DIM)
+        try:
+            index.upsert(order)
+            answers.append((top(index, rows[0]), lexical(index, "common")))
+        finally:
+            index.close()
+    assert answers[0] == answers[1]
+    assert answers[0][0][:3] == ["m0", "m1", "m2"] and answers[0][1][:3] == ["m0", "m1", "m2"]

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from somafractalmemory.retrieval import dates
 from somafractalmemory.retrieval.ranking import (
     DAY,
     HalfLives,
     Scoring,
     Weights,
-    credit_speakers,
+    credit,
     decay,
     lift_sittings,
     rank,
@@ -51,12 +53,12 @@ def test_rrf_is_symmetric_in_its_lists(a: list[str], b: list[str]) -> None:
     assert rrf([a, b]) == pytest.approx(rrf([b, a]))
 
 
-def test_credit_speakers_lifts_the_named_and_keeps_the_scale() -> None:
+def test_credit_lifts_the_named_and_keeps_the_scale() -> None:
     relevance = {"a": 1.0, "b": 0.7, "c": 0.4}
-    credited = credit_speakers(relevance, {"b"}, 1.0)
+    credited = credit(relevance, {"b"}, 1.0)
     assert credited == pytest.approx({"a": 0.5, "b": 0.7, "c": 0.2})
-    assert credit_speakers(relevance, {"x"}, 1.0) == relevance  # no candidate named
-    assert credit_speakers(relevance, {"b"}, 0.0) == relevance
+    assert credit(relevance, {"x"}, 1.0) == relevance  # no candidate named
+    assert credit(relevance, {"b"}, 0.0) == relevance
 
 
 @given(
@@ -64,10 +66,10 @@ def test_credit_speakers_lifts_the_named_and_keeps_the_scale() -> None:
     st.sets(st.sampled_from("abcdefgh")),
     st.floats(0, 5),
 )
-def test_credit_speakers_reorders_only_across_the_two_sets(
+def test_credit_reorders_only_across_the_two_sets(
     relevance: dict[str, float], named: set[str], boost: float
 ) -> None:
-    credited = credit_speakers(relevance, named, boost)
+    credited = credit(relevance, named, boost)
     assert set(credited) == set(relevance)
     assert all(0 <= v <= 1 for v in credited.values())
     for x in relevance:
@@ -172,3 +174,44 @@ def test_rank_blends_recency_and_importance_per_type() -> None:
     lives = HalfLives()
     assert decay(90 * DAY, lives.seconds("semantic")) > decay(90 * DAY, lives.seconds("episodic"))
     assert math.isclose(decay(30 * DAY, lives.seconds("episodic")), 0.5)
+
+
+WHEN = datetime(2023, 10, 13, 15, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "inside", "outside"),
+    [
+        ("What did she paint on October 13, 2023?", [WHEN], [WHEN + timedelta(days=1)]),
+        ("what happened on 13th Oct 2023", [WHEN], [WHEN - timedelta(days=1)]),
+        ("notes from 2023-10-13", [WHEN], [WHEN.replace(year=2022)]),
+        (
+            "What setback did she face in October 2023?",
+            [WHEN.replace(day=1)],
+            [WHEN.replace(month=11)],
+        ),
+        (
+            "When did they go camping in October?",
+            [WHEN.replace(year=2019)],
+            [WHEN.replace(month=9)],
+        ),
+        ("How often did she swim during 2023?", [WHEN.replace(month=1)], [WHEN.replace(year=2024)]),
+    ],
+)
+def test_dates_a_query_names(text: str, inside: list[datetime], outside: list[datetime]) -> None:
+    spans = dates.windows(text)
+    assert spans, text
+    assert all(any(w.holds(t) for w in spans) for t in inside)
+    assert not any(w.holds(t) for w in spans for t in outside)
+
+
+def test_a_query_without_an_absolute_date_names_none() -> None:
+    for text in ("what did we do last year?", "May I ask where she lives?", "room 2023"):
+        assert dates.windows(text) == []
+    (month,) = dates.windows("on 30 February 2023")  # no such day: the month it names
+    assert month.holds(datetime(2023, 2, 14, tzinfo=UTC))
+
+
+@given(st.text(max_size=80))
+def test_dates_never_fail_on_any_text(text: str) -> None:
+    assert all(isinstance(w, dates.Window) for w in dates.windows(text))

@@ -497,3 +497,17 @@ def test_episodes_of_one_sitting_lift_each_other_in_a_full_pool(api: Api, namesp
     assert order(full, services.Query(namespace=namespace, scoring=flat))[0] == alone
     Memory.objects.filter(id__in=[first, second, third]).update(type="semantic")
     assert order(full)[0] == alone
+
+
+def test_a_query_naming_a_date_ranks_what_happened_then_higher(api: Api, namespace: str) -> None:
+    may = store(api, namespace, "Dinner with Sam at the noodle bar", created_at="2024-05-03T19:00Z")
+    july = store(
+        api, namespace, "Dinner with Sam at the noodle bar again", created_at="2024-07-10T19:00Z"
+    )
+    words = "dinner with Sam at the noodle bar"
+    plain = ids(search(api, namespace, words))
+    assert set(plain) == {may, july}  # without a date one of them leads: the other flips
+    assert ids(search(api, namespace, f"{words}, on 3 May 2024?")) == [may, july]
+    assert ids(search(api, namespace, f"{words}, in May?")) == [may, july]
+    assert ids(search(api, namespace, f"{words}, in July 2024?")) == [july, may]
+    assert ids(search(api, namespace, f"{words}, in 2023?")) == plain  # neither: no change

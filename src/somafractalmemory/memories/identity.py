@@ -58,7 +58,7 @@ SPEAKER_TERMS = 4
 def speaker_tokens(metadata: Any, tenant: str) -> str:
     """The keyed tokens of who said a memory (`metadata.speaker`, when it is a string; up to
     four words), space-separated: a search whose text names them ranks the memory higher
-    (`ranking.credit_speakers`). Keyed like the lexical tokens, so no name is stored plain."""
+    (`ranking.credit`). Keyed like the lexical tokens, so no name is stored plain."""
     who = metadata.get(SPEAKER) if isinstance(metadata, dict) else None
     if not isinstance(who, str):
         return ""

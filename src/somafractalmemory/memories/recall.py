@@ -31,7 +31,7 @@ from somafractalmemory.errors import IndexUnavailable, ValidationFailed
 from somafractalmemory.memories import fulltext, indexing, limits, links, tree
 from somafractalmemory.memories.identity import lexical_key, tokens_of, utc
 from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, last_seen
-from somafractalmemory.retrieval import filters, lexical, ranking
+from somafractalmemory.retrieval import dates, filters, lexical, ranking
 from somafractalmemory.vectors.base import VectorHit
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         warnings.append(f"{exc.code}: the vector index failed; results are lexical only")
         legs = {"lexical": _sql_lexical(tenant, query, where, text, pool)}
     searched = time.perf_counter()
-    hits = _score(legs, query, tenant, frozenset(asked))
+    hits = _score(legs, query, tenant, frozenset(asked), dates.windows(text))
     if query.reinforce:
         reinforce(h.memory.id for h in hits)
     done = time.perf_counter()
@@ -313,7 +313,7 @@ def _candidates(
     ids: list[str], query: Query, tenant: str, asked: frozenset[str]
 ) -> dict[str, tuple[Any, ...]]:
     """id -> (type, importance, last seen, whether the query's words name its speaker,
-    event time in seconds) of the candidates whose row still stands: a hit
+    event time) of the candidates whose row still stands: a hit
     without its row was deleted (or archived) after the index answered, and the row
     decides. One statement by primary key alone: with the tenant in the WHERE clause SQLite
     walks a tenant index instead (every row of a one-tenant store: 150 ms at 100,000
@@ -331,25 +331,35 @@ def _candidates(
             created = utc(created)
             seen = last_seen(created, accessed and utc(accessed))
             named = not asked.isdisjoint(speaker.split())
-            out[i] = (kind, importance, seen, named, created.timestamp())
+            out[i] = (kind, importance, seen, named, created)
     return out
 
 
 def _score(
-    legs: dict[str, list[VectorHit]], query: Query, tenant: str, asked: frozenset[str]
+    legs: dict[str, list[VectorHit]],
+    query: Query,
+    tenant: str,
+    asked: frozenset[str],
+    spans: Sequence[dates.Window] = (),
 ) -> list[Hit]:
+    """The candidates ranked (`retrieval.ranking`): fused; credited when the query's words
+    (`asked`, keyed tokens) name their speaker or its dates (`spans`) their event time;
+    lifted by their sitting; blended with recency and importance."""
     relevance = _relevance(legs, query.scoring.fusion)
     rows = _candidates(list(relevance), query, tenant, asked)
     fusion = query.scoring.fusion
-    relevance = ranking.credit_speakers(
+    relevance = ranking.credit(
         {i: r for i, r in relevance.items() if i in rows},
         {i for i, row in rows.items() if row[3]},
         fusion.speaker,
     )
+    if spans:
+        dated = {i for i, row in rows.items() if any(w.holds(row[4]) for w in spans)}
+        relevance = ranking.credit(relevance, dated, fusion.dates)
     # Sittings lift only where some leg came back full: the store held more matches than
     # the pool, so being a candidate says something (in a small store everything is one).
     if any(len(hits) >= candidate_pool(query.top_k) for hits in legs.values()):
-        episodes = {i: row[4] for i, row in rows.items() if row[0] == "episodic"}
+        episodes = {i: row[4].timestamp() for i, row in rows.items() if row[0] == "episodic"}
         gap = float(get_config().context_window_seconds)
         sitting = ranking.sittings(episodes, gap)
         relevance = ranking.lift_sittings(relevance, sitting, fusion.sitting)

@@ -4,9 +4,9 @@ No I/O here: numbers in, numbers out, so every rule has a unit or property test.
 
 final = w_relevance * relevance + w_recency * recency + w_importance * importance, where
 - relevance is the weighted reciprocal-rank fusion of the retrieval legs, scaled to [0, 1]
-  (1 = first in every leg), raised for memories said by someone the query names
-  (`credit_speakers`) and for episodes whose sitting holds other good candidates
-  (`lift_sittings`);
+  (1 = first in every leg), raised for memories said by someone the query names or
+  dated in a window it names (`credit`) and for episodes whose sitting holds other good
+  candidates (`lift_sittings`);
 - recency = 0.5 ** (age / half_life), age counted from the later of the memory's event time
   and its last access, with a half-life per memory type;
 - importance is the memory's own importance in [0, 1].
@@ -47,8 +47,9 @@ class Fusion:
     Defaults measured on LoCoMo dev (docs/benchmarks.md): a small k lets the first ranks of
     each leg dominate, and the lexical leg (stemmed BM25) is the stronger one there.
     `speaker` is the relevance gained by a memory whose speaker the query names (x3 at
-    2.0); `sitting` the share of its sitting's best relevances an episode gains
-    (`lift_sittings`). Both chosen by cross-validation over conversations
+    2.0); `dates` by a memory whose event time is in a window the query names
+    (`retrieval.dates`; x3 at 2.0); `sitting` the share of its sitting's best relevances
+    an episode gains (`lift_sittings`). Chosen by cross-validation over conversations
     (docs/benchmarks.md).
     """
 
@@ -58,6 +59,7 @@ class Fusion:
     context_lexical: float = 1.0
     k: int = 10
     speaker: float = 2.0
+    dates: float = 2.0
     sitting: float = 0.2
 
 
@@ -86,16 +88,16 @@ def rrf(
     return {item: score / best for item, score in fused.items()}
 
 
-def credit_speakers(
-    relevance: Mapping[str, float], named: Collection[str], boost: float
+def credit(
+    relevance: Mapping[str, float], favoured: Collection[str], boost: float
 ) -> dict[str, float]:
-    """Relevance with the memories in `named` (said by someone the query names) multiplied
-    by 1 + `boost`, all scaled back to [0, 1]: a soft signal that reorders, never filters.
-    Unchanged when no candidate is named."""
-    if boost <= 0 or not any(item in named for item in relevance):
+    """Relevance with the memories in `favoured` (said by someone the query names, or dated
+    in a window it names) multiplied by 1 + `boost`, all scaled back to [0, 1]: a soft
+    signal that reorders, never filters. Unchanged when no candidate is favoured."""
+    if boost <= 0 or not any(item in favoured for item in relevance):
         return dict(relevance)
     scale = 1.0 + boost
-    return {item: rel if item in named else rel / scale for item, rel in relevance.items()}
+    return {item: rel if item in favoured else rel / scale for item, rel in relevance.items()}
 
 
 SITTING_BEST = 3

@@ -21,8 +21,9 @@ from somafractalmemory.retrieval.lexical import analyze
 from somafractalmemory.summaries.base import clip
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-SPEAKER = re.compile(r"^([A-Z][\w .'-]{0,39}):\s+(?=\S)")
-"""A leading "Name: " (a capitalised name of at most 40 characters) marks who speaks."""
+SPEAKER = re.compile(r"^([A-Z][A-Za-z .'-]{0,39}):\s+(?=\S)")
+"""A leading "Name: " (a capitalised name of at most 40 letters, no digits: "Standup 3:"
+is a label, not a speaker) marks who speaks."""
 MIN_TERMS = 4
 REDUNDANT = 0.6
 SHARE = 0.25

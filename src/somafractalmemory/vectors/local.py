@@ -799,9 +799,12 @@ class LocalIndex:
             return [self._hits(row) for row in found]
 
     def _hits(self, found: Sequence[tuple[int, float]]) -> list[VectorHit]:
-        """(label, score) pairs as hits (gate held)."""
+        """(label, score) pairs as hits, best first, equal scores by id (gate held): the
+        order then does not depend on the order the entries were written in (a data
+        directory imported from an export answers as the original did)."""
         ids = self._columns.ids
-        return [VectorHit(id=ids[label], score=score) for label, score in found]
+        hits = [VectorHit(id=ids[label], score=score) for label, score in found]
+        return sorted(hits, key=lambda h: (-h.score, h.id))
 
     def _scored(
         self, graph: Any, allowed: Allowed, queries: Vectors, top_k: int, *, exact: bool
