@@ -238,6 +238,9 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
                 legs[name] = _sql_lexical(tenant, query, where, text, pool, context=context)
         order = ("vector", "context_vector", "lexical", "context_lexical")
         legs |= {name: futures[name].result() for name in order if name in futures}
+        # Equal scores in id order, whatever the engine returned them in (its writing
+        # order): an imported export then ranks as the original did.
+        legs = {name: sorted(hits, key=lambda h: (-h.score, h.id)) for name, hits in legs.items()}
     except IndexUnavailable as exc:
         # SQL still knows every memory: answer from its full-text index, and say so.
         log.warning("search falls back to SQL full text: %s", exc.message)
