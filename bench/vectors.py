@@ -37,13 +37,13 @@ class CorpusVectors:
     """Vectors of corpus.memories(n) by the bundled model on onnxruntime (the default)."""
 
     def __init__(self, cache: Path = CACHE) -> None:
-        from somafractalmemory.embedding.base import model_directory
+        from somafractalmemory.embedding.catalog import model_directory
         from somafractalmemory.embedding.onnx import OnnxEmbedder, weights_digest
 
         self.dir = cache / "vectors"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.embedder = OnnxEmbedder(cache_dir=cache / "models")
-        self.digest = weights_digest(model_directory(self.embedder.name))
+        self.digest = weights_digest(model_directory(self.embedder.name, cache / "models"))
 
     def _chunk_path(self, number: int) -> Path:
         return self.dir / f"onnx-{self.digest}-seed{SEED}-{CHUNK}-{number:04d}.npy"

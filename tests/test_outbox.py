@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from somafractalmemory import backends
+from somafractalmemory.errors import EmbeddingModelChanged
 from somafractalmemory.memories import indexing, services
 from somafractalmemory.memories.jobs import maintenance
 from somafractalmemory.memories.models import Lease, Memory, VectorTask
@@ -149,6 +150,45 @@ def test_reindex_rebuilds_an_empty_index(api: Api, namespace: str, fresh_index: 
     # The rebuilt index answers: "Rebuild me 7" among the first three of thirty near
     # duplicates (its neighbours 6 and 8 share its context word for word).
     assert "Rebuild me 7" in [m["content"] for m in hits["memories"][:3]]
+
+
+class Renamed:
+    """The service's embedder under another model's name: what a changed config looks like."""
+
+    def __init__(self, inner: Any, name: str) -> None:
+        self._inner, self.name = inner, name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._inner, attribute)
+
+    @property
+    def query_name(self) -> str:
+        return self.name
+
+
+def test_a_new_embedding_model_needs_an_explicit_reembed(
+    api: Api, namespace: str, fresh_index: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [{"content": f"Lisbon trip note {i}", "namespace": namespace} for i in range(5)]
+    ids = {m["id"] for m in api.ok("POST", "/memory/batch", {"memories": items})["memories"]}
+    before = backends.embedder().name
+    assert services.check_model() == before  # recorded with the data
+    monkeypatch.setattr(backends, "_embedder", Renamed(backends.embedder(), "other-model"))
+    fresh_index.reset()  # the new model's collection starts empty
+    for refused in (services.check_model, maintenance.reindex):
+        with pytest.raises(EmbeddingModelChanged) as changed:
+            refused()
+        assert changed.value.code == "embedding_model_changed"
+        assert "sfm reindex --reembed" in changed.value.message
+        assert changed.value.details == {"recorded": before, "configured": "other-model"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 503 and "--reembed" in ready.json()["checks"]["embedder"]
+    assert not dict(fresh_index.entries())  # nothing written to the new collection meanwhile
+    report = maintenance.reindex(reembed=True)
+    assert report.indexed == Memory.objects.count() and ids <= dict(fresh_index.entries()).keys()
+    assert services.check_model() == "other-model"  # the data now has the new model
+    hits = api.ok("POST", "/memory/search", {"query": "Lisbon trip", "namespace": namespace})
+    assert {m["id"] for m in hits["memories"]} == ids
 
 
 def test_doctor_finds_and_repairs_drift(api: Api, namespace: str, fresh_index: Any) -> None:

@@ -47,13 +47,17 @@ def build_embedder(config: Config) -> Embedder:
 
         return OnnxEmbedder(
             config.embedding_model,
-            cache_dir=config.model_cache_dir or config.data_dir / "models",
+            cache_dir=config.effective_model_cache_dir,
             batch_size=config.embedding_batch_size,
             int8_queries=config.query_encoder == "int8",
         )
     from somafractalmemory.embedding.local import LocalEmbedder
 
-    return LocalEmbedder(config.embedding_model, batch_size=config.embedding_batch_size)
+    return LocalEmbedder(
+        config.embedding_model,
+        cache_dir=config.effective_model_cache_dir,
+        batch_size=config.embedding_batch_size,
+    )
 
 
 def check_dimension(config: Config, embedder: Embedder) -> int:

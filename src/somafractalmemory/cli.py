@@ -91,6 +91,13 @@ def serve(
         _fail(exc)
         return
     migrate()
+    try:
+        from somafractalmemory.memories import services
+
+        services.check_model()
+    except SFMError as exc:
+        _fail(exc)
+        return
     options: dict[str, Any] = {
         "bind": f"{bind}:{port or conf.api_port}",
         "workers": workers,
@@ -208,8 +215,11 @@ def _progress(label: str = "") -> Any:
 def reindex(
     drop: Annotated[bool, typer.Option(help="Start from an empty collection.")] = False,
     pending: Annotated[bool, typer.Option(help="Only pay owed writes (the outbox).")] = False,
+    reembed: Annotated[
+        bool, typer.Option(help="Embed every memory with a newly configured embedding_model.")
+    ] = False,
 ) -> None:
-    """Rebuild the vector index from SQL (also after changing the embedding model)."""
+    """Rebuild the vector index from SQL (with --reembed after changing the embedding model)."""
     _django()
     from somafractalmemory.memories import services
 
@@ -221,7 +231,7 @@ def reindex(
             if owed:
                 raise typer.Exit(1)
             return
-        report = services.reindex(drop=drop, progress=_progress("reindex"))
+        report = services.reindex(drop=drop, reembed=reembed, progress=_progress("reindex"))
     except SFMError as exc:
         _fail(exc)
         return

@@ -185,7 +185,9 @@ class Config:
     embedding_model: str = field(
         default="all-MiniLM-L6-v2",
         metadata=_doc(
-            "Local: `all-MiniLM-L6-v2` (bundled) or a sentence-transformers directory. "
+            "Local: `all-MiniLM-L6-v2` (bundled, 384-d), `all-mpnet-base-v2` (768-d, after "
+            "`make model-mpnet`; its weights' SHA-256 is checked before every load) or a "
+            "sentence-transformers directory. Changing it needs `sfm reindex --reembed`. "
             "HTTP: the `model` sent to `/v1/embeddings`."
         ),
     )
@@ -356,6 +358,10 @@ class Config:
     @property
     def effective_database_url(self) -> str | None:
         return self.database_url or self.postgres_url
+
+    @property
+    def effective_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
 
     @property
     def milvus_server(self) -> bool:

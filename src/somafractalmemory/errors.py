@@ -34,6 +34,22 @@ class VectorDimMismatch(ConfigError):
     code = "vector_dim_mismatch"
 
 
+class ModelNotInstalled(ConfigError):
+    code = "embedding_model_not_installed"
+
+
+class ModelChecksumMismatch(ConfigError):
+    """A model's weights are not the bytes they must be; nothing loads them."""
+
+    code = "embedding_model_checksum_mismatch"
+
+
+class EmbeddingModelChanged(ConfigError):
+    """The configured model is not the one the stored memories' vectors were made by."""
+
+    code = "embedding_model_changed"
+
+
 class BadRequest(SFMError):
     status = 400
     code = "bad_request"

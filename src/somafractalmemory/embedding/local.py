@@ -6,22 +6,21 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from somafractalmemory.embedding.base import (
-    BUNDLED_MODEL,
-    SameForQueries,
-    Vectors,
-    model_directory,
-    normalise,
-)
+from somafractalmemory.embedding.base import SameForQueries, Vectors, normalise
+from somafractalmemory.embedding.catalog import BUNDLED_MODEL, model_directory
 
 
 class LocalEmbedder(SameForQueries):
     """A sentence-transformers model on the CPU, loaded once per process, thread-safe."""
 
-    def __init__(self, model: str = BUNDLED_MODEL, *, batch_size: int = 64) -> None:
+    def __init__(
+        self, model: str = BUNDLED_MODEL, *, cache_dir: Path, batch_size: int = 64
+    ) -> None:
         self.name = model
+        self._cache_dir = cache_dir
         self._batch_size = batch_size
         self._model: Any = None
         self._lock = threading.Lock()
@@ -34,7 +33,7 @@ class LocalEmbedder(SameForQueries):
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 from sentence_transformers import SentenceTransformer
 
-                path = model_directory(self.name)
+                path = model_directory(self.name, self._cache_dir)
                 self._model = SentenceTransformer(str(path), device="cpu")
             return self._model
 

@@ -14,41 +14,25 @@ Memories are always embedded by the full model.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
+import inspect
 import json
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from somafractalmemory.embedding.base import BUNDLED_MODEL, Vectors, model_directory, normalise
+from somafractalmemory.embedding.base import Vectors, normalise
+from somafractalmemory.embedding.catalog import BUNDLED_MODEL, locked, model_directory, sha256_of
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def weights_digest(model_dir: Path) -> str:
-    digest = hashlib.sha256()
-    with (model_dir / "model.safetensors").open("rb") as weights:
-        for block in iter(lambda: weights.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return sha256_of(model_dir / "model.safetensors")[:16]
 
 
 def export(model_dir: Path, target: Path) -> None:
@@ -57,25 +41,27 @@ def export(model_dir: Path, target: Path) -> None:
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(str(model_dir)).eval()
+    # BERT-like models take segment ids; MPNet's forward has none.
+    inputs = [n for n in INPUTS if n in inspect.signature(model.forward).parameters]
 
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            out = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(out.dtype)
+        def forward(self, *feeds: Any) -> Any:
+            named = dict(zip(inputs, feeds, strict=True))
+            out = self.model(**named).last_hidden_state
+            mask = named["attention_mask"].unsqueeze(-1).to(out.dtype)
             pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
     sample = torch.ones((2, 8), dtype=torch.int64)
     mask = sample.clone()
     mask[1, 5:] = 0  # a padded row: the trace must take the masking path
+    samples = {"input_ids": sample, "attention_mask": mask, "token_type_ids": sample * 0}
     partial = target.with_suffix(".partial")
-    axes = {name: {0: "batch", 1: "tokens"} for name in INPUTS}
+    axes = {name: {0: "batch", 1: "tokens"} for name in inputs}
     with warnings.catch_warnings():
         # The TorchScript exporter (deprecated in favour of torch.export, which needs
         # onnxscript besides) warns about tracing in general terms; that the graph gives
@@ -83,9 +69,9 @@ def export(model_dir: Path, target: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             Pooled(),
-            (sample, mask, torch.zeros_like(sample)),
+            tuple(samples[n] for n in inputs),
             str(partial),
-            input_names=list(INPUTS),
+            input_names=inputs,
             output_names=["embedding"],
             dynamic_axes={**axes, "embedding": {0: "batch"}},
             opset_version=17,
@@ -127,6 +113,7 @@ class OnnxEmbedder:
         self.int8_queries = int8_queries
         self._queries: Any = None
         self._cache_dir = cache_dir
+        self._inputs: tuple[str, ...] = ()
         self._batch_size = batch_size
         self._threads = threads
         self._session: Any = None
@@ -140,12 +127,12 @@ class OnnxEmbedder:
                 import onnxruntime
                 from tokenizers import Tokenizer
 
-                model_dir = model_directory(self.name)
+                model_dir = model_directory(self.name, self._cache_dir)
                 target = (
                     self._cache_dir / f"{Path(self.name).name}-{weights_digest(model_dir)}.onnx"
                 )
                 quantized = target.with_suffix(".int8.onnx")
-                with _locked(self._cache_dir / ".export.lock"):
+                with locked(self._cache_dir / ".export.lock"):
                     if not target.is_file():
                         export(model_dir, target)
                     if self.int8_queries and not quantized.is_file():
@@ -164,18 +151,22 @@ class OnnxEmbedder:
                 config = json.loads((model_dir / "sentence_bert_config.json").read_text())
                 tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
                 tokenizer.enable_truncation(max_length=int(config.get("max_seq_length", 256)))
-                tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+                # The tokenizer's own pad token (MPNet's is `<pad>`, id 1), to the longest.
+                pad = tokenizer.padding or {"pad_id": 0, "pad_token": "[PAD]"}
+                tokenizer.enable_padding(pad_id=pad["pad_id"], pad_token=pad["pad_token"])
+                self._inputs = tuple(i.name for i in self._session.get_inputs())
                 self._tokenizer = tokenizer
                 self._dim = int(self._run(["dimension"]).shape[1])
             return self._session
 
     def _run(self, texts: Sequence[str], session: Any = None) -> Vectors:
         encoded = self._tokenizer.encode_batch(list(texts))
-        feeds = {
-            "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+        columns = {
+            "input_ids": [e.ids for e in encoded],
+            "attention_mask": [e.attention_mask for e in encoded],
+            "token_type_ids": [e.type_ids for e in encoded],
         }
+        feeds = {name: np.array(columns[name], dtype=np.int64) for name in self._inputs}
         run = (session or self._session).run
         return np.asarray(run(None, feeds)[0], dtype=np.float32)
 

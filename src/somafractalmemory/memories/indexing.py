@@ -19,12 +19,13 @@ from django.db.models import Q, QuerySet
 
 from somafractalmemory import backends, metrics
 from somafractalmemory.conf import get_config
-from somafractalmemory.errors import IndexUnavailable, MemoryNotFound
+from somafractalmemory.errors import EmbeddingModelChanged, IndexUnavailable, MemoryNotFound
 from somafractalmemory.memories import links
 from somafractalmemory.memories.identity import lexical_key
 from somafractalmemory.memories.models import (
     EPISODE_ORDER,
     Memory,
+    Setting,
     VectorTask,
     episodes_of,
     retry_integrity,
@@ -35,6 +36,35 @@ from somafractalmemory.vectors.base import VectorRecord
 log = logging.getLogger(__name__)
 
 Place = tuple[datetime, datetime, str]  # Memory.place: (created_at, stored_at, id)
+
+
+MODEL_KEY = "embedding_model"
+
+
+def check_model() -> str:
+    """The configured embedding model, which must be the one whose vectors the index holds.
+
+    The data records its model the first time it is checked (a new data directory, or one
+    from before the record: it was embedded by the configured model, the only one that was
+    read). A different configured model would search the memories' vectors with
+    incomparable queries, or an empty collection: refused until `sfm reindex --reembed`.
+    """
+    name = backends.embedder().name
+    recorded, _ = Setting.objects.get_or_create(key=MODEL_KEY, defaults={"value": name})
+    if recorded.value != name:
+        raise EmbeddingModelChanged(
+            f"the stored memories were embedded by {recorded.value!r}, but embedding_model is "
+            f"{name!r}: run `sfm reindex --reembed` to embed them all again with {name!r}, or "
+            f"set embedding_model back to {recorded.value!r}",
+            details={"recorded": recorded.value, "configured": name},
+        )
+    return name
+
+
+def adopt_model() -> None:
+    """Record the configured model as the index's (after a re-embed by it)."""
+    name = backends.embedder().name
+    Setting.objects.update_or_create(key=MODEL_KEY, defaults={"value": name})
 
 
 def vector_record(

@@ -351,6 +351,14 @@ class Lease(models.Model):
     expires_at = models.DateTimeField()
 
 
+class Setting(models.Model):
+    """A fact about the data itself, kept with it: `embedding_model`, the model whose
+    vectors the index holds (a different configured model needs `sfm reindex --reembed`)."""
+
+    key = models.CharField(primary_key=True, max_length=100)
+    value = models.TextField()
+
+
 class ApiKey(models.Model):
     """A tenant's key: only its SHA-256 is stored; the key itself is shown once."""
 

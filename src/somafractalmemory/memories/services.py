@@ -18,7 +18,12 @@ from somafractalmemory.memories.browse import (
     namespaces,
     stored_per_day,
 )
-from somafractalmemory.memories.indexing import drain_outbox, outbox_depth, outbox_health
+from somafractalmemory.memories.indexing import (
+    check_model,
+    drain_outbox,
+    outbox_depth,
+    outbox_health,
+)
 from somafractalmemory.memories.jobs.consolidation import consolidate
 from somafractalmemory.memories.jobs.erasure import purge
 from somafractalmemory.memories.jobs.forgetting import archive_faded, restore
@@ -54,6 +59,7 @@ __all__ = [
     "Recall",
     "Stored",
     "archive_faded",
+    "check_model",
     "consolidate",
     "delete",
     "doctor",

@@ -40,6 +40,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     notes: dict[str, list[str]] = {}
     try:
         backends.embedder().dim  # noqa: B018 - loads the model
+        services.check_model()
         checks["embedder"] = "ok"
     except Exception as exc:
         checks["embedder"] = f"error: {exc}"

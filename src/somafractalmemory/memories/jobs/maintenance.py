@@ -56,13 +56,20 @@ class ReindexReport:
     removed: int = 0
 
 
-def reindex(*, drop: bool = False, progress: Progress = quiet) -> ReindexReport:
+def reindex(
+    *, drop: bool = False, reembed: bool = False, progress: Progress = quiet
+) -> ReindexReport:
     """Re-embed every memory into the current model's collection, then remove orphans.
 
     Without `drop` the collection keeps answering while it is rebuilt; with it, the rebuild
     starts from an empty collection (after a model change the collection is new anyway).
+    A configured model other than the data's own needs `reembed`: the data takes the new
+    model once every memory is in its collection (the old model's stays, unread, until
+    removed by hand; an interrupted re-embed leaves the old model in force).
     """
     index = backends.vector_index()
+    if not reembed:
+        indexing.check_model()
     if drop:
         index.reset()
     report = ReindexReport()
@@ -83,6 +90,7 @@ def reindex(*, drop: bool = False, progress: Progress = quiet) -> ReindexReport:
     report.removed = len(orphans)
     # Tasks owed before the rebuild are settled by it.
     VectorTask.objects.filter(id__lte=tasks_before).delete()
+    indexing.adopt_model()
     return report
 
 
