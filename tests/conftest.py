@@ -95,6 +95,27 @@ process it starts works in a Milvus database of its own."""
 _milvus: contextlib.ExitStack | None = None
 EMBEDDED_RUN = not (MILVUS_SERVER or get_config().effective_database_url or get_config().redis_url)
 """The run on the built-in defaults alone (SQLite, LocMem, the local vector engine)."""
+ON_SERVER = pytest.mark.skipif(
+    not MILVUS_SERVER,
+    reason="production-stack run only (make test runs it with SFM_TEST_MILVUS=server)",
+)
+ON_LITE = pytest.mark.skipif(
+    not EMBEDDED_RUN, reason="Milvus Lite is tested once, in the embedded run (make test)"
+)
+
+
+@pytest.fixture(scope="module")
+def milvus_database() -> Iterator[tuple[str, str]]:
+    """A real Milvus standalone server (the run's, SFM_TEST_MILVUS=server, or one started for
+    this module) and a database of this module's on it: (uri, database)."""
+    from tests.milvus_server import FOR_TESTS, create_database, drop_database, standalone
+
+    with contextlib.ExitStack() as stack:
+        uri = os.environ["SFM_MILVUS_URI"] if MILVUS_SERVER else ""
+        uri = uri or stack.enter_context(standalone(extra=FOR_TESTS)).uri
+        db_name = create_database(uri, "module")
+        stack.callback(drop_database, uri, db_name)
+        yield uri, db_name
 
 
 def _start_milvus() -> None:

@@ -18,6 +18,7 @@ from somafractalmemory.retrieval.filters import AnyOf, Compare, Exists, Field
 from somafractalmemory.vectors.base import VectorIndex, VectorRecord
 from somafractalmemory.vectors.local import LocalIndex
 from somafractalmemory.vectors.milvus import MilvusIndex
+from tests.conftest import ON_LITE, ON_SERVER
 
 
 def test_plain_pairs_are_metadata_equality() -> None:
@@ -174,18 +175,29 @@ specs = st.recursive(
 )
 
 
-@pytest.fixture(scope="module", params=["local", "milvus-lite"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "local",
+        pytest.param("milvus-lite", marks=ON_LITE),
+        pytest.param("milvus-server", marks=ON_SERVER),
+    ],
+)
 def loaded(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[VectorIndex, str]]:
     """The filter fields of DOCS in each engine that evaluates filters itself: the local
-    engine's numpy columns, Milvus's expressions."""
+    engine's numpy columns, Milvus's expressions (Lite in the embedded run, a real server in
+    the production run)."""
     work = Path(tmp_path_factory.mktemp("filters"))
-    index: VectorIndex = (
-        LocalIndex(work, model="filters", dim=4)
-        if request.param == "local"
-        else MilvusIndex(str(work / "milvus.db"), model="filters", dim=4)
-    )
+    index: VectorIndex
+    if request.param == "local":
+        index = LocalIndex(work, model="filters", dim=4)
+    elif request.param == "milvus-lite":
+        index = MilvusIndex(str(work / "milvus.db"), model="filters", dim=4)
+    else:
+        uri, db_name = request.getfixturevalue("milvus_database")
+        index = MilvusIndex(uri, model="filters", dim=4, db_name=db_name)
     tenant = uuid.uuid4().hex
     vector = np.array([1, 0, 0, 0], dtype=np.float32)
     index.upsert(

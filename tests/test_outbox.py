@@ -20,7 +20,7 @@ from somafractalmemory.memories.models import Lease, Memory, VectorTask
 from somafractalmemory.vectors.base import VectorIndex
 from somafractalmemory.vectors.local import LocalIndex
 from somafractalmemory.vectors.milvus import MilvusIndex
-from tests.conftest import MILVUS_SERVER, Api, embedded, server_environment
+from tests.conftest import MILVUS_SERVER, ON_LITE, Api, embedded, server_environment
 from tests.servers import run_sfm
 
 
@@ -217,7 +217,7 @@ def test_serve_refuses_several_workers_on_the_embedded_index(tmp_path: Path) -> 
     assert "embedded vector index" in result.stderr and "config_error" in result.stderr
 
 
-@pytest.mark.parametrize("engine", ["local", "milvus"])
+@pytest.mark.parametrize("engine", ["local", pytest.param("milvus", marks=ON_LITE)])
 def test_maintenance_commands_refuse_a_locked_index(tmp_path: Path, engine: str) -> None:
     """Another process holds the embedded index's files (the local engine's, a Lite file)."""
     held: VectorIndex = (

@@ -25,32 +25,10 @@ from somafractalmemory.vectors.clock import (
 )
 from somafractalmemory.vectors.local import EXACT_ROWS, EXACT_SHARE, LocalIndex
 from somafractalmemory.vectors.milvus import MilvusIndex
-from tests.conftest import EMBEDDED_RUN, MILVUS_SERVER
-from tests.milvus_server import FOR_TESTS, create_database, drop_database, standalone
+from tests.conftest import ON_LITE, ON_SERVER
 from tests.servers import milvus_lite
 
 DIM = 16
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[str, str]]:
-    """A real Milvus standalone server (the run's, SFM_TEST_MILVUS=server, or one started for
-    this module) and a database of this module's on it: (uri, database)."""
-    with contextlib.ExitStack() as stack:
-        uri = os.environ["SFM_MILVUS_URI"] if MILVUS_SERVER else ""
-        uri = uri or stack.enter_context(standalone(extra=FOR_TESTS)).uri
-        db_name = create_database(uri, "contract")
-        stack.callback(drop_database, uri, db_name)
-        yield uri, db_name
-
-
-ON_SERVER = pytest.mark.skipif(
-    not MILVUS_SERVER,
-    reason="production-stack run only (make test runs it with SFM_TEST_MILVUS=server)",
-)
-ON_LITE = pytest.mark.skipif(
-    not EMBEDDED_RUN, reason="Milvus Lite is tested once, in the embedded run (make test)"
-)
 
 
 @pytest.fixture(
@@ -93,7 +71,7 @@ def index(
             env.pop("SFM_MILVUS_URI", None)
             uri = stack.enter_context(milvus_lite(env, work / "milvus.log"))
         else:
-            uri, db_name = request.getfixturevalue("server")
+            uri, db_name = request.getfixturevalue("milvus_database")
             consistency = "Session" if request.param == "server-session" else "Strong"
         built = MilvusIndex(
             uri,
@@ -288,12 +266,12 @@ def shared_clock() -> WriteClock:
 
 @ON_SERVER
 def test_session_workers_see_each_others_writes_and_deletes_at_once(
-    server: tuple[str, str],
+    milvus_database: tuple[str, str],
 ) -> None:
     """Two workers' indexes on one collection, at Session with a shared write clock: what one
     writes the other finds by its very next search, what one deletes the other never finds
     again; reads that follow no write wait for no time tick."""
-    uri, db_name = server
+    uri, db_name = milvus_database
     model = f"session-{uuid.uuid4().hex[:8]}"
     clock = shared_clock()
     one, other = (
@@ -318,14 +296,14 @@ def test_session_workers_see_each_others_writes_and_deletes_at_once(
 
 @ON_SERVER
 def test_a_write_notes_one_server_time_for_what_was_acknowledged(
-    server: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    milvus_database: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write to both collections (the 2.3.5 server keeps the context vectors in a second
     one) asks the server for one timestamp, after both; when the second call fails, the
     first one's write is still noted, so a reader waits for it."""
     from somafractalmemory.vectors import milvus
 
-    uri, db_name = server
+    uri, db_name = milvus_database
     clock = LocalClock()
     index = MilvusIndex(
         uri,
