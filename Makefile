@@ -60,11 +60,12 @@ pytest: install $(MPNET_STAMP) $(BROWSER)
 
 test: lint typecheck pytest
 
-# The service benchmark, then search latency against collection size (with --quick, both
-# small: about 4 minutes together).
+# The service benchmark, search latency against collection size, and the cost of the
+# validity filter at 100,000 memories (with --quick, all small: about 5 minutes together).
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
 	$(BIN)/python bench/scale.py $(filter --quick,$(ARGS))
+	$(BIN)/python bench/validity.py $(if $(filter --quick,$(ARGS)),--n 10000 --queries 50)
 
 # Candidate engines for the embedded default's dense legs, side by side (bench/engines.py).
 bench-engines: install

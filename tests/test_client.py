@@ -219,3 +219,48 @@ def test_requests_the_http_server_refuses_answer_in_the_error_envelope(live: Liv
     assert big.status_code == 431, big.text
     assert big.json()["error"]["code"] == "headers_too_large"
     assert httpx.get(f"{live.base}/healthz", timeout=30).status_code == 200
+
+
+def test_versions_expiry_and_as_of_through_the_sdk(memory: sdk.Memory, live: Live) -> None:
+    space = ns()
+    t1, t2 = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC)
+    key = "user-7/city"
+    lisbon = memory.remember("Alice lives in Lisbon", namespace=space, key=key, valid_from=t1)
+    berlin = memory.remember("Alice lives in Berlin", namespace=space, key=key, valid_from=t2)
+    assert berlin.supersedes == [lisbon.id] and berlin.key == key and berlin.valid_from == t2
+    assert [m.id for m in memory.history(berlin.id)] == [lisbon.id, berlin.id]
+    assert memory.get(lisbon.id).status == "no_longer_valid"
+    then = memory.recall("Where does Alice live?", namespace=space, as_of=datetime(2024, 3, 1))
+    assert [h.id for h in then] == [lisbon.id]
+    now = memory.recall("Where does Alice live?", namespace=space, explain=True)
+    assert [h.id for h in now] == [berlin.id]
+    assert now.hidden == [{"id": lisbon.id, "reason": "no_longer_valid"}]
+    assert [m.id for m in memory.list(namespace=space)] == [berlin.id]
+    assert {m.id for m in memory.list(namespace=space, include_invalid=True)} == {
+        lisbon.id,
+        berlin.id,
+    }
+    assert [m.id for m in memory.list(namespace=space, as_of=datetime(2024, 3, 1, tzinfo=UTC))] == [
+        lisbon.id
+    ]
+    brief = memory.remember("The door code is 4471", namespace=space, ttl_seconds=3600)
+    assert brief.expires_at is not None and brief.recorded_at is not None
+    # The server's clock, not this process's (moved a year ahead in the embedded run).
+    closed = memory.update(brief.id, valid_from=t1, valid_until=t2)
+    assert closed.status == "no_longer_valid"
+    with pytest.raises(sdk.BadRequest) as refused:
+        memory.remember("x", namespace=space, expires_at=datetime(2001, 1, 1, tzinfo=UTC))
+    assert refused.value.code == "invalid_validity"
+
+    async def scenario() -> None:
+        async with sdk.AsyncMemory(live.base) as m:
+            porto = await m.remember("Alice lives in Porto", namespace=space, key=key)
+            assert porto.supersedes == [berlin.id]
+            versions = await m.history(porto.id)
+            assert [v.id for v in versions] == [lisbon.id, berlin.id, porto.id]
+            found = await m.recall("Where does Alice live?", namespace=space, as_of=t2)
+            assert [h.id for h in found] == [berlin.id]
+            every = [r.id async for r in m.list(namespace=space, include_invalid=True)]
+            assert set(every) == {lisbon.id, berlin.id, porto.id, brief.id}
+
+    asyncio.run(scenario())

@@ -87,6 +87,22 @@ def test_memory_page_shows_links_hierarchy_and_graph(api: Api, namespace: str) -
     assert "Sprint 1" in page(api, f"/memory/{parents[0]['id']}")  # its children listed
 
 
+def test_memory_page_shows_its_history_and_why_it_is_hidden(api: Api, namespace: str) -> None:
+    key = {"key": "alice/city", "type": "semantic"}
+    lisbon = store(api, namespace, "Alice lives in Lisbon", valid_from="2024-01-01", **key)
+    berlin = store(api, namespace, "Alice lives in Berlin", valid_from="2024-06-01", **key)
+    old = page(api, f"/memory/{lisbon}")
+    assert '<span class="pill" id="status">no_longer_valid</span>' in old
+    table = old[old.index('id="history"') :]
+    assert table.index("Lisbon") < table.index("Berlin") and f'href="/memory/{berlin}"' in table
+    assert "2024-01-01 00:00:00 \u2013 2024-06-01 00:00:00" in old  # its validity
+    current = page(api, f"/memory/{berlin}")
+    assert 'id="status"' not in current and "alice/city" in current
+    brief = store(api, namespace, "A note that expires", ttl_seconds=3600)
+    html = page(api, f"/memory/{brief}")
+    assert 'id="history"' not in html and "<th>expires</th><td>20" in html
+
+
 def test_unknown_memory_is_an_error_page(api: Api) -> None:
     html = page(api, "/memory/mem_nothing", status=404)
     assert "memory_not_found" in html

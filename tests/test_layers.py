@@ -37,6 +37,7 @@ RANKS = {
     "memories.links": 5.2,
     "memories.limits": 5.2,
     "memories.browse": 5.2,
+    "memories.versions": 5.2,
     "memories.tenancy": 6,
     "memories.indexing": 6,
     "memories.linking": 6,

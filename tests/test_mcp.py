@@ -77,6 +77,22 @@ async def scenario(client: Client) -> None:
     assert linked["kind"] == "caused_by"
     shown = payload(await client.call_tool("get_memory", {"memory_id": first["id"]}))
     assert shown["type"] == "semantic" and shown["importance"] == 0.9
+    # A fact that changes: the key's new version replaces the old one in recall.
+    city = {"namespace": space, "type": "semantic", "key": "erin/city"}
+    before = payload(await client.call_tool("remember", {"content": "Erin lives in Oslo", **city}))
+    after = payload(
+        await client.call_tool(
+            "remember", {"content": "Erin lives in Bergen", "expires_in": 3600, **city}
+        )
+    )
+    assert after["supersedes"] == [before["id"]] and "expires_at" in after
+    where = {"query": "Which city does Erin live in?", "namespace": space, "top_k": 3}
+    now = payload(await client.call_tool("recall", where))
+    assert before["id"] not in [h["id"] for h in now] and after["id"] in [h["id"] for h in now]
+    then = payload(await client.call_tool("recall", {**where, "as_of": "2000-01-01T00:00:00Z"}))
+    assert then == []
+    bad = await client.call_tool("recall", {**where, "as_of": "last week"})
+    assert bad.is_error and "validation_error" in text_of(bad)
     assert payload(await client.call_tool("forget", {"memory_id": first["id"]}))["deleted"]
     missing = await client.call_tool("get_memory", {"memory_id": first["id"]})
     assert missing.is_error and "memory_not_found" in text_of(missing)

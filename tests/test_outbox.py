@@ -266,6 +266,8 @@ def test_cli_consolidate_and_forget(server_env: dict[str, str]) -> None:
         "considered": 0,
         "archived": 0,
         "deleted": 0,
+        "expired_archived": 0,
+        "expired_erased": 0,
         "dry_run": True,
         "sample": [],
     }

@@ -489,7 +489,7 @@ def test_episodes_of_one_sitting_lift_each_other_in_a_full_pool(api: Api, namesp
     query = services.Query(namespace=namespace)
 
     def order(legs: dict[str, list[VectorHit]], query: services.Query = query) -> list[str]:
-        return [h.memory.id for h in recall._score(legs, query, "default", frozenset())]
+        return [h.memory.id for h in recall._score(legs, query, "default", frozenset())[0]]
 
     assert order(full) == [first, second, third, alone]
     assert order(short)[0] == alone  # a small store: no lift

@@ -32,9 +32,14 @@ def sfm(
 
 
 def snapshot(memory: sdk.Memory) -> dict[str, Any]:
-    """Everything a client can see: each memory's fields and links, and search answers."""
+    """Everything a client can see: each memory's fields, links and versions (superseded
+    and expiring ones too), and search answers."""
     records = {}
-    for m in [*memory.list(page_size=500), *memory.list(page_size=500, archived=True)]:
+    every = [
+        *memory.list(page_size=500, include_invalid=True),
+        *memory.list(page_size=500, archived=True, include_invalid=True),
+    ]
+    for m in every:
         fields = {
             k: v
             for k, v in vars(m).items()
@@ -44,6 +49,7 @@ def snapshot(memory: sdk.Memory) -> dict[str, Any]:
         fields["links"] = sorted(
             (x.source, x.target, x.kind, round(x.weight, 4)) for x in memory.links(m.id)
         )
+        fields["history"] = [v.id for v in memory.history(m.id)]
         records[m.id] = fields
     # Not counted as recalls: one question's hits, reinforced by the server's worker at its
     # own moment, would otherwise reorder the next question's near ties.
@@ -77,6 +83,11 @@ def populate(memory: sdk.Memory) -> None:
         for i in range(8)
     )
     assert memory.consolidate("team").status == "succeeded"
+    # A fact that changed (two versions of a key) and one that expires.
+    seat = "alice/seat"
+    memory.remember("Alice used to prefer the aisle seat", key=seat, valid_from=start)
+    memory.remember("Alice now prefers the window seat", key=seat, valid_from=later)
+    memory.remember("The hotel booking code is H-7781", ttl_seconds=10 * 365 * 86_400)
 
 
 def test_export_then_import_reproduces_memories_links_and_answers(tmp_path: Path) -> None:
@@ -89,7 +100,9 @@ def test_export_then_import_reproduces_memories_links_and_answers(tmp_path: Path
             written = sfm(source, "export", str(export))  # SQL only: fine while it serves
         assert written.returncode == 0, written.stderr
         lines = export.read_text().splitlines()
-        assert len(lines) == len(before["memories"]) > 11  # the parents too
+        assert len(lines) == len(before["memories"]) > 14  # the parents too
+        versions = [r["history"] for r in before["memories"].values() if len(r["history"]) > 1]
+        assert versions and all(len(h) == 2 for h in versions)
 
         first = sfm(copy, "import", str(export))
         assert first.returncode == 0, first.stderr
@@ -175,5 +188,20 @@ def test_service_commands(tmp_path: Path) -> None:
             assert refused.returncode == 2 and "validation_error" in refused.stderr
             malformed = sfm(env, "search", "x", "--filter", "{nope")
             assert malformed.returncode == 2 and "malformed_json" in malformed.stderr
+            # Versions of a key: the second store names what it superseded.
+            key = ("--key", "dana/flight")
+            first = sfm(env, "store", "Dana lands at 6 pm", *key, "--valid-from", "2024-01-01")
+            second = sfm(env, "store", "Dana lands at 8 pm", *key, "--ttl", "3600")
+            old, new = first.stdout.strip(), second.stdout.strip()
+            assert f"supersedes {old}" in second.stderr
+            lines = sfm(env, "history", new).stdout.splitlines()
+            assert [line.split()[3] for line in lines] == [old, new]
+            assert lines[0].split()[2] == "no_longer_valid" and lines[1].split()[2] == "valid"
+            then = json.loads(
+                sfm(env, "search", "Dana lands", "--json", "--as-of", "2024-02-01T00:00:00Z").stdout
+            )
+            assert [h["id"] for h in then["memories"]] == [old]
+            bad = sfm(env, "search", "x", "--as-of", "yesterday")
+            assert bad.returncode == 2 and "validation_error" in bad.stderr
         down = sfm(env, "search", "anything")
         assert down.returncode == 3 and "service_unreachable" in down.stderr

@@ -12,11 +12,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
-from somafractalmemory.client import DEFAULT_URL
+from somafractalmemory.client import DEFAULT_URL, parse_time
 from somafractalmemory.errors import ConfigError, SFMError, ValidationFailed
 
 app = typer.Typer(help="SomaFractalMemory: long-term memory for AI agents.", no_args_is_help=True)
@@ -417,6 +418,14 @@ def _json_option(text: str | None, name: str) -> Any:
         raise typer.Exit(REFUSED) from None
 
 
+def _moment(text: str | None, name: str) -> datetime | None:
+    try:
+        return parse_time(text)
+    except ValueError:
+        typer.echo(f"error [validation_error]: {name} is not an ISO 8601 time", err=True)
+        raise typer.Exit(REFUSED) from None
+
+
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(dataclasses.asdict(value), default=str, ensure_ascii=False))
 
@@ -430,18 +439,38 @@ def store(
     type: Annotated[str | None, typer.Option(help="episodic, semantic or summary.")] = None,
     importance: Annotated[float | None, typer.Option(help="0 to 1 [0.5].")] = None,
     metadata: Annotated[str | None, typer.Option(help='JSON object: \'{"user": "u1"}\'.')] = None,
+    key: Annotated[
+        str | None, typer.Option(help="The fact's key: the memory is its next version.")
+    ] = None,
+    supersedes: Annotated[
+        list[str] | None, typer.Option(help="Id of a memory this one replaces (repeatable).")
+    ] = None,
+    valid_from: Annotated[str | None, typer.Option(help="Valid from (ISO 8601).")] = None,
+    ttl: Annotated[int | None, typer.Option(help="Expires this many seconds from now.")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Store a memory through the running service; prints its id."""
+    """Store a memory through the running service; prints its id (and what it superseded)."""
     meta = _json_option(metadata, "--metadata")
     with _service(url, api_key) as memory:
         stored = memory.remember(
-            content, namespace=namespace, type=type, importance=importance, metadata=meta
+            content,
+            namespace=namespace,
+            type=type,
+            importance=importance,
+            metadata=meta,
+            key=key,
+            supersedes=supersedes,
+            valid_from=_moment(valid_from, "--valid-from"),
+            ttl_seconds=ttl,
         )
     if as_json:
         _print_json(stored)
-    else:
-        typer.echo(stored.id + ("  (already stored)" if stored.deduplicated else ""))
+        return
+    typer.echo(stored.id + ("  (already stored)" if stored.deduplicated else ""))
+    for old in stored.supersedes:
+        typer.echo(f"supersedes {old}", err=True)
+    for other in stored.possible_conflicts:
+        typer.echo(f"possible conflict: {other['id']} ({other['score']:.2f})", err=True)
 
 
 @app.command()
@@ -453,12 +482,18 @@ def search(
     namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
     filters: Annotated[str | None, typer.Option("--filter", help="Metadata filter (JSON).")] = None,
     mode: Annotated[str | None, typer.Option(help="hybrid, vector or lexical.")] = None,
+    as_of: Annotated[
+        str | None, typer.Option(help="Among memories valid at this instant (ISO 8601).")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Search through the running service: a table of score, id, type and content."""
     spec = _json_option(filters, "--filter")
+    when = _moment(as_of, "--as-of")
     with _service(url, api_key) as memory:
-        found = memory.recall(query, top_k=top_k, namespace=namespace, filters=spec, mode=mode)
+        found = memory.recall(
+            query, top_k=top_k, namespace=namespace, filters=spec, mode=mode, as_of=when
+        )
     if as_json:
         answer = {
             "memories": [dataclasses.asdict(h) for h in found.hits],
@@ -493,6 +528,24 @@ def get(
     for name, value in dataclasses.asdict(record).items():
         shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
         typer.echo(f"{name:<17}{shown}")
+
+
+@app.command()
+def history(
+    memory_id: str, url: Url = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False
+) -> None:
+    """Every version of a memory, oldest first: valid from, until, status, id, content."""
+    with _service(url, api_key) as memory:
+        versions = memory.history(memory_id)
+    if as_json:
+        typer.echo(
+            json.dumps([dataclasses.asdict(v) for v in versions], default=str, ensure_ascii=False)
+        )
+        return
+    for v in versions:
+        until = v.valid_until.isoformat() if v.valid_until else "-"
+        start = v.valid_from.isoformat() if v.valid_from else "-"
+        typer.echo(f"{start}  {until}  {v.status:<15}  {v.id}  {' '.join(v.content.split())}")
 
 
 @app.command()

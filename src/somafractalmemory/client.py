@@ -39,7 +39,8 @@ T = TypeVar("T")
 # -- results ------------------------------------------------------------------------------
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time as the API writes it (`Z` for UTC); None for none."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
@@ -55,7 +56,7 @@ class _Result:
         values = {k: v for k, v in data.items() if k in names}
         for name in cls._times:  # type: ignore[attr-defined]
             if name in values:
-                values[name] = _time(values[name])
+                values[name] = parse_time(values[name])
         return cls(**values)
 
 
@@ -69,7 +70,16 @@ class Stored(_Result):
     created_at: datetime
     deduplicated: bool = False
     near_duplicates: list[dict[str, Any]] = field(default_factory=list)
-    _times = ("created_at",)
+    recorded_at: datetime | None = None
+    key: str = ""
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    expires_at: datetime | None = None
+    supersedes: list[str] = field(default_factory=list)
+    """Ids of the versions this store closed (its key's previous one, `supersedes`)."""
+    possible_conflicts: list[dict[str, Any]] = field(default_factory=list)
+    """`{id, score}` of valid semantic memories close to this one: facts that may disagree."""
+    _times = ("created_at", "recorded_at", "valid_from", "valid_until", "expires_at")
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,24 @@ class MemoryRecord(_Result):
     level: int = 0
     span_end: datetime | None = None
     archived_at: datetime | None = None
-    _times = ("created_at", "updated_at", "last_accessed_at", "span_end", "archived_at")
+    key: str = ""
+    recorded_at: datetime | None = None
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    expires_at: datetime | None = None
+    status: str = "valid"
+    """Now: `valid`, `expired`, `not_yet_valid` or `no_longer_valid`."""
+    _times = (
+        "created_at",
+        "updated_at",
+        "last_accessed_at",
+        "span_end",
+        "archived_at",
+        "recorded_at",
+        "valid_from",
+        "valid_until",
+        "expires_at",
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +146,8 @@ class Recall:
     latency_ms: float
     mode: str
     warnings: list[str]
+    hidden: list[dict[str, Any]] | None = None
+    """With `explain`: `{id, reason}` of candidates left out as not valid at `as_of`."""
 
     def __iter__(self) -> Iterator[Hit]:
         return iter(self.hits)
@@ -133,6 +162,7 @@ class Recall:
             float(data["latency_ms"]),
             str(data.get("mode", "")),
             list(data.get("warnings", [])),
+            data.get("hidden"),
         )
 
 
@@ -309,7 +339,13 @@ class _Calls:
 
     @staticmethod
     def page(
-        namespace: str | None, types: Iterable[str], archived: bool, limit: int, cursor: str | None
+        namespace: str | None,
+        types: Iterable[str],
+        archived: bool,
+        limit: int,
+        cursor: str | None,
+        as_of: datetime | None = None,
+        include_invalid: bool = False,
     ) -> Call:
         params = {
             "namespace": namespace,
@@ -317,8 +353,14 @@ class _Calls:
             "limit": limit,
             "cursor": cursor,
             "archived": "true" if archived else None,
+            "as_of": as_of.isoformat() if as_of is not None else None,
+            "include_invalid": "true" if include_invalid else None,
         }
         return Call("GET", "/memory", params=params, safe=True)
+
+    @staticmethod
+    def history(memory_id: str) -> Call:
+        return Call("GET", f"/memory/{memory_id}/history", safe=True)
 
     @staticmethod
     def link(source: str, target: str, kind: str, weight: float) -> Call:
@@ -476,9 +518,17 @@ class Memory:
         metadata: Mapping[str, Any] | None = None,
         created_at: datetime | None = None,
         dedupe: bool | None = None,
+        key: str | None = None,
+        supersedes: Iterable[str] | None = None,
+        valid_from: datetime | None = None,
+        valid_until: datetime | None = None,
+        expires_at: datetime | None = None,
+        ttl_seconds: int | None = None,
     ) -> Stored:
         """Store one memory; the same content again in the namespace returns the stored one
-        (unless `dedupe=False`)."""
+        (unless `dedupe=False`). With `key`, it is that key's next version (the previous
+        one stops being valid); `supersedes` closes those memories; `ttl_seconds` or
+        `expires_at`: it leaves searches then."""
         return Stored.of(
             self._send(
                 _Calls.remember(
@@ -489,6 +539,12 @@ class Memory:
                     metadata=dict(metadata) if metadata is not None else None,
                     created_at=created_at,
                     dedupe=dedupe,
+                    key=key,
+                    supersedes=list(supersedes) if supersedes is not None else None,
+                    valid_from=valid_from,
+                    valid_until=valid_until,
+                    expires_at=expires_at,
+                    ttl_seconds=ttl_seconds,
                 )
             )
         )
@@ -518,9 +574,10 @@ class Memory:
         expand: str | None = None,
         zoom: bool | None = None,
         reinforce: bool | None = None,
+        as_of: datetime | None = None,
     ) -> Recall:
         """The memories that best answer `query`, best first (`reinforce=False`: without
-        counting them as recalled)."""
+        counting them as recalled; `as_of`: among those valid at that instant)."""
         return Recall.of(
             self._send(
                 _Calls.recall(
@@ -538,6 +595,7 @@ class Memory:
                     expand=expand,
                     zoom=zoom,
                     reinforce=reinforce,
+                    as_of=as_of,
                 )
             )
         )
@@ -546,8 +604,13 @@ class Memory:
         return MemoryRecord.of(self._send(_Calls.get(memory_id)))
 
     def update(self, memory_id: str, **changes: Any) -> MemoryRecord:
-        """Change `content`, `type`, `importance` or `metadata` (which is replaced)."""
+        """Change `content`, `type`, `importance`, `metadata` (which is replaced),
+        `valid_from`, `valid_until`, `expires_at` or `ttl_seconds`."""
         return MemoryRecord.of(self._send(_Calls.update(memory_id, changes)))
+
+    def history(self, memory_id: str) -> builtins.list[MemoryRecord]:
+        """Every version of a memory, oldest first (its key's, and by `supersedes`)."""
+        return _memories(self._send(_Calls.history(memory_id)))
 
     def forget(self, memory_id: str) -> None:
         """Delete a memory, its links and vector."""
@@ -560,11 +623,16 @@ class Memory:
         types: Iterable[str] = (),
         archived: bool = False,
         page_size: int = 100,
+        as_of: datetime | None = None,
+        include_invalid: bool = False,
     ) -> Iterator[MemoryRecord]:
-        """Every memory, newest first, fetched a page at a time."""
+        """Every memory valid `as_of` (default: now; `include_invalid`: every one), newest
+        first, fetched a page at a time."""
         cursor: str | None = None
         while True:
-            page = self._send(_Calls.page(namespace, types, archived, page_size, cursor))
+            page = self._send(
+                _Calls.page(namespace, types, archived, page_size, cursor, as_of, include_invalid)
+            )
             yield from _memories(page)
             cursor = page.get("next_cursor")
             if not cursor:
@@ -646,6 +714,8 @@ class AsyncMemory:
         """See `Memory.remember`."""
         if options.get("metadata") is not None:
             options["metadata"] = dict(options["metadata"])
+        if options.get("supersedes") is not None:
+            options["supersedes"] = list(options["supersedes"])
         return Stored.of(await self._send(_Calls.remember(content, **options)))
 
     async def batch(self, items: Iterable[str | Mapping[str, Any]]) -> builtins.list[Stored]:
@@ -667,6 +737,10 @@ class AsyncMemory:
     async def update(self, memory_id: str, **changes: Any) -> MemoryRecord:
         return MemoryRecord.of(await self._send(_Calls.update(memory_id, changes)))
 
+    async def history(self, memory_id: str) -> builtins.list[MemoryRecord]:
+        """See `Memory.history`."""
+        return _memories(await self._send(_Calls.history(memory_id)))
+
     async def forget(self, memory_id: str) -> None:
         await self._send(_Calls.forget(memory_id))
 
@@ -677,10 +751,14 @@ class AsyncMemory:
         types: Iterable[str] = (),
         archived: bool = False,
         page_size: int = 100,
+        as_of: datetime | None = None,
+        include_invalid: bool = False,
     ) -> AsyncIterator[MemoryRecord]:
         cursor: str | None = None
         while True:
-            page = await self._send(_Calls.page(namespace, types, archived, page_size, cursor))
+            page = await self._send(
+                _Calls.page(namespace, types, archived, page_size, cursor, as_of, include_invalid)
+            )
             for record in _memories(page):
                 yield record
             cursor = page.get("next_cursor")

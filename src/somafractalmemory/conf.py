@@ -215,6 +215,13 @@ class Config:
         default=0.95,
         metadata=_doc("Cosine at or above which a single store reports `near_duplicates`."),
     )
+    conflict_similarity: float = field(
+        default=0.70,
+        metadata=_doc(
+            "Cosine at or above which (and below `near_duplicate_threshold`) a single store "
+            "of a semantic memory reports a valid semantic one as a `possible_conflict`."
+        ),
+    )
     max_content_bytes: int = field(
         default=32_768, metadata=_doc("Largest memory content, in UTF-8 bytes (413 above).")
     )

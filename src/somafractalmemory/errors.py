@@ -106,6 +106,13 @@ class FilterRequired(ValidationFailed):
     code = "filter_required"
 
 
+class InvalidValidity(ValidationFailed):
+    """Times that cannot hold together: `valid_until` not after `valid_from`, an expiry
+    already past, `expires_at` with `ttl_seconds`."""
+
+    code = "invalid_validity"
+
+
 class NotFound(SFMError):
     status = 404
     code = "not_found"
@@ -130,6 +137,12 @@ class Conflict(SFMError):
 
 class ConsolidationBusy(Conflict):
     code = "consolidation_running"
+
+
+class KeyContended(Conflict):
+    """Stores of one key kept racing: the store changed nothing and may be retried."""
+
+    code = "key_contended"
 
 
 class MethodNotAllowed(SFMError):

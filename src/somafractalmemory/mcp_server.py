@@ -11,13 +11,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from somafractalmemory import __version__
-from somafractalmemory.client import ApiError, AsyncMemory, Hit, MemoryRecord, TransportError
+from somafractalmemory.client import (
+    ApiError,
+    AsyncMemory,
+    Hit,
+    MemoryRecord,
+    TransportError,
+    parse_time,
+)
 
 INSTRUCTIONS = (
     "Long-term memory. Before answering, `recall` what you know about the topic; after "
@@ -51,6 +59,13 @@ def _record(record: MemoryRecord) -> dict[str, Any]:
     }
 
 
+def _instant(text: str | None) -> datetime | None:
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise ToolError(f"validation_error: as_of {text!r} is not an ISO 8601 time") from None
+
+
 @asynccontextmanager
 async def _refusals() -> AsyncIterator[None]:
     """The service's errors as tool errors the model can read."""
@@ -76,14 +91,32 @@ def build(url: str, api_key: str | None = None) -> MCPServer:
         type: str = "episodic",
         importance: float = 0.5,
         metadata: dict[str, Any] | None = None,
+        key: str | None = None,
+        expires_in: int | None = None,
     ) -> dict[str, Any]:
         """Store one memory: an event (`episodic`) or a fact (`semantic`), with an importance
-        from 0 to 1 and optional metadata. The same content again returns the stored one."""
+        from 0 to 1 and optional metadata. The same content again returns the stored one.
+        A `key` names the fact (e.g. `user-1/city`): storing it again replaces the old
+        version in recall, which keeps its history. `expires_in`: seconds until it is
+        forgotten (for what matters only for a while)."""
         async with _refusals(), memory() as m:
             stored = await m.remember(
-                content, namespace=namespace, type=type, importance=importance, metadata=metadata
+                content,
+                namespace=namespace,
+                type=type,
+                importance=importance,
+                metadata=metadata,
+                key=key,
+                ttl_seconds=expires_in,
             )
-        return {"id": stored.id, "deduplicated": stored.deduplicated}
+        answer: dict[str, Any] = {"id": stored.id, "deduplicated": stored.deduplicated}
+        if stored.supersedes:
+            answer["supersedes"] = stored.supersedes
+        if stored.possible_conflicts:
+            answer["possible_conflicts"] = stored.possible_conflicts
+        if stored.expires_at is not None:
+            answer["expires_at"] = stored.expires_at.isoformat()
+        return answer
 
     @server.tool()
     async def recall(
@@ -91,11 +124,16 @@ def build(url: str, api_key: str | None = None) -> MCPServer:
         top_k: int = 5,
         namespace: str | None = None,
         filters: dict[str, Any] | None = None,
+        as_of: str | None = None,
     ) -> list[dict[str, Any]]:
         """The memories that best answer a natural-language query, best first; `filters`
-        match metadata (e.g. {"user": "alice"}, {"confidence": {"$gte": 0.8}})."""
+        match metadata (e.g. {"user": "alice"}, {"confidence": {"$gte": 0.8}}). `as_of`
+        (ISO 8601): what was valid at that instant, replaced versions included."""
         async with _refusals(), memory() as m:
-            found = await m.recall(query, top_k=top_k, namespace=namespace, filters=filters)
+            when = _instant(as_of)
+            found = await m.recall(
+                query, top_k=top_k, namespace=namespace, filters=filters, as_of=when
+            )
         return [_hit(hit) for hit in found]
 
     @server.tool()

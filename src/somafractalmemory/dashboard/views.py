@@ -177,6 +177,7 @@ def memory(request: HttpRequest, memory_id: str) -> dict[str, Any]:
         "links": edges,
         "ancestors": _ancestors(request, tenant, memory_id),
         "children": access.visible(request, links.children(tenant, memory_id)),
+        "history": access.visible(request, services.history(row)),
         "nodes": list(placed.values()),
         "lines": lines,
         "truncated": found.truncated,

@@ -6,6 +6,8 @@ The NinjaAPI that mounts these routers, its error envelope and handlers live in
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any
 
 from django.http import HttpRequest
@@ -31,6 +33,7 @@ from somafractalmemory.memories.jobs import consolidation, forgetting, runner
 from somafractalmemory.memories.models import DEFAULT_TENANT, Job
 from somafractalmemory.memories.schemas import (
     ERRORS,
+    NAMESPACE_PATTERN,
     AuditEntryOut,
     AuditOut,
     BatchIn,
@@ -39,6 +42,7 @@ from somafractalmemory.memories.schemas import (
     ForgetIn,
     GraphOut,
     HalfLivesIn,
+    HiddenOut,
     JobOut,
     KeyIn,
     KeyOut,
@@ -54,6 +58,8 @@ from somafractalmemory.memories.schemas import (
     NewKeyOut,
     PageOut,
     PatchIn,
+    PolicyIn,
+    PolicyOut,
     PurgeIn,
     PurgeOut,
     SearchHitOut,
@@ -118,6 +124,7 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
         expand=body.expand,
         visible=principal(request).namespaces,
         reinforce=body.reinforce,
+        as_of=body.as_of,
     )
     result = services.search(body.query, query, tenant=tenant)
     explain = scoring if body.explain else None
@@ -126,6 +133,9 @@ def search(request: HttpRequest, body: SearchIn) -> SearchOut:
         latency_ms=round(result.latency_ms, 2),
         mode=result.mode,
         warnings=result.warnings,
+        hidden=[HiddenOut(id=i, reason=why) for i, why in sorted(result.hidden.items())]  # type: ignore[arg-type]
+        if body.explain
+        else None,
     )
 
 
@@ -137,6 +147,10 @@ def list_memories(
     limit: int = Query(50, ge=1, le=500),
     cursor: str | None = None,
     archived: bool = Query(False, description="List only archived memories."),
+    as_of: datetime | None = Query(None, description="Only those valid then (default: now)."),  # noqa: B008
+    include_invalid: bool = Query(
+        False, description="Also those not valid `as_of`: superseded, expired, not yet valid."
+    ),
 ) -> PageOut:
     tenant = allow(request, READ, namespace=namespace)
     page = services.list_memories(
@@ -146,6 +160,8 @@ def list_memories(
         limit=limit,
         cursor=cursor,
         archived=archived,
+        as_of=as_of,
+        include_invalid=include_invalid,
     )
     return PageOut(
         memories=[MemoryOut.from_orm(m) for m in page.memories], next_cursor=page.next_cursor
@@ -219,7 +235,10 @@ def patch_memory(request: HttpRequest, memory_id: str, body: PatchIn) -> MemoryO
     if nulls:
         raise ValidationFailed(f"{nulls[0]}: may not be null", details={"fields": nulls})
     if not changes:
-        raise ValidationFailed("nothing to change: give content, type, importance or metadata")
+        raise ValidationFailed(
+            "nothing to change: give content, type, importance, metadata, valid_from, "
+            "valid_until, expires_at or ttl_seconds"
+        )
     tenant, _ = owned(request, WRITE, memory_id)
     return MemoryOut.from_orm(services.update(memory_id, changes, tenant=tenant))
 
@@ -236,6 +255,17 @@ def delete_memory(request: HttpRequest, memory_id: str) -> dict[str, Any]:
 def restore(request: HttpRequest, memory_id: str) -> MemoryOut:
     tenant, _ = owned(request, WRITE, memory_id)
     return MemoryOut.from_orm(services.restore(memory_id, tenant=tenant))
+
+
+@memory.get(
+    "/{memory_id}/history",
+    response={200: MemoriesOut, **ERRORS},
+    summary="Every version of a memory, oldest first (its key's, and by supersedes links)",
+)
+def history(request: HttpRequest, memory_id: str) -> MemoriesOut:
+    _, row = owned(request, READ, memory_id)
+    found = visible(request, services.history(row))
+    return MemoriesOut(memories=[MemoryOut.from_orm(m) for m in found])
 
 
 @memory.get("/{memory_id}/children", response={200: MemoriesOut, **ERRORS}, summary="Children")
@@ -317,6 +347,30 @@ def namespace_stats(request: HttpRequest, name: str) -> NamespaceOut:
     if not found:
         raise NotFound(f"no namespace {name!r}", details={"namespace": name})
     return NamespaceOut.of(found[0])
+
+
+@namespace_router.get(
+    "/{name}/policy", response={200: PolicyOut, **ERRORS}, summary="A namespace's expiry policy"
+)
+def get_policy(request: HttpRequest, name: str) -> PolicyOut:
+    tenant = allow(request, READ, namespace=name)
+    return PolicyOut.from_orm(tenancy.policy(tenant, name))
+
+
+@namespace_router.put(
+    "/{name}/policy",
+    response={200: PolicyOut, **ERRORS},
+    summary="Set a namespace's default time to live and what expiry does",
+)
+def put_policy(request: HttpRequest, name: str, body: PolicyIn) -> PolicyOut:
+    if not re.match(NAMESPACE_PATTERN, name):
+        raise ValidationFailed(
+            "namespace: letters, digits and `_ . : -`, at most 128", details={"namespace": name}
+        )
+    tenant = allow(request, WRITE, namespace=name, resource=f"namespace:{name}")
+    found = tenancy.set_policy(tenant, name, ttl_seconds=body.ttl_seconds, on_expiry=body.on_expiry)
+    audited(request, "namespace.policy", name, **body.model_dump())
+    return PolicyOut.from_orm(found)
 
 
 @namespace_router.delete("/{name}", response={200: PurgeOut, **ERRORS}, summary="Erase a namespace")

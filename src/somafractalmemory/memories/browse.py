@@ -11,14 +11,15 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import TruncDate
 
 from somafractalmemory.errors import InvalidCursor
-from somafractalmemory.memories.models import DEFAULT_TENANT, Memory
+from somafractalmemory.memories.identity import utc
+from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, valid_at
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,16 @@ def list_memories(
     limit: int = 50,
     cursor: str | None = None,
     archived: bool = False,
+    as_of: datetime | None = None,
+    include_invalid: bool = False,
 ) -> Page:
     """Memories newest first (by event time), a page at a time; `archived`: only those
-    that forgetting archived (else only the others)."""
+    that forgetting archived, valid or not (else only the others). Only those valid `as_of`
+    (default: now) and not expired, unless `include_invalid` (or `archived`)."""
     query = Memory.objects.filter(tenant_id=tenant, archived_at__isnull=not archived)
+    if not (include_invalid or archived):
+        now = datetime.now(UTC)
+        query = query.filter(valid_at(utc(as_of) if as_of is not None else now, now))
     if namespace is not None:
         query = query.filter(namespace=namespace)
     types = list(types)

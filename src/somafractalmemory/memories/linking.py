@@ -20,7 +20,8 @@ from somafractalmemory import backends
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import IndexUnavailable
 from somafractalmemory.memories import links
-from somafractalmemory.memories.models import EPISODE_ORDER, Link, Memory, episodes_of
+from somafractalmemory.memories.models import EPISODE_ORDER, Link, Memory, episodes_of, valid_at
+from somafractalmemory.retrieval import filters
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,46 @@ def neighbours(
     except IndexUnavailable as exc:
         log.warning("neighbour search skipped (no near duplicates, no similar links): %s", exc)
     return near, similar
+
+
+CONFLICT_CANDIDATES = 5
+
+
+def conflicts(
+    tenant: str,
+    candidates: list[tuple[int, str, Any]],
+    *,
+    skip: dict[int, set[str]],
+    now: datetime,
+) -> Neighbours:
+    """(id, cosine) of the valid semantic memories close to each new semantic memory, given
+    as (position, namespace, vector), but not near-duplicates (nor the ids in `skip`, the
+    versions it replaced): facts that may say otherwise. Reported, never closed."""
+    config = get_config()
+    low, high = config.conflict_similarity, config.near_duplicate_threshold
+    where = filters.parse({"type": "semantic"})
+    found: Neighbours = {}
+    try:
+        index = backends.vector_index()
+        for i, namespace, vector in candidates:
+            hits = index.search(
+                vector, tenant=tenant, namespace=namespace, where=where, top_k=CONFLICT_CANDIDATES
+            )
+            found[i] = [
+                (h.id, round(h.score, 4))
+                for h in hits
+                if low <= h.score < high and h.id not in skip.get(i, set())
+            ]
+    except IndexUnavailable as exc:
+        log.warning("conflict search skipped: %s", exc)
+        return {}
+    ids = {h for hits in found.values() for h, _ in hits}
+    valid = set(
+        Memory.objects.filter(
+            valid_at(now, now), tenant_id=tenant, id__in=ids, archived_at=None
+        ).values_list("id", flat=True)
+    )
+    return {i: [(h, s) for h, s in hits if h in valid] for i, hits in found.items()}
 
 
 def link_new(

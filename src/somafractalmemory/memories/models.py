@@ -158,6 +158,53 @@ class SpeakerField(models.CharField):
         return value
 
 
+class ValidFromField(models.DateTimeField):
+    """When a memory becomes valid; left unset, its event time, or when it was recorded if
+    that is earlier (a memory about a future event is valid from when the service learned
+    it). Filled on every save and bulk insert, so no write path leaves it unset."""
+
+    def pre_save(self, model_instance: Any, add: bool) -> Any:
+        value = getattr(model_instance, self.attname)
+        if value is None:
+            value = min(model_instance.created_at, model_instance.stored_at)
+            setattr(model_instance, self.attname, value)
+        return value
+
+
+SUPERSEDES = "supersedes"
+"""The link from a memory to the version it replaced (a `key`'s previous one, or a store's
+`supersedes`)."""
+
+
+def hidden_because(
+    valid_from: datetime,
+    valid_until: datetime | None,
+    expires_at: datetime | None,
+    *,
+    as_of: datetime,
+    now: datetime,
+) -> str | None:
+    """Why a memory is out of searches and listings at `as_of` (None: it is in): `expired`
+    (its expiry has passed; always checked against `now`), `not_yet_valid` (valid from
+    later than `as_of`) or `no_longer_valid` (superseded or closed at or before `as_of`)."""
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    if valid_from > as_of:
+        return "not_yet_valid"
+    if valid_until is not None and valid_until <= as_of:
+        return "no_longer_valid"
+    return None
+
+
+def valid_at(as_of: datetime, now: datetime) -> models.Q:
+    """`hidden_because` is None, in SQL: the rows valid at `as_of` and not expired `now`."""
+    return (
+        models.Q(valid_from__lte=as_of)
+        & (models.Q(valid_until__isnull=True) | models.Q(valid_until__gt=as_of))
+        & (models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now))
+    )
+
+
 def last_seen(created_at: datetime, last_accessed_at: datetime | None) -> datetime:
     """A memory's event time or its last recall, the later (Memory.last_seen, from fields)."""
     if last_accessed_at and last_accessed_at > created_at:
@@ -194,7 +241,25 @@ class Memory(models.Model):
     embedding_id = models.CharField(max_length=40)
     created_at = models.DateTimeField(help_text="Event time: when the memory happened.")
     stored_at = models.DateTimeField(
-        default=timezone.now, help_text="Arrival order; orders episodes with one event time."
+        default=timezone.now,
+        help_text="When the service recorded it (the API's `recorded_at`, never set by "
+        "clients; an import keeps the original's); orders episodes with one event time.",
+    )
+    key = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="A client's identity for a fact: a new memory with the same key in the "
+        "namespace is its next version (the previous one's validity ends).",
+    )
+    valid_from = ValidFromField(
+        help_text="Valid from (default: its event time, or when it was recorded if earlier)."
+    )
+    valid_until = models.DateTimeField(
+        null=True, blank=True, help_text="Valid until (exclusive); null: still valid."
+    )
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="Out of searches and listings from this instant."
     )
     updated_at = models.DateTimeField(auto_now=True)
     access_count = models.PositiveIntegerField(default=0)
@@ -222,6 +287,20 @@ class Memory(models.Model):
             models.Index(fields=["tenant", "namespace", "-created_at", "-id"], name="mem_list"),
             models.Index(fields=["tenant", "type", "-created_at", "-id"], name="mem_type"),
             models.Index(fields=["tenant", "namespace", "level", "created_at"], name="mem_level"),
+            models.Index(
+                fields=["tenant", "namespace", "key", "valid_from"],
+                name="mem_key",
+                condition=~models.Q(key=""),
+            ),
+        ]
+        constraints = [
+            # One open version per key: concurrent stores of a key cannot both leave theirs
+            # open (the loser's transaction fails, and is tried again on what won).
+            models.UniqueConstraint(
+                fields=["tenant", "namespace", "key"],
+                name="key_open_once",
+                condition=~models.Q(key="") & models.Q(valid_until__isnull=True),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -231,6 +310,23 @@ class Memory(models.Model):
     def last_seen(self) -> datetime:
         """When the memory last mattered: its event time or its last recall, the later."""
         return last_seen(self.created_at, self.last_accessed_at)
+
+    def hidden_because(self, *, as_of: datetime, now: datetime) -> str | None:
+        """Why it is out of searches at `as_of` (module function `hidden_because`)."""
+        return hidden_because(
+            self.valid_from, self.valid_until, self.expires_at, as_of=as_of, now=now
+        )
+
+    @property
+    def recorded_at(self) -> datetime:
+        """When the service stored it (the API's name for `stored_at`)."""
+        return self.stored_at
+
+    @property
+    def status(self) -> str:
+        """Now: `valid`, or why searches and listings leave it out (`hidden_because`)."""
+        now = timezone.now()
+        return self.hidden_because(as_of=now, now=now) or "valid"
 
     @property
     def place(self) -> tuple[datetime, datetime, str]:
@@ -349,6 +445,31 @@ class Lease(models.Model):
     name = models.CharField(primary_key=True, max_length=200)
     holder = models.CharField(max_length=64)
     expires_at = models.DateTimeField()
+
+
+class NamespacePolicy(models.Model):
+    """A namespace's rules for what it stores: a default time to live, and what forgetting
+    does with memories once they expire (they leave searches at once either way)."""
+
+    ARCHIVE = "archive"
+    ERASE = "erase"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="policies")
+    namespace = models.CharField(max_length=128)
+    ttl_seconds = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Stores without an expiry of their own expire after this."
+    )
+    on_expiry = models.CharField(
+        max_length=16,
+        default=ARCHIVE,
+        choices=[(ARCHIVE, "archive"), (ERASE, "erase")],
+        help_text="What forgetting does with an expired memory: archive it, or erase it.",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "namespace"], name="policy_once"),
+        ]
 
 
 class Setting(models.Model):

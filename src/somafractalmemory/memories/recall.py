@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import close_old_connections, connection, connections
 from django.db.models import F
@@ -30,7 +30,7 @@ from somafractalmemory.embedding.cache import embed_query
 from somafractalmemory.errors import IndexUnavailable, ValidationFailed
 from somafractalmemory.memories import fulltext, indexing, limits, links, tree
 from somafractalmemory.memories.identity import lexical_key, tokens_of, utc
-from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, last_seen
+from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, hidden_because, last_seen
 from somafractalmemory.retrieval import dates, filters, lexical, ranking
 from somafractalmemory.vectors.base import VectorHit
 
@@ -87,6 +87,15 @@ class Query:
     visible: tuple[str, ...] = ()
     """Namespaces the expanded memories may come from (a namespace-limited key's); empty:
     any of the tenant's."""
+    as_of: datetime | None = None
+    """Only memories valid at this instant (None: now); expired ones never."""
+    pool: int | None = None
+    """Candidates per leg (None: `candidate_pool(top_k)`); a search that hid invalid
+    candidates and came back short asks again with more."""
+
+    @property
+    def candidates(self) -> int:
+        return self.pool or candidate_pool(self.top_k)
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,9 @@ class Recall:
     mode: str = "vector"
     """Which retrieval answered: `vector`, or `lexical` when the vector index failed."""
     warnings: list[str] = field(default_factory=list)
+    hidden: dict[str, str] = field(default_factory=dict)
+    """Candidates left out as not valid at `as_of` (or expired): id -> why
+    (`models.hidden_because`)."""
 
 
 def retention(memory: Memory, now: datetime, half_lives: ranking.HalfLives | None = None) -> float:
@@ -166,6 +178,10 @@ def candidate_pool(top_k: int) -> int:
     return min(max(4 * top_k, 40), 200)
 
 
+MAX_POOL = 1000
+"""Most candidates per leg when invalid versions crowded the first pool."""
+
+
 def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENANT) -> Recall:
     """The memories that best answer `text`: retrieval legs fused, then scored (ranking.py)."""
     query = query or Query()
@@ -174,7 +190,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         raise ValidationFailed(f"mode must be one of {list(MODES)}", details={"mode": query.mode})
     where = _where(query)
     limits.check_query(text)
-    pool = candidate_pool(query.top_k)
+    pool = query.candidates
     mode, warnings = query.mode, []
     legs: dict[str, list[VectorHit]] = {}
     futures: dict[str, Any] = {}
@@ -248,7 +264,21 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         warnings.append(f"{exc.code}: the vector index failed; results are lexical only")
         legs = {"lexical": _sql_lexical(tenant, query, where, text, pool)}
     searched = time.perf_counter()
-    hits = _score(legs, query, tenant, frozenset(asked), dates.windows(text))
+    hits, hidden = _score(legs, query, tenant, frozenset(asked), dates.windows(text))
+    short = bool(hidden) and len(hits) < query.top_k and pool < MAX_POOL
+    if short and any(len(found) >= pool for found in legs.values()):
+        # Versions no longer valid took places the legs had: ask them for more (the
+        # answer's times count both rounds).
+        wider = recall(
+            text, dataclasses.replace(query, pool=min(4 * pool, MAX_POOL)), tenant=tenant
+        )
+        return dataclasses.replace(
+            wider,
+            latency_ms=wider.latency_ms + (time.perf_counter() - started) * 1000,
+            embedding_ms=wider.embedding_ms + (embedded - embedding_started) * 1000,
+            index_ms=wider.index_ms + (searched - embedded) * 1000,
+            hidden=hidden | wider.hidden,
+        )
     if query.reinforce:
         reinforce(h.memory.id for h in hits)
     done = time.perf_counter()
@@ -263,6 +293,7 @@ def recall(text: str, query: Query | None = None, *, tenant: str = DEFAULT_TENAN
         index_ms=(searched - embedded) * 1000,
         mode=mode,
         warnings=warnings,
+        hidden=hidden,
     )
 
 
@@ -283,6 +314,8 @@ def _relevance(legs: dict[str, list[VectorHit]], fusion: ranking.Fusion) -> dict
     return {h.id: h.score / best for h in hits} if best > 0 else {}
 
 
+VALIDITY_FIELDS = ("valid_from", "valid_until", "expires_at")
+"""What `hidden_because` reads of a candidate's row."""
 RANKING_FIELDS = (
     "id",
     "tenant_id",
@@ -293,6 +326,7 @@ RANKING_FIELDS = (
     "last_accessed_at",
     "archived_at",
     "speaker",
+    *VALIDITY_FIELDS,
 )
 """The columns ranking reads of a candidate, as plain tuples (no model instances: a search
 ranks up to 160 candidates): no sealed field, so nothing is decrypted for the candidates
@@ -312,30 +346,50 @@ def _by_id(columns: Sequence[str], ids: Sequence[str]) -> str:
     )
 
 
+class Candidate(NamedTuple):
+    """What ranking reads of a candidate's row (RANKING_FIELDS)."""
+
+    type: str
+    importance: float
+    seen: datetime
+    """Its event time or last recall, the later."""
+    named: bool
+    """Whether the query's words name its speaker."""
+    created: datetime
+
+
 def _candidates(
     ids: list[str], query: Query, tenant: str, asked: frozenset[str]
-) -> dict[str, tuple[Any, ...]]:
-    """id -> (type, importance, last seen, whether the query's words name its speaker,
-    event time) of the candidates whose row still stands: a hit
-    without its row was deleted (or archived) after the index answered, and the row
-    decides. One statement by primary key alone: with the tenant in the WHERE clause SQLite
-    walks a tenant index instead (every row of a one-tenant store: 150 ms at 100,000
-    memories). Plain SQL: building the query and converting its rows took the ORM 1.2 ms
-    of a search at 10,000 memories, the statement 0.5 ms."""
+) -> tuple[dict[str, Candidate], dict[str, str]]:
+    """The candidates whose row still stands and is valid at the query's `as_of`, and
+    (id -> why) those hidden as not valid then (`models.hidden_because`). A hit without its
+    row was deleted (or archived) after the index answered, and the row decides. One
+    statement by primary key alone: with the tenant in the WHERE clause SQLite walks a
+    tenant index instead (every row of a one-tenant store: 150 ms at 100,000 memories).
+    Plain SQL: building the query and converting its rows took the ORM 1.2 ms of a search
+    at 10,000 memories, the statement 0.5 ms."""
     if not ids:
-        return {}
+        return {}, {}
     allowed = query.allowed_levels
     with connection.cursor() as cursor:
         cursor.execute(_by_id(RANKING_FIELDS, ids), ids)
         rows = cursor.fetchall()
-    out = {}
-    for i, owner, kind, importance, level, created, accessed, archived, speaker in rows:
-        if owner == tenant and archived is None and (not allowed or level in allowed):
-            created = utc(created)
-            seen = last_seen(created, accessed and utc(accessed))
-            named = not asked.isdisjoint(speaker.split())
-            out[i] = (kind, importance, seen, named, created)
-    return out
+    now = datetime.now(UTC)
+    as_of = utc(query.as_of) if query.as_of is not None else now
+    out, hidden = {}, {}
+    for row in rows:
+        i, owner, kind, importance, level, created, accessed, archived, speaker = row[:9]
+        if owner != tenant or archived is not None or (allowed and level not in allowed):
+            continue
+        start, end, expiry = (utc(t) if t is not None else None for t in row[9:])
+        why = hidden_because(start, end, expiry, as_of=as_of, now=now)  # type: ignore[arg-type]
+        if why is not None:
+            hidden[i] = why
+            continue
+        created = utc(created)
+        seen = last_seen(created, accessed and utc(accessed))
+        out[i] = Candidate(kind, importance, seen, not asked.isdisjoint(speaker.split()), created)
+    return out, hidden
 
 
 def _score(
@@ -344,34 +398,34 @@ def _score(
     tenant: str,
     asked: frozenset[str],
     spans: Sequence[dates.Window] = (),
-) -> list[Hit]:
-    """The candidates ranked (`retrieval.ranking`): fused; credited when the query's words
-    (`asked`, keyed tokens) name their speaker or its dates (`spans`) their event time;
-    lifted by their sitting; blended with recency and importance."""
-    relevance = _relevance(legs, query.scoring.fusion)
-    rows = _candidates(list(relevance), query, tenant, asked)
+) -> tuple[list[Hit], dict[str, str]]:
+    """The candidates ranked (`retrieval.ranking`), and those hidden as not valid at the
+    query's `as_of`. Only the rows that stand and are valid are fused; then credited when
+    the query's words (`asked`, keyed tokens) name their speaker or its dates (`spans`)
+    their event time; lifted by their sitting; blended with recency and importance."""
+    ids = list(dict.fromkeys(h.id for hits in legs.values() for h in hits))
+    rows, hidden = _candidates(ids, query, tenant, asked)
+    standing = {name: [h for h in hits if h.id in rows] for name, hits in legs.items()}
     fusion = query.scoring.fusion
     relevance = ranking.credit(
-        {i: r for i, r in relevance.items() if i in rows},
-        {i for i, row in rows.items() if row[3]},
-        fusion.speaker,
+        _relevance(standing, fusion), {i for i, row in rows.items() if row.named}, fusion.speaker
     )
     if spans:
-        dated = {i for i, row in rows.items() if any(w.holds(row[4]) for w in spans)}
+        dated = {i for i, row in rows.items() if any(w.holds(row.created) for w in spans)}
         relevance = ranking.credit(relevance, dated, fusion.dates)
     # Sittings lift only where some leg came back full: the store held more matches than
     # the pool, so being a candidate says something (in a small store everything is one).
-    if any(len(hits) >= candidate_pool(query.top_k) for hits in legs.values()):
-        episodes = {i: row[4].timestamp() for i, row in rows.items() if row[0] == "episodic"}
+    if any(len(hits) >= query.candidates for hits in legs.values()):
+        episodes = {i: row.created.timestamp() for i, row in rows.items() if row.type == "episodic"}
         gap = float(get_config().context_window_seconds)
         sitting = ranking.sittings(episodes, gap)
         relevance = ranking.lift_sittings(relevance, sitting, fusion.sitting)
     now = datetime.now(UTC)
     ranked = ranking.rank(
         relevance,
-        ages={i: (now - row[2]).total_seconds() for i, row in rows.items()},
-        types={i: row[0] for i, row in rows.items()},
-        importance={i: row[1] for i, row in rows.items()},
+        ages={i: (now - row.seen).total_seconds() for i, row in rows.items()},
+        types={i: row.type for i, row in rows.items()},
+        importance={i: row.importance for i, row in rows.items()},
         scoring=query.scoring,
     )
     positions = {
@@ -395,7 +449,7 @@ def _score(
         for i, parts in top
         # Deleted or archived between the two reads: the row decides.
         if i in full and full[i].tenant_id == tenant and full[i].archived_at is None
-    ]
+    ], hidden
 
 
 SQL_FILTER_POOL = 2000
@@ -472,6 +526,7 @@ def zoom(text: str, query: Query, *, tenant: str = DEFAULT_TENANT) -> Recall:
             types=("semantic", "summary"),
             levels=tuple(range(1, tree.MAX_LEVEL + 1)),
             scoring=query.scoring,
+            as_of=query.as_of,
         ),
         tenant=tenant,
     )
@@ -489,6 +544,7 @@ def zoom(text: str, query: Query, *, tenant: str = DEFAULT_TENANT) -> Recall:
             created_before=query.created_before,
             min_score=query.min_score,
             scoring=query.scoring,
+            as_of=query.as_of,
         ),
         tenant=tenant,
     )
@@ -498,6 +554,7 @@ def zoom(text: str, query: Query, *, tenant: str = DEFAULT_TENANT) -> Recall:
         embedding_ms=top.embedding_ms + episodes.embedding_ms,
         index_ms=top.index_ms + episodes.index_ms,
         mode=episodes.mode,
+        hidden=top.hidden | episodes.hidden,
         warnings=top.warnings
         + episodes.warnings
         + ([] if under else ["zoom: nothing consolidated matched; episodes searched directly"]),

@@ -22,12 +22,27 @@ if TYPE_CHECKING:
     from somafractalmemory.retrieval.ranking import Scoring
 
 MAX_TOP_K = 100
+MAX_TTL = 10**10
+ValidFrom = Field(
+    default=None,
+    description="Valid from this instant; default: its event time, or now if that is later.",
+)
+ValidUntil = Field(
+    default=None,
+    description="Valid until this instant (exclusive); default: open. Before now: it leaves "
+    "default searches.",
+)
+ExpiresAt = Field(default=None, description="Leaves searches and listings at this instant.")
+TtlSeconds = Field(
+    default=None, ge=1, le=MAX_TTL, strict=True, description="Expires this many seconds from now."
+)
 MemoryTypeName = Literal["episodic", "semantic", "summary"]
+NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 Namespace = Field(
     default=None,
     min_length=1,
     max_length=128,
-    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+    pattern=NAMESPACE_PATTERN,
     description="Letters, digits and `_ . : -`; defaults to the `namespace` setting.",
 )
 
@@ -49,8 +64,26 @@ class StoreIn(Strict):
         default=True,
         strict=True,
         description="Same content already in the namespace: return that memory (importance "
-        "raised to the larger of the two) instead of storing it again.",
+        "raised to the larger of the two) instead of storing it again. With a `key`: only "
+        "when it is the key's current version.",
     )
+    key: str = Field(
+        default="",
+        max_length=200,
+        description="The fact's identity, chosen by the client (`user-123/preferences/theme`):"
+        " a memory with the same key in the namespace is its next version, and the previous "
+        "one stops being valid at this one's `valid_from`.",
+    )
+    supersedes: list[Annotated[str, Field(min_length=1, max_length=40)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Ids of memories of the namespace this one replaces: they stop being "
+        "valid at its `valid_from` (kept, with their history).",
+    )
+    valid_from: datetime | None = ValidFrom
+    valid_until: datetime | None = ValidUntil
+    expires_at: datetime | None = ExpiresAt
+    ttl_seconds: int | None = TtlSeconds
 
     def to_new(self) -> NewMemory:
         return NewMemory(**self.model_dump())
@@ -66,8 +99,21 @@ class StoreOut(Schema):
     embedding_id: str
     importance: float
     created_at: datetime
+    recorded_at: datetime = Field(description="When the service stored it.")
+    key: str
+    valid_from: datetime
+    valid_until: datetime | None
+    expires_at: datetime | None
     deduplicated: bool = False
     near_duplicates: list[NearDuplicateOut] = Field(default_factory=list)
+    supersedes: list[str] = Field(
+        default_factory=list, description="Versions this store closed (its key's previous one)."
+    )
+    possible_conflicts: list[NearDuplicateOut] = Field(
+        default_factory=list,
+        description="Valid semantic memories close to this one but not duplicates: facts "
+        "that may say otherwise. Nothing is closed without a `key` or `supersedes`.",
+    )
 
     @classmethod
     def of(cls, stored: Stored) -> StoreOut:
@@ -77,8 +123,17 @@ class StoreOut(Schema):
             embedding_id=m.embedding_id,
             importance=m.importance,
             created_at=m.created_at,
+            recorded_at=m.stored_at,
+            key=m.key,
+            valid_from=m.valid_from,
+            valid_until=m.valid_until,
+            expires_at=m.expires_at,
             deduplicated=stored.deduplicated,
             near_duplicates=[NearDuplicateOut(id=i, score=s) for i, s in stored.near_duplicates],
+            supersedes=stored.supersedes,
+            possible_conflicts=[
+                NearDuplicateOut(id=i, score=s) for i, s in stored.possible_conflicts
+            ],
         )
 
 
@@ -142,6 +197,10 @@ class SearchIn(Strict):
         strict=True,
         description="Count the hits as recalled (strength, recency); false for a read that "
         "must not change later rankings.",
+    )
+    as_of: datetime | None = Field(
+        default=None,
+        description="Only memories valid at this instant (default: now); expired ones never.",
     )
 
 
@@ -216,11 +275,20 @@ class SearchHitOut(Schema):
         return out
 
 
+class HiddenOut(Schema):
+    id: str
+    reason: Literal["expired", "not_yet_valid", "no_longer_valid"]
+
+
 class SearchOut(Schema):
     memories: list[SearchHitOut]
     latency_ms: float
     mode: str = Field(description="`vector`, or `lexical` when the vector index failed.")
     warnings: list[str] = Field(default_factory=list)
+    hidden: list[HiddenOut] | None = Field(
+        default=None,
+        description="With `explain`: candidates left out as not valid at `as_of`, and why.",
+    )
 
 
 class MemoryOut(Schema):
@@ -239,6 +307,14 @@ class MemoryOut(Schema):
     level: int
     span_end: datetime | None
     archived_at: datetime | None
+    key: str
+    recorded_at: datetime = Field(description="When the service stored it (never set by clients).")
+    valid_from: datetime
+    valid_until: datetime | None
+    expires_at: datetime | None
+    status: Literal["valid", "expired", "not_yet_valid", "no_longer_valid"] = Field(
+        description="Now: `valid`, or why searches and listings leave it out."
+    )
 
 
 def _omit_not_null(schema: dict[str, Any]) -> None:
@@ -261,6 +337,10 @@ class PatchIn(Strict):
     type: MemoryTypeName | None = None
     importance: float | None = Field(default=None, ge=0.0, le=1.0)
     metadata: dict[str, Any] | None = Field(default=None, description="Replaces the metadata.")
+    valid_from: datetime | None = ValidFrom
+    valid_until: datetime | None = ValidUntil
+    expires_at: datetime | None = ExpiresAt
+    ttl_seconds: int | None = TtlSeconds
 
 
 class PageOut(Schema):
@@ -389,6 +469,26 @@ class NamespaceOut(Schema):
     @classmethod
     def of(cls, stats: NamespaceStats) -> NamespaceOut:
         return cls(**vars(stats))
+
+
+class PolicyIn(Strict):
+    ttl_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TTL,
+        strict=True,
+        description="Stores without an expiry of their own expire this long after; null: never.",
+    )
+    on_expiry: Literal["archive", "erase"] = Field(
+        default="archive",
+        description="What forgetting does with expired memories (they leave searches at once).",
+    )
+
+
+class PolicyOut(Schema):
+    namespace: str
+    ttl_seconds: int | None
+    on_expiry: str
 
 
 class NamespacesOut(Schema):

@@ -1,7 +1,8 @@
 """The menu: what the service does, one verb each. The API, the dashboard, the CLI, the
 benchmarks and the tests call these; each lives in the module that owns its job.
 
-- remember: `store_many`, `remember`, `remember_many`, `get`, `update`, `delete`
+- remember: `store_many`, `remember`, `remember_many`, `get`, `update`, `delete`; the versions
+  of a memory: `history`
 - recall: `search` (the API's), `recall` (one flat search), `reinforce`, `flush_reinforcements`
 - browse: `list_memories`, `namespaces`, `stored_per_day`
 - the index: `drain_outbox`, `outbox_depth`, `outbox_health`
@@ -49,6 +50,7 @@ from somafractalmemory.memories.remember import (
     store_many,
     update,
 )
+from somafractalmemory.memories.versions import history
 
 __all__ = [
     "Hit",
@@ -67,6 +69,7 @@ __all__ = [
     "export",
     "flush_reinforcements",
     "get",
+    "history",
     "list_memories",
     "load",
     "namespaces",

@@ -40,6 +40,7 @@ from somafractalmemory.memories.models import (
     ApiKey,
     AuditEntry,
     Memory,
+    NamespacePolicy,
     Tenant,
     forget_data_key,
 )
@@ -278,6 +279,35 @@ def usage(tenant: str) -> dict[str, Any]:
         "bytes": int(stored),
         "limits": _limits(tenant),
     }
+
+
+# -- namespaces' policies -----------------------------------------------------------------
+
+
+def policy(tenant: str, namespace: str) -> NamespacePolicy:
+    """The namespace's policy (the defaults, unsaved, when it has none)."""
+    found = NamespacePolicy.objects.filter(tenant_id=tenant, namespace=namespace).first()
+    return found or NamespacePolicy(tenant_id=tenant, namespace=namespace)
+
+
+def set_policy(
+    tenant: str, namespace: str, *, ttl_seconds: int | None, on_expiry: str
+) -> NamespacePolicy:
+    ensure_tenant(tenant)
+    found, _ = NamespacePolicy.objects.update_or_create(
+        tenant_id=tenant,
+        namespace=namespace,
+        defaults={"ttl_seconds": ttl_seconds, "on_expiry": on_expiry},
+    )
+    return found
+
+
+def default_ttls(tenant: str, namespaces: set[str]) -> dict[str, int]:
+    """The default time to live, in seconds, of those of `namespaces` that have one."""
+    rows = NamespacePolicy.objects.filter(
+        tenant_id=tenant, namespace__in=namespaces, ttl_seconds__isnull=False
+    )
+    return {ns: ttl for ns, ttl in rows.values_list("namespace", "ttl_seconds") if ttl}
 
 
 # -- tenants and keys (admin) ------------------------------------------------------------

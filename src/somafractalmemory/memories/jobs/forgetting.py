@@ -6,6 +6,9 @@ and by recalls (`strength`). Forgetting archives memories whose retention is bel
 `forget_threshold` and whose importance is below `forget_floor`: they leave the index (so
 search no longer finds them) but stay in SQL, fetchable and restorable. Nothing is deleted
 unless `archive_retention_days` is set.
+
+Expired memories (`expires_at` passed) left searches when they expired; forgetting then
+archives them, or erases them where their namespace's policy says `erase`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from django.db import transaction
 
 from somafractalmemory.conf import get_config
 from somafractalmemory.errors import MemoryNotFound
-from somafractalmemory.memories import indexing, remember
+from somafractalmemory.memories import indexing, remember, tenancy
 from somafractalmemory.memories.jobs import runner
-from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, VectorTask
+from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, NamespacePolicy, VectorTask
 from somafractalmemory.memories.recall import retention
 from somafractalmemory.retrieval import ranking
 
@@ -34,6 +37,10 @@ class Forgetting:
     considered: int = 0
     archived: int = 0
     deleted: int = 0
+    expired_archived: int = 0
+    """Expired memories archived (their namespace's `on_expiry` is `archive`)."""
+    expired_erased: int = 0
+    """Expired memories erased (`on_expiry: erase`)."""
     dry_run: bool = False
     sample: list[dict[str, Any]] = field(default_factory=list)
     """Some of the archived memories: id and retention."""
@@ -71,7 +78,27 @@ def archive_faded(
         if n % CHUNK == 0:
             report(n, total, "scoring")
     outcome.considered = total
+    # Expired: archived, or erased (archived ones too) where the namespace's policy says so.
+    expired: dict[str, list[tuple[str, bool]]] = {}
+    ended = Memory.objects.filter(tenant_id=tenant, expires_at__lte=now)
+    if namespace is not None:
+        ended = ended.filter(namespace=namespace)
+    for memory_id, name, archived in ended.values_list("id", "namespace", "archived_at"):
+        expired.setdefault(name, []).append((memory_id, archived is not None))
+    gone = {i for rows in expired.values() for i, _ in rows}
+    faded = [i for i in faded if i not in gone]  # counted as expired
     outcome.archived = len(faded)
+    for name, rows in sorted(expired.items()):
+        if tenancy.policy(tenant, name).on_expiry == NamespacePolicy.ERASE:
+            ids = [i for i, _ in rows]
+            outcome.expired_erased += len(ids) if dry_run else _delete(tenant, ids)
+        else:
+            ids = [i for i, archived in rows if not archived]
+            outcome.expired_archived += len(ids)
+            for start in range(0, len(ids), CHUNK):
+                if not dry_run:
+                    archive(ids[start : start + CHUNK], tenant=tenant, now=now)
+        report(0, 0, "expired")
     if not dry_run:
         for start in range(0, len(faded), CHUNK):
             archive(faded[start : start + CHUNK], tenant=tenant, now=now)
@@ -88,8 +115,12 @@ def _expire(tenant: str, namespace: str | None, now: datetime) -> int:
     old = Memory.objects.filter(tenant_id=tenant, archived_at__lt=now - timedelta(days=days))
     if namespace is not None:
         old = old.filter(namespace=namespace)
+    return _delete(tenant, list(old.values_list("id", flat=True)))
+
+
+def _delete(tenant: str, ids: Sequence[str]) -> int:
     deleted = 0
-    for memory_id in list(old.values_list("id", flat=True)):
+    for memory_id in ids:
         try:
             remember.delete(memory_id, tenant=tenant)
             deleted += 1
@@ -112,7 +143,8 @@ def archive(
 
 
 def restore(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
-    """Bring an archived memory back into search, as if just recalled."""
+    """Bring an archived memory back into search, as if just recalled (an expired one
+    without its expiry)."""
     memory = remember.get(memory_id, tenant=tenant)
     if memory.archived_at is None:
         return memory
@@ -122,7 +154,9 @@ def restore(memory_id: str, *, tenant: str = DEFAULT_TENANT) -> Memory:
             return memory  # restored meanwhile
         memory.archived_at = None
         memory.last_accessed_at = datetime.now(UTC)
-        memory.save(update_fields=["archived_at", "last_accessed_at", "updated_at"])
+        if memory.expires_at is not None and memory.expires_at <= memory.last_accessed_at:
+            memory.expires_at = None
+        memory.save(update_fields=["archived_at", "last_accessed_at", "expires_at", "updated_at"])
         tasks = indexing.owe([memory.id])
     indexing.index_or_owe([memory], None, tasks)
     return memory

@@ -16,7 +16,7 @@ from django.db.models import Q
 
 from somafractalmemory import backends
 from somafractalmemory.errors import Conflict, IndexUnavailable, ValidationFailed
-from somafractalmemory.memories import indexing, links
+from somafractalmemory.memories import indexing, links, versions
 from somafractalmemory.memories.identity import sources_hash_of
 from somafractalmemory.memories.jobs.runner import Progress, quiet
 from somafractalmemory.memories.models import Link, Memory, MemoryType, data_key
@@ -50,6 +50,10 @@ def record(memory: Memory, links_out: list[Link]) -> dict[str, Any]:
         "last_accessed_at": _moment(memory.last_accessed_at),
         "strength": memory.strength,
         "considered_at": _moment(memory.considered_at),
+        "key": memory.key,
+        "valid_from": _moment(memory.valid_from),
+        "valid_until": _moment(memory.valid_until),
+        "expires_at": _moment(memory.expires_at),
         "links": [
             {"target": link.target_id, "kind": link.kind, "weight": link.weight}
             for link in links_out
@@ -148,8 +152,20 @@ def parse(stream: IO[str]) -> list[dict[str, Any]]:
             "archived_at",
             "last_accessed_at",
             "considered_at",
+            "valid_from",
+            "valid_until",
+            "expires_at",
         ):
             item[name] = _when(item.get(name), line, name)
+        try:
+            versions.check_key(str(item.get("key") or ""))
+        except ValidationFailed as exc:
+            raise ValidationFailed(f"line {line}: {exc.message}", details={"line": line}) from None
+        start, end = item.get("valid_from"), item.get("valid_until")
+        if start is not None and end is not None and end < start:
+            raise ValidationFailed(
+                f"line {line}: valid_until is before valid_from", details={"line": line}
+            )
         records.append(item)
     return records
 
@@ -170,6 +186,12 @@ def _row(item: dict[str, Any], tenant: str) -> Memory:
         access_count=int(item.get("access_count") or 0),
         last_accessed_at=item.get("last_accessed_at"),
         strength=float(item.get("strength", 1.0)),
+        key=str(item.get("key") or ""),
+        # An earlier export has none: the default, its event time or arrival if earlier.
+        valid_from=item.get("valid_from")
+        or min(item["created_at"], item.get("stored_at") or item["created_at"]),
+        valid_until=item.get("valid_until"),
+        expires_at=item.get("expires_at"),
     )
     memory.set_content(item["content"])
     memory.considered_at = item.get("considered_at")  # where consolidation had got to
@@ -209,7 +231,15 @@ def load(stream: IO[str], *, tenant: str | None = None, progress: Progress = qui
             data_key(name, check=True)
         rows = [_row(r, owner[r["id"]]) for r in chunk]
         with transaction.atomic():
+            # A key's versions already here and the imported ones make one history, with
+            # one open version (the newest): each lands in its place (versions.py).
+            replaced: dict[str, dict[str, list[str]]] = {}
+            for name in {m.tenant_id for m in rows}:
+                mine = [m for m in rows if m.tenant_id == name]
+                replaced[name] = versions.close_replaced(name, mine, {})
             Memory.objects.bulk_create(rows)
+            for name, pairs in replaced.items():
+                versions.link_replaced(name, pairs)
             tasks = indexing.owe(m.id for m in rows)
         if index_up:
             indexing.index_or_owe(rows, None, tasks)
