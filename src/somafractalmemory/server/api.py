@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from django.db import (
     DatabaseError,
@@ -18,6 +19,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.openapi.schema import OpenAPISchema
+from ninja.operation import Operation
 
 from somafractalmemory import __version__, metrics
 from somafractalmemory.errors import (
@@ -33,7 +36,29 @@ from somafractalmemory.memories.api import ROUTERS
 
 log = logging.getLogger(__name__)
 
-api = NinjaAPI(
+
+class DocumentedAPI(NinjaAPI):
+    """The NinjaAPI with what its generated document lacks for client generators: the
+    bearer key scheme (keys are checked by middleware, which Ninja does not see; optional
+    when the service runs with `auth: optional`), and operation ids that are the routes'
+    function names (`store`, `search`, `get_memory`: stable and readable)."""
+
+    def get_openapi_operation_id(self, operation: Operation) -> str:
+        return str(operation.view_func.__name__)
+
+    def get_openapi_schema(self, **kwargs: Any) -> OpenAPISchema:
+        schema = super().get_openapi_schema(**kwargs)
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`sfm_...`) as `Authorization: Bearer <key>`; without "
+            "one, requests act as the `default` tenant where `auth` is `optional`.",
+        }
+        schema["security"] = [{"bearer": []}, {}]
+        return schema
+
+
+api = DocumentedAPI(
     title="SomaFractalMemory",
     version=__version__,
     description="Long-term memory for AI agents. Errors: `{error: {code, message, details}}`.",
