@@ -264,3 +264,56 @@ def test_versions_expiry_and_as_of_through_the_sdk(memory: sdk.Memory, live: Liv
             assert set(every) == {lisbon.id, berlin.id, porto.id, brief.id}
 
     asyncio.run(scenario())
+
+
+def test_every_endpoint_through_the_sdk(memory: sdk.Memory, live: Live) -> None:
+    """The calls beyond remember and recall: the graph, namespaces, policies, usage,
+    forgetting, restore, erasure and administration; and a Recall is a sequence."""
+    space = ns()
+    a = memory.remember("Grace plays the cello on Sundays", namespace=space)
+    b = memory.remember("Grace's cello teacher lives in Vienna", namespace=space)
+    memory.link(a.id, b.id, "related")
+    found = memory.recall("Grace cello", namespace=space, top_k=2)
+    assert found[0].id in (a.id, b.id) and [h.id for h in found[:2]] == [h.id for h in found]
+    assert len(found[:1]) == 1 and isinstance(found[-1], sdk.Hit)
+    graph = memory.graph(a.id, depth=1, kinds=["related"])
+    assert {n.id for n in graph.nodes} == {a.id, b.id} and not graph.truncated
+    assert [(e.source, e.target) for e in graph.edges] == [(a.id, b.id)]
+    counted = memory.namespace(space)
+    assert counted.memories == 2 and counted.by_type == {"episodic": 2}
+    assert space in [n.namespace for n in memory.namespaces()]
+    assert memory.set_policy(space, ttl_seconds=3600).ttl_seconds == 3600
+    assert memory.policy(space) == sdk.Policy(space, 3600, "archive")
+    assert memory.usage().memories >= 2
+    forgot = memory.forget_faded(space, dry_run=True)
+    assert forgot.finished and forgot.result is not None and forgot.result["archived"] == 0
+    assert memory.restore(a.id).id == a.id  # not archived: as it is
+    would = memory.delete_namespace(space, dry_run=True)
+    assert would.dry_run and would.memories == 2
+    counted_first = memory.purge(namespace=space, filters={"type": "episodic"}, dry_run=True)
+    assert counted_first.memories == 2 and memory.namespace(space).memories == 2
+    assert memory.purge(namespace=space, everything=True).memories == 2
+    with pytest.raises(sdk.NotFound):
+        memory.namespace(space)
+    tenant = f"sdk{uuid.uuid4().hex[:8]}"
+    made = memory.create_tenant(tenant, max_memories=10)
+    assert made.id == tenant and made.max_memories == 10
+    assert tenant in [t.id for t in memory.tenants()]
+    key = memory.create_key(["read"], tenant=tenant, name="reader")
+    assert key.key is not None and key.key.startswith("sfm_") and key.tenant_id == tenant
+    assert [k.id for k in memory.keys(tenant)] == [key.id]
+    assert memory.revoke_key(key.id).revoked_at is not None
+    done = {(e.action, e.resource) for e in memory.audit(limit=50)}  # the operator's log
+    assert {("key.create", key.id), ("key.revoke", key.id)} <= done
+    assert memory.delete_tenant(tenant)["deleted"]
+
+    async def scenario() -> None:
+        async with sdk.AsyncMemory(live.base) as m:
+            c = await m.remember("Hugo repairs bicycles", namespace=space)
+            assert (await m.namespace(space)).memories == 1
+            assert (await m.graph(c.id)).nodes[0].id == c.id
+            assert (await m.policy(space)).ttl_seconds == 3600  # policies outlive an erasure
+            assert (await m.purge(namespace=space, everything=True)).memories == 1
+            assert (await m.usage()).tenant == "default"
+
+    asyncio.run(scenario())

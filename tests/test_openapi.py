@@ -70,6 +70,14 @@ def test_every_operation_documents_the_error_envelope(spec: dict[str, Any]) -> N
         (client.Hit, "SearchHitOut"),
         (client.Link, "LinkOut"),
         (client.Job, "JobOut"),
+        (client.Graph, "GraphOut"),
+        (client.Namespace, "NamespaceOut"),
+        (client.Purged, "PurgeOut"),
+        (client.Policy, "PolicyOut"),
+        (client.Usage, "UsageOut"),
+        (client.Tenant, "TenantOut"),
+        (client.Key, "NewKeyOut"),
+        (client.AuditEntry, "AuditEntryOut"),
     ],
 )
 def test_the_sdks_result_types_match_the_schemas(
@@ -77,3 +85,46 @@ def test_the_sdks_result_types_match_the_schemas(
 ) -> None:
     fields = {f.name for f in dataclasses.fields(result)}
     assert fields == set(spec["components"]["schemas"][schema]["properties"])
+
+
+SDK_CALLS = {
+    "store": "remember",
+    "store_batch": "batch",
+    "search": "recall",
+    "list_memories": "list",
+    "consolidate": "consolidate",
+    "forget_faded": "forget_faded",
+    "purge": "purge",
+    "get_memory": "get",
+    "patch_memory": "update",
+    "delete_memory": "forget",
+    "restore": "restore",
+    "history": "history",
+    "children": "children",
+    "parents": "parents",
+    "list_links": "links",
+    "add_link": "link",
+    "remove_link": "unlink",
+    "graph": "graph",
+    "job_status": "job",
+    "list_namespaces": "namespaces",
+    "namespace_stats": "namespace",
+    "get_policy": "policy",
+    "put_policy": "set_policy",
+    "delete_namespace": "delete_namespace",
+    "usage": "usage",
+    "list_tenants": "tenants",
+    "create_tenant": "create_tenant",
+    "delete_tenant": "delete_tenant",
+    "list_keys": "keys",
+    "create_key": "create_key",
+    "revoke_key": "revoke_key",
+    "audit_log": "audit",
+}
+
+
+def test_every_operation_has_an_sdk_call_in_both_clients(spec: dict[str, Any]) -> None:
+    assert {op["operationId"] for op in operations(spec)} == set(SDK_CALLS)
+    for name in SDK_CALLS.values():
+        assert callable(getattr(client.Memory, name)), name
+        assert callable(getattr(client.AsyncMemory, name)), name

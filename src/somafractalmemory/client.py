@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 
@@ -155,6 +155,16 @@ class Recall:
     def __len__(self) -> int:
         return len(self.hits)
 
+    @overload
+    def __getitem__(self, index: int) -> Hit: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Hit]: ...
+
+    def __getitem__(self, index: int | slice) -> Hit | list[Hit]:
+        """`found[0]`, the best hit; `found[:3]`, the first three (a list)."""
+        return self.hits[index]
+
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> Recall:
         return cls(
@@ -193,6 +203,109 @@ class Job(_Result):
     @property
     def finished(self) -> bool:
         return self.status in ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The memories around one, within `depth` links, and the links between them."""
+
+    nodes: list[MemoryRecord]
+    edges: list[Link]
+    truncated: bool
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> Graph:
+        nodes = [MemoryRecord.of(m) for m in data["nodes"]]
+        return cls(nodes, [Link.of(e) for e in data["edges"]], bool(data["truncated"]))
+
+
+@dataclass(frozen=True)
+class Namespace(_Result):
+    """A namespace counted: memories by type and level (archived apart), first and last."""
+
+    namespace: str
+    memories: int
+    archived: int
+    by_type: dict[str, int]
+    by_level: dict[str, int]
+    first: datetime | None = None
+    last: datetime | None = None
+    _times = ("first", "last")
+
+
+@dataclass(frozen=True)
+class Purged(_Result):
+    """What an erasure took (or, with `dry_run`, would take)."""
+
+    memories: int
+    links: int
+    vectors: int
+    parents_resummarized: int
+    parents_removed: int
+    neighbours_rewritten: int
+    cache_entries: int
+    jobs: int
+    namespaces: list[str]
+    scrubbed: bool
+    dry_run: bool
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy(_Result):
+    """A namespace's default time to live (seconds) and what expiry does (`archive`, `erase`)."""
+
+    namespace: str
+    ttl_seconds: int | None = None
+    on_expiry: str = "archive"
+
+
+@dataclass(frozen=True)
+class Usage(_Result):
+    tenant: str
+    memories: int
+    bytes: int
+    limits: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Tenant(_Result):
+    id: str
+    created_at: datetime
+    max_memories: int | None = None
+    max_bytes: int | None = None
+    requests_per_minute: int | None = None
+    _times = ("created_at",)
+
+
+@dataclass(frozen=True)
+class Key(_Result):
+    """An API key's record; `key`, the secret itself, only in the answer that created it."""
+
+    id: str
+    tenant_id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    namespaces: list[str]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+    key: str | None = None
+    _times = ("created_at", "last_used_at", "revoked_at")
+
+
+@dataclass(frozen=True)
+class AuditEntry(_Result):
+    id: int
+    tenant: str
+    actor: str
+    action: str
+    resource: str
+    outcome: str
+    details: dict[str, Any]
+    created_at: datetime
+    _times = ("created_at",)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -387,6 +500,51 @@ class _Calls:
     @staticmethod
     def job(job_id: str) -> Call:
         return Call("GET", f"/jobs/{job_id}", safe=True)
+
+    @staticmethod
+    def graph(memory_id: str, depth: int, kinds: Iterable[str]) -> Call:
+        params = {"depth": depth, "kinds": list(kinds) or None}
+        return Call("GET", f"/graph/{memory_id}", params=params, safe=True)
+
+    @staticmethod
+    def restore(memory_id: str) -> Call:
+        return Call("POST", f"/memory/{memory_id}/restore", safe=True)
+
+    @staticmethod
+    def forget_faded(namespace: str | None, dry_run: bool, wait: bool) -> Call:
+        body = _clean({"namespace": namespace, "dry_run": dry_run, "wait": wait})
+        return Call("POST", "/memory/forget", body)
+
+    @staticmethod
+    def purge(
+        namespace: str | None, filters: Mapping[str, Any] | None, everything: bool, dry_run: bool
+    ) -> Call:
+        body = {"namespace": namespace, "filters": filters, "all": everything, "dry_run": dry_run}
+        return Call("POST", "/memory/purge", _clean(body), safe=dry_run)
+
+    @staticmethod
+    def namespaces(name: str | None = None) -> Call:
+        return Call("GET", f"/namespaces/{name}" if name else "/namespaces", safe=True)
+
+    @staticmethod
+    def delete_namespace(name: str, dry_run: bool) -> Call:
+        params = {"dry_run": "true" if dry_run else None}
+        return Call("DELETE", f"/namespaces/{name}", params=params, safe=True)
+
+    @staticmethod
+    def policy(name: str, body: Mapping[str, Any] | None = None) -> Call:
+        if body is None:
+            return Call("GET", f"/namespaces/{name}/policy", safe=True)
+        return Call("PUT", f"/namespaces/{name}/policy", dict(body), safe=True)
+
+    @staticmethod
+    def usage() -> Call:
+        return Call("GET", "/usage", safe=True)
+
+    @staticmethod
+    def admin(method: str, path: str, body: Any = None, **params: Any) -> Call:
+        params = {k: v for k, v in params.items() if v is not None}
+        return Call(method, f"/admin/{path}", body, params=params or None, safe=method != "POST")
 
 
 def _links(data: Mapping[str, Any]) -> list[Link]:
@@ -663,6 +821,92 @@ class Memory:
     def job(self, job_id: str) -> Job:
         return Job.of(self._send(_Calls.job(job_id)))
 
+    def graph(self, memory_id: str, *, depth: int = 1, kinds: Iterable[str] = ()) -> Graph:
+        """The memories within `depth` links of one (of these `kinds`), and the links."""
+        return Graph.of(self._send(_Calls.graph(memory_id, depth, kinds)))
+
+    def restore(self, memory_id: str) -> MemoryRecord:
+        """Bring an archived memory back into search."""
+        return MemoryRecord.of(self._send(_Calls.restore(memory_id)))
+
+    def forget_faded(
+        self, namespace: str | None = None, *, dry_run: bool = False, wait: bool = True
+    ) -> Job:
+        """Archive faded, unimportant memories (and expired ones): a job."""
+        return Job.of(self._send(_Calls.forget_faded(namespace, dry_run, wait)))
+
+    def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        everything: bool = False,
+        dry_run: bool = False,
+    ) -> Purged:
+        """Erase every memory `filters` matches (`everything=True`: all of the namespace or
+        tenant), with its traces; `dry_run` counts first."""
+        return Purged.of(self._send(_Calls.purge(namespace, filters, everything, dry_run)))
+
+    def namespaces(self) -> builtins.list[Namespace]:
+        return [Namespace.of(n) for n in self._send(_Calls.namespaces())["namespaces"]]
+
+    def namespace(self, name: str) -> Namespace:
+        return Namespace.of(self._send(_Calls.namespaces(name)))
+
+    def delete_namespace(self, name: str, *, dry_run: bool = False) -> Purged:
+        return Purged.of(self._send(_Calls.delete_namespace(name, dry_run)))
+
+    def policy(self, namespace: str) -> Policy:
+        return Policy.of(self._send(_Calls.policy(namespace)))
+
+    def set_policy(
+        self, namespace: str, *, ttl_seconds: int | None = None, on_expiry: str = "archive"
+    ) -> Policy:
+        body = {"ttl_seconds": ttl_seconds, "on_expiry": on_expiry}
+        return Policy.of(self._send(_Calls.policy(namespace, body)))
+
+    def usage(self) -> Usage:
+        return Usage.of(self._send(_Calls.usage()))
+
+    def tenants(self) -> builtins.list[Tenant]:
+        return [Tenant.of(t) for t in self._send(_Calls.admin("GET", "tenants"))["tenants"]]
+
+    def create_tenant(self, tenant_id: str, **limits: int | None) -> Tenant:
+        """Create (or update the limits of) a tenant: `max_memories`, `max_bytes`,
+        `requests_per_minute`."""
+        body = _clean({"id": tenant_id, **limits})
+        return Tenant.of(self._send(_Calls.admin("POST", "tenants", body)))
+
+    def delete_tenant(self, tenant_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self._send(_Calls.admin("DELETE", f"tenants/{tenant_id}"))
+        return answer
+
+    def keys(self, tenant: str | None = None) -> builtins.list[Key]:
+        return [Key.of(k) for k in self._send(_Calls.admin("GET", "keys", tenant=tenant))["keys"]]
+
+    def create_key(
+        self,
+        scopes: Iterable[str],
+        *,
+        tenant: str | None = None,
+        namespaces: Iterable[str] = (),
+        name: str = "",
+    ) -> Key:
+        """A new API key; its `key` (the secret) is in this answer only."""
+        body = _clean(
+            {"scopes": list(scopes), "tenant": tenant, "namespaces": list(namespaces), "name": name}
+        )
+        return Key.of(self._send(_Calls.admin("POST", "keys", body)))
+
+    def revoke_key(self, key_id: str) -> Key:
+        return Key.of(self._send(_Calls.admin("DELETE", f"keys/{key_id}")))
+
+    def audit(
+        self, *, tenant: str | None = None, limit: int = 100, before: int | None = None
+    ) -> builtins.list[AuditEntry]:
+        call = _Calls.admin("GET", "audit", tenant=tenant, limit=limit, before=before)
+        return [AuditEntry.of(e) for e in self._send(call)["entries"]]
+
 
 # -- the asyncio client ---------------------------------------------------------------------
 
@@ -787,3 +1031,83 @@ class AsyncMemory:
 
     async def job(self, job_id: str) -> Job:
         return Job.of(await self._send(_Calls.job(job_id)))
+
+    async def graph(self, memory_id: str, *, depth: int = 1, kinds: Iterable[str] = ()) -> Graph:
+        return Graph.of(await self._send(_Calls.graph(memory_id, depth, kinds)))
+
+    async def restore(self, memory_id: str) -> MemoryRecord:
+        return MemoryRecord.of(await self._send(_Calls.restore(memory_id)))
+
+    async def forget_faded(
+        self, namespace: str | None = None, *, dry_run: bool = False, wait: bool = True
+    ) -> Job:
+        return Job.of(await self._send(_Calls.forget_faded(namespace, dry_run, wait)))
+
+    async def purge(
+        self,
+        *,
+        namespace: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        everything: bool = False,
+        dry_run: bool = False,
+    ) -> Purged:
+        return Purged.of(await self._send(_Calls.purge(namespace, filters, everything, dry_run)))
+
+    async def namespaces(self) -> builtins.list[Namespace]:
+        return [Namespace.of(n) for n in (await self._send(_Calls.namespaces()))["namespaces"]]
+
+    async def namespace(self, name: str) -> Namespace:
+        return Namespace.of(await self._send(_Calls.namespaces(name)))
+
+    async def delete_namespace(self, name: str, *, dry_run: bool = False) -> Purged:
+        return Purged.of(await self._send(_Calls.delete_namespace(name, dry_run)))
+
+    async def policy(self, namespace: str) -> Policy:
+        return Policy.of(await self._send(_Calls.policy(namespace)))
+
+    async def set_policy(
+        self, namespace: str, *, ttl_seconds: int | None = None, on_expiry: str = "archive"
+    ) -> Policy:
+        body = {"ttl_seconds": ttl_seconds, "on_expiry": on_expiry}
+        return Policy.of(await self._send(_Calls.policy(namespace, body)))
+
+    async def usage(self) -> Usage:
+        return Usage.of(await self._send(_Calls.usage()))
+
+    async def tenants(self) -> builtins.list[Tenant]:
+        answer = await self._send(_Calls.admin("GET", "tenants"))
+        return [Tenant.of(t) for t in answer["tenants"]]
+
+    async def create_tenant(self, tenant_id: str, **limits: int | None) -> Tenant:
+        body = _clean({"id": tenant_id, **limits})
+        return Tenant.of(await self._send(_Calls.admin("POST", "tenants", body)))
+
+    async def delete_tenant(self, tenant_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._send(_Calls.admin("DELETE", f"tenants/{tenant_id}"))
+        return answer
+
+    async def keys(self, tenant: str | None = None) -> builtins.list[Key]:
+        answer = await self._send(_Calls.admin("GET", "keys", tenant=tenant))
+        return [Key.of(k) for k in answer["keys"]]
+
+    async def create_key(
+        self,
+        scopes: Iterable[str],
+        *,
+        tenant: str | None = None,
+        namespaces: Iterable[str] = (),
+        name: str = "",
+    ) -> Key:
+        body = _clean(
+            {"scopes": list(scopes), "tenant": tenant, "namespaces": list(namespaces), "name": name}
+        )
+        return Key.of(await self._send(_Calls.admin("POST", "keys", body)))
+
+    async def revoke_key(self, key_id: str) -> Key:
+        return Key.of(await self._send(_Calls.admin("DELETE", f"keys/{key_id}")))
+
+    async def audit(
+        self, *, tenant: str | None = None, limit: int = 100, before: int | None = None
+    ) -> builtins.list[AuditEntry]:
+        call = _Calls.admin("GET", "audit", tenant=tenant, limit=limit, before=before)
+        return [AuditEntry.of(e) for e in (await self._send(call))["entries"]]

@@ -400,15 +400,20 @@ def _score(
     spans: Sequence[dates.Window] = (),
 ) -> tuple[list[Hit], dict[str, str]]:
     """The candidates ranked (`retrieval.ranking`), and those hidden as not valid at the
-    query's `as_of`. Only the rows that stand and are valid are fused; then credited when
+    query's `as_of`, which are not fused; then credited when
     the query's words (`asked`, keyed tokens) name their speaker or its dates (`spans`)
     their event time; lifted by their sitting; blended with recency and importance."""
     ids = list(dict.fromkeys(h.id for hits in legs.values() for h in hits))
     rows, hidden = _candidates(ids, query, tenant, asked)
-    standing = {name: [h for h in hits if h.id in rows] for name, hits in legs.items()}
+    # Memories not valid at as_of never count in fusion. The others without a row here
+    # (deleted since the index answered, archived, of another level) keep their ranks, as
+    # the fusion constants were fitted with them, and leave after it.
+    valid = {name: [h for h in hits if h.id not in hidden] for name, hits in legs.items()}
     fusion = query.scoring.fusion
     relevance = ranking.credit(
-        _relevance(standing, fusion), {i for i, row in rows.items() if row.named}, fusion.speaker
+        {i: r for i, r in _relevance(valid, fusion).items() if i in rows},
+        {i for i, row in rows.items() if row.named},
+        fusion.speaker,
     )
     if spans:
         dated = {i for i, row in rows.items() if any(w.holds(row.created) for w in spans)}
