@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -317,3 +318,37 @@ def test_every_endpoint_through_the_sdk(memory: sdk.Memory, live: Live) -> None:
             assert (await m.usage()).tenant == "default"
 
     asyncio.run(scenario())
+
+
+def test_export_and_import_over_http(memory: sdk.Memory, live: Live) -> None:
+    """An export through the API, the namespace erased, the export imported: the same
+    memories, links and versions; again, nothing new; a namespace-limited key imports into
+    its own namespaces only. (Ids are the store's: one store holds each in one tenant.)"""
+    space = ns()
+    first = memory.remember("Ivy waters the ferns on Mondays", namespace=space, key="ivy/ferns")
+    second = memory.remember("Ivy waters the ferns on Fridays", namespace=space, key="ivy/ferns")
+    memory.link(second.id, first.id, "related")
+    text = memory.export([space])
+    records = [json.loads(line) for line in text.splitlines()]
+    assert sorted(r["id"] for r in records) == sorted([first.id, second.id])
+    limited = memory.create_key(["read", "write"], namespaces=["elsewhere"])
+    with sdk.Memory(live.base, limited.key) as narrow:
+        with pytest.raises(sdk.Forbidden):
+            narrow.import_(text)
+        assert narrow.export() == ""  # nothing of its namespaces
+    assert memory.delete_namespace(space).memories == 2
+    done = memory.import_(text)
+    assert (done["memories"], done["skipped"], done["owed"]) == (2, 0, 0) and done["links"] >= 2
+    assert memory.import_(text.splitlines())["skipped"] == 2  # idempotent
+    assert [m.id for m in memory.history(second.id)] == [first.id, second.id]
+    found = memory.recall("When does Ivy water the ferns?", namespace=space)
+    assert [h.id for h in found] == [second.id]
+
+    def fields(export: str) -> list[dict[str, object]]:
+        rows = [json.loads(line) for line in export.splitlines()]
+        return [{k: v for k, v in r.items() if k != "updated_at"} for r in rows]
+
+    assert fields(memory.export([space])) == fields(text)  # every field but the write time
+    with pytest.raises(sdk.BadRequest) as bad:
+        memory.import_("{not json\n")
+    assert bad.value.code == "validation_error"

@@ -120,6 +120,8 @@ SDK_CALLS = {
     "create_key": "create_key",
     "revoke_key": "revoke_key",
     "audit_log": "audit",
+    "export": "export",
+    "import_memories": "import_",
 }
 
 

@@ -105,6 +105,24 @@ def test_another_tenant_sees_nothing_of_mine(api: Api, namespace: str) -> None:
     assert alice.ok("GET", f"/namespaces/{namespace}")["by_level"] == {"0": 3, "1": 1}
     assert bob.error(403, "GET", "/admin/tenants") == "forbidden"
     assert {k["tenant_id"] for k in bob.ok("GET", "/admin/keys")["keys"]} == {own_tenant(bob)}
+
+    # Export and import: each tenant's own memories only; another tenant's ids are refused.
+    def exported(api: Api) -> list[dict[str, Any]]:
+        answer = api.client.get("/api/v2/export")
+        assert answer.status_code == 200 and answer["Content-Type"] == "application/x-ndjson"
+        text = b"".join(answer.streaming_content).decode()
+        return [json.loads(line) for line in text.splitlines()]
+
+    assert [r["id"] for r in exported(bob)] == [own["id"]]
+    hers = exported(alice)
+    assert {mine["m0"], mine["m1"], mine["m2"], mine["parent"]} <= {r["id"] for r in hers}
+    assert {r["tenant"] for r in hers} == {own_tenant(alice)}
+    text = "".join(json.dumps(r) + "\n" for r in hers)
+    refused = bob.client.post("/api/v2/import", data=text, content_type="application/x-ndjson")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict"
+    assert bob.ok("GET", "/usage")["memories"] == 1  # nothing written
+    again = alice.client.post("/api/v2/import", data=text, content_type="application/x-ndjson")
+    assert again.status_code == 200 and again.json()["skipped"] == len(hers)
     # And Alice still has everything.
     assert alice.ok("GET", f"/memory/{mine['m0']}")["importance"] == 0.5
     assert len(alice.ok("GET", f"/memory/{mine['parent']}/children")["memories"]) == 3

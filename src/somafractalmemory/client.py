@@ -396,11 +396,18 @@ class Call:
     json: Any = None
     params: Mapping[str, Any] | None = None
     safe: bool = False  # no side effect: a timed-out read may be sent again
+    text: str | None = None
+    """A body of JSON lines (an import), instead of `json`."""
+    raw: bool = False
+    """The answer is text (an export), not JSON."""
 
     def request(self) -> dict[str, Any]:
         request: dict[str, Any] = {"method": self.method, "url": API + self.path}
         if self.json is not None:
             request["json"] = self.json
+        if self.text is not None:
+            request["content"] = self.text.encode("utf-8")
+            request["headers"] = {"Content-Type": "application/x-ndjson"}
         if self.params:
             request["params"] = {k: v for k, v in self.params.items() if v is not None}
         return request
@@ -538,6 +545,20 @@ class _Calls:
         return Call("PUT", f"/namespaces/{name}/policy", dict(body), safe=True)
 
     @staticmethod
+    def export(namespaces: Iterable[str]) -> Call:
+        params = {"namespace": list(namespaces) or None}
+        return Call("GET", "/export", params=params, safe=True, raw=True)
+
+    @staticmethod
+    def import_(lines: str | Iterable[str]) -> Call:
+        text = (
+            lines
+            if isinstance(lines, str)
+            else "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+        )
+        return Call("POST", "/import", text=text, safe=True)  # idempotent
+
+    @staticmethod
     def usage() -> Call:
         return Call("GET", "/usage", safe=True)
 
@@ -610,7 +631,7 @@ def _result(call: Call, outcome: httpx.Response | httpx.TransportError) -> Any:
         raise TransportError(f"{call.method} {call.path}: {outcome}") from outcome
     if outcome.status_code >= 400:
         raise _error(outcome)
-    return outcome.json()
+    return outcome.text if call.raw else outcome.json()
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -868,6 +889,19 @@ class Memory:
     def usage(self) -> Usage:
         return Usage.of(self._send(_Calls.usage()))
 
+    def export(self, namespaces: Iterable[str] = ()) -> str:
+        """Every memory of the caller's tenant (in these namespaces) as JSON lines, the
+        `sfm export` format: every field, links and hierarchy."""
+        text: str = self._send(_Calls.export(namespaces))
+        return text
+
+    def import_(self, lines: str | Iterable[str]) -> dict[str, int]:
+        """Import an export into the caller's tenant (the whole text is checked first;
+        memories already there are skipped): counts of `memories`, `skipped`, `links`,
+        `owed`."""
+        answer: dict[str, int] = self._send(_Calls.import_(lines))
+        return answer
+
     def tenants(self) -> builtins.list[Tenant]:
         return [Tenant.of(t) for t in self._send(_Calls.admin("GET", "tenants"))["tenants"]]
 
@@ -1073,6 +1107,14 @@ class AsyncMemory:
 
     async def usage(self) -> Usage:
         return Usage.of(await self._send(_Calls.usage()))
+
+    async def export(self, namespaces: Iterable[str] = ()) -> str:
+        text: str = await self._send(_Calls.export(namespaces))
+        return text
+
+    async def import_(self, lines: str | Iterable[str]) -> dict[str, int]:
+        answer: dict[str, int] = await self._send(_Calls.import_(lines))
+        return answer
 
     async def tenants(self) -> builtins.list[Tenant]:
         answer = await self._send(_Calls.admin("GET", "tenants"))

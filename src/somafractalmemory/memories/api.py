@@ -6,11 +6,12 @@ The NinjaAPI that mounts these routers, its error envelope and handlers live in
 
 from __future__ import annotations
 
+import io
 import re
 from datetime import datetime
 from typing import Any
 
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from ninja import Query, Router
 from ninja.responses import Status
 
@@ -43,6 +44,7 @@ from somafractalmemory.memories.schemas import (
     GraphOut,
     HalfLivesIn,
     HiddenOut,
+    ImportOut,
     JobOut,
     KeyIn,
     KeyOut,
@@ -81,6 +83,7 @@ usage_router = Router(tags=["tenancy"])
 namespace_router = Router(tags=["namespaces"])
 admin = Router(tags=["admin"])
 job_router = Router(tags=["jobs"])
+transfer_router = Router(tags=["transfer"])
 
 
 def _namespace(name: str | None) -> str:
@@ -458,6 +461,64 @@ def audit_log(
     return AuditOut(entries=[AuditEntryOut.from_orm(e) for e in rows])
 
 
+# -- export and import ----------------------------------------------------------------------
+
+NDJSON = "application/x-ndjson"
+
+
+@transfer_router.get(
+    "/export",
+    response={200: None, **ERRORS},
+    summary="The caller's memories as JSON lines (the `sfm export` format), streamed",
+    openapi_extra={
+        "responses": {
+            "200": {
+                "description": "One `sfm-memory/1` record per line.",
+                "content": {NDJSON: {"schema": {"type": "string"}}},
+            }
+        }
+    },
+)
+def export(
+    request: HttpRequest,
+    namespace: list[str] = Query([]),  # noqa: B008 - repeatable
+) -> StreamingHttpResponse:
+    tenant, within = readable(request)
+    names = namespace or list(within)
+    for name in names:
+        allow(request, READ, namespace=name)
+    ids = list(services.memory_ids(tenant, names))
+    audited(request, "memory.export", ",".join(names) or "*", memories=len(ids))
+    response = StreamingHttpResponse(services.export_lines(ids), content_type=NDJSON)
+    response["Content-Disposition"] = 'attachment; filename="memories.jsonl"'
+    return response
+
+
+@transfer_router.post(
+    "/import",
+    response={200: ImportOut, **ERRORS},
+    summary="Import JSON lines (an export) into the caller's tenant; idempotent",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {NDJSON: {"schema": {"type": "string"}}},
+        }
+    },
+)
+def import_memories(request: HttpRequest) -> ImportOut:
+    tenant = principal(request).tenant
+    try:
+        text = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationFailed("the body is not UTF-8 text") from None
+    records = services.read_export(io.StringIO(text))  # the whole file, before any write
+    for name in sorted({r["namespace"] for r in records}):
+        allow(request, WRITE, namespace=name)
+    done = services.load_records(records, tenant=tenant)
+    audited(request, "memory.import", tenant, memories=done.memories, skipped=done.skipped)
+    return ImportOut(**vars(done))
+
+
 ROUTERS = {
     "/memory": memory,
     "/usage": usage_router,
@@ -465,5 +526,6 @@ ROUTERS = {
     "/admin": admin,
     "/graph": graph_router,
     "/jobs": job_router,
+    "": transfer_router,
 }
 """Where each router is mounted under /api/v2."""

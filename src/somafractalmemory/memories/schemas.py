@@ -444,6 +444,13 @@ class PurgeOut(Schema):
     job_id: str | None = Field(description="The purge job (its audit trail).")
 
 
+class ImportOut(Schema):
+    memories: int = Field(description="New memories written.")
+    skipped: int = Field(description="Already there (the same id in this tenant): unchanged.")
+    links: int = Field(description="New links written.")
+    owed: int = Field(description="Memories whose vectors the outbox still owes.")
+
+
 class JobOut(Schema):
     id: str
     kind: str

@@ -7,7 +7,8 @@ benchmarks and the tests call these; each lives in the module that owns its job.
 - browse: `list_memories`, `namespaces`, `stored_per_day`
 - the index: `drain_outbox`, `outbox_depth`, `outbox_health`
 - long work, as jobs (`memories/jobs/`): `consolidate`, `archive_faded`, `restore`, `purge`,
-  `export`, `load`, `reindex`, `doctor`
+  `export`, `load`, `reindex`, `doctor`; over HTTP: `memory_ids`, `export_lines`,
+  `read_export`, `load_records`
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from somafractalmemory.memories.jobs.consolidation import consolidate
 from somafractalmemory.memories.jobs.erasure import purge
 from somafractalmemory.memories.jobs.forgetting import archive_faded, restore
 from somafractalmemory.memories.jobs.maintenance import doctor, reindex
-from somafractalmemory.memories.jobs.transfer import load
+from somafractalmemory.memories.jobs.transfer import lines as export_lines
+from somafractalmemory.memories.jobs.transfer import load, load_records, memory_ids
+from somafractalmemory.memories.jobs.transfer import parse as read_export
 from somafractalmemory.memories.jobs.transfer import write as export
 from somafractalmemory.memories.recall import (
     Hit,
@@ -67,15 +70,19 @@ __all__ = [
     "doctor",
     "drain_outbox",
     "export",
+    "export_lines",
     "flush_reinforcements",
     "get",
     "history",
     "list_memories",
     "load",
+    "load_records",
+    "memory_ids",
     "namespaces",
     "outbox_depth",
     "outbox_health",
     "purge",
+    "read_export",
     "recall",
     "reindex",
     "reinforce",

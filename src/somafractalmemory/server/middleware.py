@@ -90,9 +90,15 @@ class GuardMiddleware:
             kind = request.content_type or ""
             if chunked and not sized:
                 return error_response(LengthRequired("send the body with a Content-Length"))
-            if (sized or chunked) and not (kind == "application/json" or kind.endswith("+json")):
+            # JSON lines too (`POST /import`): like JSON, a type a web page elsewhere cannot
+            # send without asking first (a CORS preflight this service never answers).
+            json_like = kind in ("application/json", "application/x-ndjson")
+            if (sized or chunked) and not (json_like or kind.endswith("+json")):
                 return error_response(
-                    UnsupportedMediaType(f"request bodies are application/json, not {kind!r}")
+                    UnsupportedMediaType(
+                        f"request bodies are application/json (or application/x-ndjson for "
+                        f"an import), not {kind!r}"
+                    )
                 )
         return self.get_response(request)
 

@@ -61,10 +61,10 @@ def record(memory: Memory, links_out: list[Link]) -> dict[str, Any]:
     }
 
 
-def write(ids: Iterable[str], stream: IO[str], progress: Progress = quiet) -> int:
-    """Write the memories with these ids (those that exist) to `stream`; returns how many."""
+def lines(ids: Iterable[str], progress: Progress = quiet) -> Iterator[str]:
+    """The export's lines (JSON and a newline) of the memories with these ids that exist,
+    read CHUNK at a time."""
     ids = list(ids)
-    written = 0
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
         rows = Memory.objects.in_bulk(chunk)
@@ -74,9 +74,16 @@ def write(ids: Iterable[str], stream: IO[str], progress: Progress = quiet) -> in
         for memory_id in chunk:
             if memory_id in rows:
                 line = record(rows[memory_id], out.get(memory_id, []))
-                stream.write(json.dumps(line, ensure_ascii=False) + "\n")
-                written += 1
+                yield json.dumps(line, ensure_ascii=False) + "\n"
         progress(start + len(chunk), len(ids))
+
+
+def write(ids: Iterable[str], stream: IO[str], progress: Progress = quiet) -> int:
+    """Write the memories with these ids (those that exist) to `stream`; returns how many."""
+    written = 0
+    for line in lines(ids, progress):
+        stream.write(line)
+        written += 1
     return written
 
 
@@ -204,7 +211,13 @@ def load(stream: IO[str], *, tenant: str | None = None, progress: Progress = qui
     memories already there are skipped, so running it again changes nothing. Vectors are
     written as each chunk is stored when the index is available, else owed to the outbox
     (a running server's worker, or `sfm reindex --pending`, writes them)."""
-    records = parse(stream)
+    return load_records(parse(stream), tenant=tenant, progress=progress)
+
+
+def load_records(
+    records: list[dict[str, Any]], *, tenant: str | None = None, progress: Progress = quiet
+) -> Imported:
+    """`load` of records `parse` has checked."""
     owner = {r["id"]: tenant or r["tenant"] for r in records}
     held: dict[str, str] = {}
     ids = list(owner)
