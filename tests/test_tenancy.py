@@ -110,7 +110,7 @@ def test_another_tenant_sees_nothing_of_mine(api: Api, namespace: str) -> None:
     def exported(api: Api) -> list[dict[str, Any]]:
         answer = api.client.get("/api/v2/export")
         assert answer.status_code == 200 and answer["Content-Type"] == "application/x-ndjson"
-        text = b"".join(answer.streaming_content).decode()
+        text = b"".join(answer.streaming_content).decode()  # type: ignore[attr-defined]
         return [json.loads(line) for line in text.splitlines()]
 
     assert [r["id"] for r in exported(bob)] == [own["id"]]
