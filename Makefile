@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install model-mpnet serve test lint typecheck pytest bench bench-engines bench-models bench-lexical bench-scale bench-stacks bench-fractal bench-erasure bench-summaries eval docs clean
+.PHONY: install model-mpnet serve test lint typecheck pytest bench bench-engines bench-models bench-lexical bench-scale bench-stacks bench-fractal bench-erasure bench-summaries eval docs requirements clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -106,6 +106,11 @@ bench-summaries: install
 
 docs: install
 	$(BIN)/sfm config --markdown > docs/settings.md
+
+# requirements.txt (the original quick start's `pip install -r requirements.txt`) from
+# pyproject.toml.
+requirements:
+	$(PYTHON) deploy/requirements.py
 
 clean:
 	rm -rf $(VENV) sfm-data .pytest_cache .mypy_cache .ruff_cache

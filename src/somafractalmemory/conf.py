@@ -1,4 +1,4 @@
-"""One settings object: defaults < config.yaml < SFM_* environment variables.
+"""One settings object: defaults < config.yaml < .env < SFM_* environment variables.
 
 Every key is a field of :class:`Config` with a type, a default and a docstring (the ``doc``
 metadata). ``docs/settings.md`` is generated from these fields (``sfm config --markdown``), so
@@ -430,9 +430,31 @@ def _coerce(name: str, raw: Any) -> Any:
         raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {kind.__name__}") from exc
 
 
+def read_dotenv(path: Path) -> dict[str, str]:
+    """The `KEY=VALUE` lines of a .env file (blank lines and `#` comments skipped, an
+    `export ` prefix and quotes around the value allowed)."""
+    found = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, sep, value = text.removeprefix("export ").partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        found[key.strip()] = value
+    return found
+
+
 def load_config(environ: typing.Mapping[str, str] | None = None) -> Config:
-    """Read defaults, then the YAML file (`SFM_CONFIG` or ./config.yaml), then `SFM_*`."""
-    env = os.environ if environ is None else environ
+    """Read defaults, then the YAML file (`SFM_CONFIG` or ./config.yaml), then `SFM_*` from
+    ./.env (or the file `SFM_ENV_FILE` names), then `SFM_*` from the environment."""
+    env = dict(os.environ if environ is None else environ)
+    dotenv = Path(env.get(f"{ENV_PREFIX}ENV_FILE", ".env"))
+    if dotenv.is_file():
+        env = {**read_dotenv(dotenv), **env}  # the environment wins
     known = {f.name for f in dataclasses.fields(Config)}
     values: dict[str, Any] = {}
 
@@ -514,7 +536,8 @@ def settings_reference() -> str:
         "Generated from `src/somafractalmemory/conf.py` by `sfm config --markdown`; do not edit.",
         "",
         "Order of precedence: defaults < `config.yaml` (or the file named by `SFM_CONFIG`) < "
-        "environment variables `SFM_<KEY>`.",
+        "`SFM_<KEY>=value` lines of `.env` (or the file named by `SFM_ENV_FILE`; "
+        "`.env.example` lists the common ones) < environment variables `SFM_<KEY>`.",
         "",
         "| key | environment | default | meaning |",
         "|---|---|---|---|",
