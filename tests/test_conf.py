@@ -128,3 +128,22 @@ def test_the_embedded_database_keeps_its_connection_between_requests(
         finally:
             connection.close()
     assert (tmp_path / "sfm.sqlite3").exists()
+
+
+def test_dotenv_lines_sit_between_config_yaml_and_the_environment(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "# a comment\n\nSFM_NAMESPACE=from-dotenv\nexport SFM_API_PORT='10202'\n"
+        'SFM_AUTH="required"\n'
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text("namespace: from-yaml\nauth: optional\n")
+    env = {"SFM_ENV_FILE": str(dotenv), "SFM_CONFIG": str(config)}
+    assert load_config(env).namespace == "from-dotenv"
+    assert load_config(env).auth == "required" and load_config(env).api_port == 10202
+    assert load_config({**env, "SFM_NAMESPACE": "from-env"}).namespace == "from-env"
+    without = {"SFM_CONFIG": str(config), "SFM_ENV_FILE": str(tmp_path / "none")}
+    assert load_config(without).namespace == "from-yaml"
+    dotenv.write_text("SFM_NAMESPACE\n")
+    with pytest.raises(ConfigError, match=r"\.env:1: expected KEY=VALUE"):
+        load_config(env)
