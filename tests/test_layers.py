@@ -24,6 +24,7 @@ RANKS = {
     "logs": 1,
     "breaker": 1,  # the cache's circuit breaker
     "client": 1,  # the SDK: imports nothing of the service
+    "integrations": 1.5,  # LangGraph and LangChain adapters: on the SDK only
     "retrieval": 2,
     "embedding": 3,
     "vectors": 3,

@@ -466,8 +466,10 @@ class _Calls:
         cursor: str | None,
         as_of: datetime | None = None,
         include_invalid: bool = False,
+        key: str | None = None,
     ) -> Call:
         params = {
+            "key": key,
             "namespace": namespace,
             "type": list(types) or None,
             "limit": limit,
@@ -804,13 +806,16 @@ class Memory:
         page_size: int = 100,
         as_of: datetime | None = None,
         include_invalid: bool = False,
+        key: str | None = None,
     ) -> Iterator[MemoryRecord]:
         """Every memory valid `as_of` (default: now; `include_invalid`: every one), newest
-        first, fetched a page at a time."""
+        first, fetched a page at a time; with `key`, that key's versions only."""
         cursor: str | None = None
         while True:
             page = self._send(
-                _Calls.page(namespace, types, archived, page_size, cursor, as_of, include_invalid)
+                _Calls.page(
+                    namespace, types, archived, page_size, cursor, as_of, include_invalid, key
+                )
             )
             yield from _memories(page)
             cursor = page.get("next_cursor")
@@ -1031,11 +1036,14 @@ class AsyncMemory:
         page_size: int = 100,
         as_of: datetime | None = None,
         include_invalid: bool = False,
+        key: str | None = None,
     ) -> AsyncIterator[MemoryRecord]:
         cursor: str | None = None
         while True:
             page = await self._send(
-                _Calls.page(namespace, types, archived, page_size, cursor, as_of, include_invalid)
+                _Calls.page(
+                    namespace, types, archived, page_size, cursor, as_of, include_invalid, key
+                )
             )
             for record in _memories(page):
                 yield record

@@ -154,6 +154,7 @@ def list_memories(
     include_invalid: bool = Query(
         False, description="Also those not valid `as_of`: superseded, expired, not yet valid."
     ),
+    key: str | None = Query(None, description="Only this key's versions (now: its current one)."),
 ) -> PageOut:
     tenant = allow(request, READ, namespace=namespace)
     page = services.list_memories(
@@ -165,6 +166,7 @@ def list_memories(
         archived=archived,
         as_of=as_of,
         include_invalid=include_invalid,
+        key=key,
     )
     return PageOut(
         memories=[MemoryOut.from_orm(m) for m in page.memories], next_cursor=page.next_cursor

@@ -56,6 +56,7 @@ def list_memories(
     archived: bool = False,
     as_of: datetime | None = None,
     include_invalid: bool = False,
+    key: str | None = None,
 ) -> Page:
     """Memories newest first (by event time), a page at a time; `archived`: only those
     that forgetting archived, valid or not (else only the others). Only those valid `as_of`
@@ -66,6 +67,8 @@ def list_memories(
         query = query.filter(valid_at(utc(as_of) if as_of is not None else now, now))
     if namespace is not None:
         query = query.filter(namespace=namespace)
+    if key is not None:  # the key's versions (valid as_of: its current one)
+        query = query.filter(key=key)
     types = list(types)
     if types:
         query = query.filter(type__in=types)
