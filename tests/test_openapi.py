@@ -130,3 +130,29 @@ def test_every_operation_has_an_sdk_call_in_both_clients(spec: dict[str, Any]) -
     for name in SDK_CALLS.values():
         assert callable(getattr(client.Memory, name)), name
         assert callable(getattr(client.AsyncMemory, name)), name
+
+
+TS_TYPES = {
+    "Stored": "StoreOut",
+    "MemoryRecord": "MemoryOut",
+    "Hit": "SearchHitOut",
+    "Recall": "SearchOut",
+    "Link": "LinkOut",
+    "Graph": "GraphOut",
+    "Job": "JobOut",
+    "Namespace": "NamespaceOut",
+    "Purged": "PurgeOut",
+    "Related": "RelatedOut",
+}
+
+
+def test_the_typescript_sdks_types_match_the_schemas(spec: dict[str, Any]) -> None:
+    """Each interface of sdk/typescript/src/index.ts names exactly its schema's fields."""
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parent.parent / "sdk/typescript/src/index.ts").read_text()
+    for interface, schema in TS_TYPES.items():
+        body = re.search(rf"export interface {interface} \{{(.*?)\n\}}", source, re.DOTALL)
+        assert body, interface
+        fields = set(re.findall(r"^  (\w+)\??:", body.group(1), re.MULTILINE))
+        assert fields == set(spec["components"]["schemas"][schema]["properties"]), interface
