@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,13 +45,25 @@ def run_sfm(
 
 @contextmanager
 def server(
-    env: dict[str, str], port: int, log: Path, *args: str
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    *args: str,
+    command: Sequence[str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `sfm serve` and wait until /readyz answers 200; SIGTERM the group at the end."""
-    command = [sys.executable, "-m", "somafractalmemory.cli", "serve", "--port", str(port), *args]
+    """Start `sfm serve` (or `command`, which serves on `port`) and wait until /readyz
+    answers 200; SIGTERM the group at the end."""
+    if command is None:
+        command = [sys.executable, "-m", "somafractalmemory.cli", "serve", "--port", str(port)]
     with log.open("ab") as out:
         process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [*command, *args],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 180

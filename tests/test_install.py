@@ -6,21 +6,17 @@ model come with the package."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import EMBEDDED_RUN
-from tests.servers import free_port
+from tests.servers import free_port, server
 
 pytestmark = [
     pytest.mark.slow,
@@ -74,40 +70,6 @@ def store_and_search(base: str) -> None:
         assert http.get("/").status_code == 200  # the dashboard's templates came along
 
 
-@contextmanager
-def serving(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    """Run a server command until /readyz answers 200; its base URL; stopped at the end."""
-    port = free_port()
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                *command,
-                *([f"127.0.0.1:{port}"] if "runserver" in command else ["--port", str(port)]),
-            ],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
 def clean_env(venv: Path, home: Path, **extra: str) -> dict[str, str]:
     """Only what a fresh shell has: the venv first on PATH, no SFM_* of this run."""
     return {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), **extra}
@@ -126,9 +88,10 @@ def test_the_original_quick_start_works_as_written(venv: Path, tmp_path: Path) -
     )
     assert migrated.returncode == 0, migrated.stderr[-3000:]
     assert (site / "sfm-data" / "sfm.sqlite3").is_file()  # where .env put the data
-    command = [python, "manage.py", "runserver", "--noreload"]
-    with serving(command, site, env, tmp_path / "runserver.log") as base:
-        store_and_search(base)
+    port = free_port()
+    command = [python, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+    with server(env, port, tmp_path / "runserver.log", command=command, cwd=site):
+        store_and_search(f"http://127.0.0.1:{port}")
 
 
 def test_the_installed_package_serves_outside_the_checkout(venv: Path, tmp_path: Path) -> None:
@@ -140,5 +103,7 @@ def test_the_installed_package_serves_outside_the_checkout(venv: Path, tmp_path:
         [sfm, "migrate"], cwd=outside, env=env, capture_output=True, text=True
     )
     assert migrated.returncode == 0, migrated.stderr[-3000:]
-    with serving([sfm, "serve"], outside, env, tmp_path / "serve.log") as base:
-        store_and_search(base)
+    port = free_port()
+    command = [sfm, "serve", "--port", str(port)]
+    with server(env, port, tmp_path / "serve.log", command=command, cwd=outside):
+        store_and_search(f"http://127.0.0.1:{port}")

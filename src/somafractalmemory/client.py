@@ -565,6 +565,17 @@ class _Calls:
         return Call("GET", "/usage", safe=True)
 
     @staticmethod
+    def create_tenant(tenant_id: str, limits: Mapping[str, int | None]) -> Call:
+        return _Calls.admin("POST", "tenants", _clean({"id": tenant_id, **limits}))
+
+    @staticmethod
+    def create_key(
+        scopes: Iterable[str], tenant: str | None, namespaces: Iterable[str], name: str
+    ) -> Call:
+        body = {"scopes": list(scopes), "tenant": tenant, "namespaces": list(namespaces)}
+        return _Calls.admin("POST", "keys", _clean({**body, "name": name}))
+
+    @staticmethod
     def admin(method: str, path: str, body: Any = None, **params: Any) -> Call:
         params = {k: v for k, v in params.items() if v is not None}
         return Call(method, f"/admin/{path}", body, params=params or None, safe=method != "POST")
@@ -913,8 +924,7 @@ class Memory:
     def create_tenant(self, tenant_id: str, **limits: int | None) -> Tenant:
         """Create (or update the limits of) a tenant: `max_memories`, `max_bytes`,
         `requests_per_minute`."""
-        body = _clean({"id": tenant_id, **limits})
-        return Tenant.of(self._send(_Calls.admin("POST", "tenants", body)))
+        return Tenant.of(self._send(_Calls.create_tenant(tenant_id, limits)))
 
     def delete_tenant(self, tenant_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._send(_Calls.admin("DELETE", f"tenants/{tenant_id}"))
@@ -932,10 +942,7 @@ class Memory:
         name: str = "",
     ) -> Key:
         """A new API key; its `key` (the secret) is in this answer only."""
-        body = _clean(
-            {"scopes": list(scopes), "tenant": tenant, "namespaces": list(namespaces), "name": name}
-        )
-        return Key.of(self._send(_Calls.admin("POST", "keys", body)))
+        return Key.of(self._send(_Calls.create_key(scopes, tenant, namespaces, name)))
 
     def revoke_key(self, key_id: str) -> Key:
         return Key.of(self._send(_Calls.admin("DELETE", f"keys/{key_id}")))
@@ -1129,8 +1136,7 @@ class AsyncMemory:
         return [Tenant.of(t) for t in answer["tenants"]]
 
     async def create_tenant(self, tenant_id: str, **limits: int | None) -> Tenant:
-        body = _clean({"id": tenant_id, **limits})
-        return Tenant.of(await self._send(_Calls.admin("POST", "tenants", body)))
+        return Tenant.of(await self._send(_Calls.create_tenant(tenant_id, limits)))
 
     async def delete_tenant(self, tenant_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = await self._send(_Calls.admin("DELETE", f"tenants/{tenant_id}"))
@@ -1148,10 +1154,7 @@ class AsyncMemory:
         namespaces: Iterable[str] = (),
         name: str = "",
     ) -> Key:
-        body = _clean(
-            {"scopes": list(scopes), "tenant": tenant, "namespaces": list(namespaces), "name": name}
-        )
-        return Key.of(await self._send(_Calls.admin("POST", "keys", body)))
+        return Key.of(await self._send(_Calls.create_key(scopes, tenant, namespaces, name)))
 
     async def revoke_key(self, key_id: str) -> Key:
         return Key.of(await self._send(_Calls.admin("DELETE", f"keys/{key_id}")))
