@@ -166,9 +166,15 @@ class ValidFromField(models.DateTimeField):
     def pre_save(self, model_instance: Any, add: bool) -> Any:
         value = getattr(model_instance, self.attname)
         if value is None:
-            value = min(model_instance.created_at, model_instance.stored_at)
+            value = default_valid_from(model_instance.created_at, model_instance.stored_at)
             setattr(model_instance, self.attname, value)
         return value
+
+
+def default_valid_from(created_at: datetime, recorded_at: datetime) -> datetime:
+    """When a memory without a `valid_from` of its own becomes valid: its event time, or
+    when it was recorded if that is earlier."""
+    return min(created_at, recorded_at)
 
 
 SUPERSEDES = "supersedes"
@@ -194,6 +200,10 @@ def hidden_because(
     if valid_until is not None and valid_until <= as_of:
         return "no_longer_valid"
     return None
+
+
+VALIDITY_FIELDS = ("valid_from", "valid_until", "expires_at")
+"""The columns `hidden_because` reads."""
 
 
 def valid_at(as_of: datetime, now: datetime) -> models.Q:

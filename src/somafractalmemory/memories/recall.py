@@ -30,7 +30,13 @@ from somafractalmemory.embedding.cache import embed_query
 from somafractalmemory.errors import IndexUnavailable, ValidationFailed
 from somafractalmemory.memories import fulltext, indexing, limits, links, tree
 from somafractalmemory.memories.identity import lexical_key, tokens_of, utc
-from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, hidden_because, last_seen
+from somafractalmemory.memories.models import (
+    DEFAULT_TENANT,
+    VALIDITY_FIELDS,
+    Memory,
+    hidden_because,
+    last_seen,
+)
 from somafractalmemory.retrieval import dates, filters, lexical, ranking
 from somafractalmemory.vectors.base import VectorHit
 
@@ -314,8 +320,6 @@ def _relevance(legs: dict[str, list[VectorHit]], fusion: ranking.Fusion) -> dict
     return {h.id: h.score / best for h in hits} if best > 0 else {}
 
 
-VALIDITY_FIELDS = ("valid_from", "valid_until", "expires_at")
-"""What `hidden_because` reads of a candidate's row."""
 RANKING_FIELDS = (
     "id",
     "tenant_id",

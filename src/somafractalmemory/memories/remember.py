@@ -18,7 +18,13 @@ from somafractalmemory.conf import get_config
 from somafractalmemory.errors import Conflict, KeyContended, MemoryNotFound
 from somafractalmemory.memories import indexing, limits, linking, tree, versions
 from somafractalmemory.memories.identity import content_hash, new_id, utc
-from somafractalmemory.memories.models import DEFAULT_TENANT, Memory, data_key, valid_at
+from somafractalmemory.memories.models import (
+    DEFAULT_TENANT,
+    VALIDITY_FIELDS,
+    Memory,
+    data_key,
+    valid_at,
+)
 from somafractalmemory.memories.tenancy import default_ttls, ensure_tenant
 
 
@@ -292,6 +298,14 @@ def get(memory_id: str, *, tenant: str = DEFAULT_TENANT, lock: bool = False) -> 
 def update(memory_id: str, changes: dict[str, Any], *, tenant: str = DEFAULT_TENANT) -> Memory:
     """Change content, type, importance, metadata, validity or expiry (`versions.revise`);
     new content gets a new embedding."""
+    if set(changes) <= set(versions.TIMES):
+        # Validity and expiry live in SQL alone (each search reads them from the rows): no
+        # embedding, no index write.
+        with transaction.atomic():
+            memory = get(memory_id, tenant=tenant, lock=True)
+            versions.revise(memory, changes, datetime.now(UTC))
+            memory.save(update_fields=[*VALIDITY_FIELDS, "updated_at"])
+        return memory
     before = get(memory_id, tenant=tenant)
     if "content" in changes:
         limits.check_content(changes["content"])

@@ -166,6 +166,13 @@ def close_replaced(
     memories, of the tenant and the new memory's namespace, end at its `valid_from`."""
     replaced: dict[str, list[str]] = {}
     changed: dict[str, Memory] = {}
+
+    def _locked(**where: Any) -> Any:
+        """The tenant's rows `where` says, locked until the transaction ends (not against
+        the foreign-key checks of links made meanwhile), with what ordering reads."""
+        rows = Memory.objects.select_for_update(no_key=True).filter(tenant_id=tenant, **where)
+        return rows.only("id", "tenant_id", "namespace", "valid_from", "valid_until", "stored_at")
+
     keyed: dict[tuple[str, str], list[Memory]] = {}
     for memory in new:
         if memory.key:
@@ -173,12 +180,7 @@ def close_replaced(
     for namespace, key in sorted(keyed):  # one order for every store: no deadlock
         _lock_key(tenant, namespace, key)
     for (namespace, key), arriving in keyed.items():
-        versions = sorted(
-            Memory.objects.select_for_update(no_key=True)
-            .filter(tenant_id=tenant, namespace=namespace, key=key)
-            .only("id", "tenant_id", "namespace", "valid_from", "valid_until", "stored_at"),
-            key=_order,
-        )
+        versions = sorted(_locked(namespace=namespace, key=key), key=_order)
         for memory in arriving:
             before = [v for v in versions if _order(v) <= _order(memory)]
             after = [v for v in versions if _order(v) > _order(memory)]
@@ -194,12 +196,7 @@ def close_replaced(
             versions = [*before, memory, *after]
     wanted = {i for ids in named.values() for i in ids}
     if wanted:
-        rows = {
-            m.id: m
-            for m in Memory.objects.select_for_update(no_key=True)
-            .filter(tenant_id=tenant, id__in=wanted)
-            .only("id", "tenant_id", "namespace", "valid_from", "valid_until", "stored_at")
-        }
+        rows = {m.id: m for m in _locked(id__in=wanted)}
         by_id = {m.id: m for m in new}
         for memory_id, ids in named.items():
             memory = by_id[memory_id]
@@ -244,18 +241,18 @@ def history(memory: Memory) -> list[Memory]:
     tenant = memory.tenant_id
     found = {memory.id: memory}
     keys = {(memory.namespace, memory.key)} if memory.key else set()
+    read: set[tuple[str, str]] = set()
     frontier = {memory.id}
     while frontier and len(found) < HISTORY_LIMIT * 2:
         joined = Link.objects.filter(tenant_id=tenant, kind=SUPERSEDES).filter(
             Q(source_id__in=frontier) | Q(target_id__in=frontier)
         )
         ids = {i for pair in joined.values_list("source_id", "target_id") for i in pair}
-        same_key = Q()
-        for namespace, key in keys:
-            same_key |= Q(namespace=namespace, key=key)
-        rows = Memory.objects.filter(tenant_id=tenant).filter(
-            Q(id__in=ids - set(found)) | (same_key if keys else Q(pk__in=[]))
-        )
+        wanted = Q(pk__in=ids - set(found))
+        for namespace, key in keys - read:  # each key's versions are read once
+            wanted |= Q(namespace=namespace, key=key)
+        read |= keys
+        rows = Memory.objects.filter(wanted, tenant_id=tenant)
         fresh = [m for m in rows if m.id not in found]
         found.update((m.id, m) for m in fresh)
         keys |= {(m.namespace, m.key) for m in fresh if m.key}

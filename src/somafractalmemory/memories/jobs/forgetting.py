@@ -95,8 +95,8 @@ def archive_faded(
         else:
             ids = [i for i, archived in rows if not archived]
             outcome.expired_archived += len(ids)
-            for start in range(0, len(ids), CHUNK):
-                if not dry_run:
+            if not dry_run:
+                for start in range(0, len(ids), CHUNK):
                     archive(ids[start : start + CHUNK], tenant=tenant, now=now)
         report(0, 0, "expired")
     if not dry_run:

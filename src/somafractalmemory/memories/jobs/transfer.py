@@ -19,7 +19,13 @@ from somafractalmemory.errors import Conflict, IndexUnavailable, ValidationFaile
 from somafractalmemory.memories import indexing, links, versions
 from somafractalmemory.memories.identity import sources_hash_of
 from somafractalmemory.memories.jobs.runner import Progress, quiet
-from somafractalmemory.memories.models import Link, Memory, MemoryType, data_key
+from somafractalmemory.memories.models import (
+    Link,
+    Memory,
+    MemoryType,
+    data_key,
+    default_valid_from,
+)
 from somafractalmemory.memories.tenancy import ensure_tenant
 
 FORMAT = "sfm-memory/1"
@@ -196,7 +202,7 @@ def _row(item: dict[str, Any], tenant: str) -> Memory:
         key=str(item.get("key") or ""),
         # An earlier export has none: the default, its event time or arrival if earlier.
         valid_from=item.get("valid_from")
-        or min(item["created_at"], item.get("stored_at") or item["created_at"]),
+        or default_valid_from(item["created_at"], item.get("stored_at") or item["created_at"]),
         valid_until=item.get("valid_until"),
         expires_at=item.get("expires_at"),
     )
